@@ -1,0 +1,227 @@
+// Plan -> macro-kernel -> micro-kernel. The plan puts a box in canonical form and picks
+// one of three shapes of work: contiguous rows (straight copy or cast), a 2-D transpose
+// between the source's fastest axis and the destination's, or a strided walk. The outer
+// axes are flattened into work items that the thread pool shares out.
+#include "engine.hpp"
+
+#include <cstring>
+#include <stdexcept>
+#include "kernels.hpp"
+#include "threads.hpp"
+
+namespace mpslayout {
+
+namespace {
+
+constexpr int64_t kParallelBytes = 64 * 1024;   // below this, never start a thread
+constexpr int64_t kItemElements = 16 * 1024;    // elements per work item (about L1..L2)
+
+int64_t iabs(int64_t v) { return v < 0 ? -v : v; }
+
+void split(const Request& req, std::vector<Box>& out, Box box, size_t k) {
+  if (k == req.bounds.size()) {
+    out.push_back(std::move(box));
+    return;
+  }
+  const Bound& b = req.bounds[k];
+  const Dim outer = box.dims[b.outer], inner = box.dims[b.inner];
+  const int64_t full = b.extent / b.block;       // complete blocks
+  const int64_t rest = b.extent - full * b.block;  // elements in the partial block
+  const int64_t blocks = full + (rest ? 1 : 0);
+  if (outer.n != blocks || inner.n != b.block)
+    throw std::invalid_argument("blocked axis extents disagree with block size and extent");
+  if (rest == 0) {
+    split(req, out, std::move(box), k + 1);
+    return;
+  }
+  if (box.zero && b.zero_pad) {  // zero box: a padded axis is zero over its whole length
+    split(req, out, std::move(box), k + 1);
+    return;
+  }
+  if (full > 0) {
+    Box part = box;
+    part.dims[b.outer].n = full;
+    split(req, out, std::move(part), k + 1);
+  }
+  Box tail = box;
+  tail.src += full * outer.ss;
+  tail.dst += full * outer.ds;
+  tail.dims[b.outer].n = 1;
+  tail.dims[b.inner].n = rest;
+  split(req, out, std::move(tail), k + 1);
+  if (b.zero_pad && !box.zero) {
+    Box pad = box;
+    pad.zero = true;
+    pad.src += full * outer.ss + rest * inner.ss;
+    pad.dst += full * outer.ds + rest * inner.ds;
+    pad.dims[b.outer].n = 1;
+    pad.dims[b.inner].n = b.block - rest;
+    split(req, out, std::move(pad), k + 1);
+  }
+}
+
+enum class Shape { Row, Tile, Strided };
+
+struct Plan {
+  Shape shape;
+  const char* src;
+  char* dst;
+  std::vector<Dim> outer;  // outermost first
+  Dim a{1, 0, 0}, d{1, 0, 0};
+  int64_t outer_count = 1, band = 1, bands = 1, items = 1;
+};
+
+Plan make_plan(const Box& box, int esrc, int edst) {
+  Plan p;
+  p.src = box.src;
+  p.dst = box.dst;
+  std::vector<Dim> dims = box.dims;
+  if (!canonicalize(dims, p.src, p.dst)) {
+    p.items = 0;
+    return p;
+  }
+  if (dims.empty()) dims.push_back({1, esrc, edst});
+  p.d = dims.back();
+  dims.pop_back();
+  if (p.d.ds == edst && p.d.ss == esrc) {
+    p.shape = Shape::Row;
+  } else {
+    // the source's fastest remaining axis
+    int best = -1;
+    for (int i = 0; i < static_cast<int>(dims.size()); ++i)
+      if (dims[i].ss != 0 && (best < 0 || iabs(dims[i].ss) < iabs(dims[best].ss))) best = i;
+    if (best >= 0) {
+      p.a = dims[best];
+      dims.erase(dims.begin() + best);
+      if (p.a.ss < 0) {  // walk a flipped axis forwards in the source
+        p.src += (p.a.n - 1) * p.a.ss;
+        p.dst += (p.a.n - 1) * p.a.ds;
+        p.a.ss = -p.a.ss;
+        p.a.ds = -p.a.ds;
+      }
+    }
+    p.shape = (p.d.ds == edst && p.a.ss == esrc && p.a.n > 1) ? Shape::Tile : Shape::Strided;
+  }
+  p.outer = std::move(dims);
+  for (const Dim& o : p.outer) p.outer_count *= o.n;
+  if (p.shape == Shape::Row) {
+    // a lone long row is cut in pieces so threads can share it
+    p.band = p.outer_count == 1 ? kItemElements : p.d.n;
+    p.bands = (p.d.n + p.band - 1) / p.band;
+  } else {
+    int64_t rows = kItemElements / std::max<int64_t>(p.d.n, 1);
+    rows = std::max<int64_t>(32, (rows + 31) / 32 * 32);
+    p.band = std::min(rows, p.a.n);
+    p.bands = (p.a.n + p.band - 1) / p.band;
+  }
+  p.items = p.outer_count * p.bands;
+  return p;
+}
+
+void run_items(const Plan& p, const KernelSet& ks, Op op, int64_t begin, int64_t end) {
+  for (int64_t item = begin; item < end; ++item) {
+    int64_t m = item / p.bands;
+    const int64_t band = item % p.bands;
+    const char* s = p.src;
+    char* d = p.dst;
+    for (size_t i = p.outer.size(); i-- > 0;) {
+      const int64_t idx = m % p.outer[i].n;
+      m /= p.outer[i].n;
+      s += idx * p.outer[i].ss;
+      d += idx * p.outer[i].ds;
+    }
+    switch (p.shape) {
+      case Shape::Row: {
+        const int64_t lo = band * p.band, n = std::min(p.band, p.d.n - lo);
+        ks.row[op](s + lo * p.d.ss, d + lo * p.d.ds, n);
+        break;
+      }
+      case Shape::Tile: {
+        const int64_t lo = band * p.band, n = std::min(p.band, p.a.n - lo);
+        ks.tile[op](s + lo * p.a.ss, p.d.ss, d + lo * p.a.ds, p.a.ds, n, p.d.n);
+        break;
+      }
+      case Shape::Strided: {
+        const int64_t lo = band * p.band, n = std::min(p.band, p.a.n - lo);
+        ks.strided[op](s + lo * p.a.ss, p.a.ss, p.d.ss, d + lo * p.a.ds, p.a.ds, p.d.ds, n, p.d.n);
+        break;
+      }
+    }
+  }
+}
+
+void zero_fill(const Box& box, int edst) {
+  std::vector<Dim> dims = box.dims;
+  for (Dim& d : dims) d.ss = 0;
+  const char* s = nullptr;
+  char* dst = box.dst;
+  if (!canonicalize(dims, s, dst)) return;
+  int64_t run = edst;  // contiguous bytes at the bottom
+  while (!dims.empty() && dims.back().ds == run) {
+    run *= dims.back().n;
+    dims.pop_back();
+  }
+  int64_t count = 1;
+  for (const Dim& d : dims) count *= d.n;
+  for (int64_t m = 0; m < count; ++m) {
+    int64_t r = m;
+    char* d = dst;
+    for (size_t i = dims.size(); i-- > 0;) {
+      d += (r % dims[i].n) * dims[i].ds;
+      r /= dims[i].n;
+    }
+    std::memset(d, 0, static_cast<size_t>(run));
+  }
+}
+
+}  // namespace
+
+std::vector<Box> decompose(const Request& req) {
+  for (const Bound& b : req.bounds) {
+    const int nd = static_cast<int>(req.dims.size());
+    if (b.outer < 0 || b.outer >= nd || b.inner < 0 || b.inner >= nd || b.outer == b.inner ||
+        b.block < 1 || b.extent < 0)
+      throw std::invalid_argument("invalid blocked axis description");
+  }
+  std::vector<Box> boxes;
+  split(req, boxes, Box{req.src, req.dst, req.dims, false}, 0);
+  return boxes;
+}
+
+void execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int threads) {
+  const KernelSet& ks = kernels();
+  const Op op = op_for(cast, esrc);
+  for (const Box& box : boxes) {
+    if (box.zero) {
+      zero_fill(box, edst);
+      continue;
+    }
+    const Plan p = make_plan(box, esrc, edst);
+    if (p.items == 0) continue;
+    int64_t elements = 1;
+    for (const Dim& d : box.dims) elements *= d.n;
+    const int64_t bytes = elements * (esrc + edst);
+    if (threads <= 1 || bytes < kParallelBytes || p.items == 1) {
+      run_items(p, ks, op, 0, p.items);
+    } else {
+      const int64_t per_thread = (p.items + threads - 1) / threads;
+      const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(per_thread / 4, 64));
+      ThreadPool::instance().run(p.items, grain, threads,
+                                 [&](int64_t b, int64_t e) { run_items(p, ks, op, b, e); });
+    }
+  }
+}
+
+const char* describe_plan(const Request& req) {
+  const std::vector<Box> boxes = decompose(req);
+  if (boxes.empty()) return "empty";
+  const Plan p = make_plan(boxes.front(), req.esrc, req.edst);
+  if (p.items == 0) return "empty";
+  switch (p.shape) {
+    case Shape::Row: return "row";
+    case Shape::Tile: return "tile";
+    default: return "strided";
+  }
+}
+
+}  // namespace mpslayout

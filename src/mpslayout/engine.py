@@ -1,0 +1,243 @@
+"""The Python side of every engine call: input and dtype checks, ``out=``, threads.
+
+Every public converter ends in :func:`run`, which hands one box description (extents and
+byte strides on both sides, blocked axes, cast) to the C++ engine.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["get_threads", "permute", "set_threads"]
+
+MAX_NDIM = 8
+
+_F2 = np.dtype(np.float16)
+_F4 = np.dtype(np.float32)
+_F8 = np.dtype(np.float64)
+_U1 = np.dtype(np.uint8)
+
+_lock = threading.Lock()
+_threads: Optional[int] = None
+
+
+def _is_bf16(dt: np.dtype) -> bool:
+    return dt.itemsize == 2 and dt.name == "bfloat16"
+
+
+def _cast_code(src: np.dtype, dst: np.dtype) -> Optional[int]:
+    """Engine code for a src -> dst element conversion, or None if not supported."""
+    if src == dst:
+        return _core.CAST_NONE
+    if src == _F4 and dst == _F2:
+        return _core.CAST_F32_F16
+    if src == _F2 and dst == _F4:
+        return _core.CAST_F16_F32
+    if src == _F8 and dst == _F4:
+        return _core.CAST_F64_F32
+    if src == _F4 and _is_bf16(dst):
+        return _core.CAST_F32_BF16
+    if _is_bf16(src) and dst == _F4:
+        return _core.CAST_BF16_F32
+    return None
+
+
+SUPPORTED_CASTS = (
+    "float32->float16, float16->float32, float64->float32, float32->bfloat16, bfloat16->float32"
+)
+
+
+def set_threads(n: Optional[int]) -> None:
+    """Set the default number of threads for every conversion (None: back to the default).
+
+    The default, when unset, is the environment variable ``MPSLAYOUT_NUM_THREADS`` if set,
+    else the number of CPUs this process may run on.
+    """
+    global _threads
+    if n is not None:
+        n = _check_threads(n, "n")
+    with _lock:
+        _threads = n
+
+
+def get_threads() -> int:
+    """The number of threads a conversion uses when ``threads=None``."""
+    if _threads is not None:
+        return _threads
+    env = os.environ.get("MPSLAYOUT_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(
+                f"MPSLAYOUT_NUM_THREADS must be a positive integer, got {env!r}"
+            ) from None
+        if n < 1:
+            raise ValueError(f"MPSLAYOUT_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_threads(n: Any, name: str = "threads") -> int:
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int or None, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {n}")
+    return int(n)
+
+
+def as_input(x: Any, name: str) -> np.ndarray:
+    """``x`` as an ndarray whose elements the engine can move (1, 2, 4 or 8 bytes)."""
+    a = x if type(x) is np.ndarray else np.asarray(x)
+    dt = a.dtype
+    if dt.hasobject or dt.fields is not None or dt.subdtype is not None:
+        raise TypeError(f"{name} has dtype {dt}, which mpslayout cannot convert")
+    if dt.kind in "USVMm" or dt.itemsize not in (1, 2, 4, 8):
+        raise TypeError(
+            f"{name} has dtype {dt}; mpslayout moves numeric elements of 1, 2, 4 or 8 bytes"
+        )
+    if a.ndim > MAX_NDIM:
+        raise ValueError(f"{name} has {a.ndim} dimensions; at most {MAX_NDIM} are supported")
+    return a
+
+
+def resolve_dtype(a: np.ndarray, dtype: Any, name: str, *, mps: bool) -> tuple[np.ndarray, np.dtype, int]:
+    """Returns (source array, output dtype, cast code).
+
+    ``mps=True`` applies the converters' default: float32/float16/bfloat16/uint8 are kept,
+    float64 becomes float32, and anything else is refused (MPS has no such weights).
+    """
+    src = a.dtype
+    if not src.isnative and src.itemsize > 1:
+        if dtype is None and not mps:
+            return a, src, _core.CAST_NONE  # bytes move unchanged, as numpy's transpose does
+        a = a.astype(src.newbyteorder("="))
+        src = a.dtype
+    if dtype is None:
+        if not mps:
+            return a, src, _core.CAST_NONE
+        if src == _F8:
+            return a, _F4, _core.CAST_F64_F32
+        if src in (_F4, _F2, _U1) or _is_bf16(src):
+            return a, src, _core.CAST_NONE
+        raise TypeError(
+            f"{name} has dtype {src}; MPS weights are float32, float16 or uint8 "
+            "(float64 is converted to float32): cast it first or pass dtype="
+        )
+    try:
+        out_dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a numpy dtype, got {dtype!r}") from None
+    code = _cast_code(src, out_dt)
+    if code is None:
+        raise TypeError(
+            f"cannot convert {name} from {src} to {out_dt}: supported casts are {SUPPORTED_CASTS}"
+        )
+    return a, out_dt, code
+
+
+def prepare_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, src: np.ndarray) -> np.ndarray:
+    """A fresh C-contiguous result, or ``out`` after checking it fits exactly."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, expected {shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if out.size and src.size and np.may_share_memory(out, src):
+        try:
+            overlap = np.shares_memory(out, src, max_work=10_000)
+        except np.exceptions.TooHardError:  # pragma: no cover - pathological strides
+            overlap = True
+        if overlap:
+            raise ValueError("out overlaps the input; pass a separate array")
+    return out
+
+
+def c_strides(shape: Sequence[int], itemsize: int) -> list[int]:
+    """Byte strides of a C-contiguous array of this shape."""
+    strides = [0] * len(shape)
+    step = itemsize
+    for i in range(len(shape) - 1, -1, -1):
+        strides[i] = step
+        step *= max(shape[i], 1)
+    return strides
+
+
+def run(
+    src: np.ndarray,
+    out: np.ndarray,
+    shape: Sequence[int],
+    src_strides: Sequence[int],
+    dst_strides: Optional[Sequence[int]] = None,
+    *,
+    src_offset: int = 0,
+    bounds: Sequence[tuple[int, int, int, int, bool]] = (),
+    cast: int = 0,
+    threads: Optional[int] = None,
+) -> np.ndarray:
+    """Copy the box ``shape`` of ``src`` (byte strides, offset) into ``out`` and return it.
+
+    ``dst_strides`` defaults to the C-contiguous strides of ``shape`` in ``out``.
+    """
+    n = get_threads() if threads is None else _check_threads(threads)
+    if dst_strides is None:
+        dst_strides = c_strides(shape, out.itemsize)
+    _core.copy(src, out, shape, src_strides, dst_strides, src_offset, 0, bounds, cast, n)
+    return out
+
+
+def normalize_axes(axes: Any, ndim: int, name: str = "axes") -> tuple[int, ...]:
+    try:
+        seq = tuple(axes)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {type(axes).__name__}") from None
+    if len(seq) != ndim:
+        raise ValueError(f"{name} must be a permutation of range({ndim}), got {seq}")
+    result = []
+    for ax in seq:
+        if isinstance(ax, (bool, np.bool_)) or not isinstance(ax, (int, np.integer)):
+            raise TypeError(f"{name} must be a sequence of ints, got {seq}")
+        if not -ndim <= ax < ndim:
+            raise ValueError(f"{name} must be a permutation of range({ndim}), got {seq}")
+        result.append(int(ax) % ndim if ndim else 0)
+    if len(set(result)) != ndim:
+        raise ValueError(f"{name} must be a permutation of range({ndim}), got {seq}")
+    return tuple(result)
+
+
+def permute(
+    x: Any,
+    axes: Sequence[int],
+    *,
+    dtype: Any = None,
+    out: Optional[np.ndarray] = None,
+    threads: Optional[int] = None,
+) -> np.ndarray:
+    """Permute the axes of ``x`` into a new C-contiguous array, optionally casting.
+
+    Equals ``np.ascontiguousarray(np.transpose(x, axes)).astype(dtype)``, bit for bit
+    (casts round as numpy's ``astype``). ``axes`` is a permutation of ``range(x.ndim)``.
+    """
+    a = as_input(x, "x")
+    perm = normalize_axes(axes, a.ndim)
+    a, out_dt, cast = resolve_dtype(a, dtype, "x", mps=False)
+    shape = tuple(a.shape[p] for p in perm)
+    result = prepare_out(out, shape, out_dt, a)
+    return run(a, result, shape, [a.strides[p] for p in perm], cast=cast, threads=threads)
