@@ -39,9 +39,17 @@ void check_inside(const std::vector<Dim>& dims, bool source, int64_t offset, int
 using BoundTuple = std::tuple<int, int, int64_t, int64_t, bool>;
 
 Request make_request(const py::array& src, py::array& dst, const std::vector<int64_t>& shape,
-                     const std::vector<int64_t>& src_strides, const std::vector<int64_t>& dst_strides,
+                     const std::vector<int64_t>& src_strides, std::vector<int64_t> dst_strides,
                      int64_t src_offset, int64_t dst_offset, const std::vector<BoundTuple>& bounds,
                      int cast_code) {
+  if (dst_strides.empty() && !shape.empty()) {  // C-contiguous destination box
+    dst_strides.resize(shape.size());
+    int64_t step = dst.itemsize();
+    for (size_t i = shape.size(); i-- > 0;) {
+      dst_strides[i] = step;
+      step = checked_mul(step, std::max<int64_t>(shape[i], 1));
+    }
+  }
   if (shape.size() != src_strides.size() || shape.size() != dst_strides.size())
     throw py::value_error("shape and strides must have the same length");
   if (shape.size() > 64) throw py::value_error("too many axes");
@@ -86,6 +94,13 @@ void copy(const py::array& src, py::array& dst, const std::vector<int64_t>& shap
     const Range sr = array_range(src), dr = array_range(dst);
     const char* s0 = static_cast<const char*>(src.data());
     char* d0 = static_cast<char*>(dst.mutable_data());
+    // Refuse any overlap of the two arrays' memory spans (what np.may_share_memory checks):
+    // the engine reads and writes in no particular order.
+    if (sr.hi > sr.lo && dr.hi > dr.lo) {
+      const auto s_lo = reinterpret_cast<uintptr_t>(s0) + sr.lo, s_hi = reinterpret_cast<uintptr_t>(s0) + sr.hi;
+      const auto d_lo = reinterpret_cast<uintptr_t>(d0) + dr.lo, d_hi = reinterpret_cast<uintptr_t>(d0) + dr.hi;
+      if (s_lo < d_hi && d_lo < s_hi) throw py::value_error("out overlaps the input; pass a separate array");
+    }
     for (const Box& b : boxes) {
       if (!b.zero) check_inside(b.dims, true, b.src - s0, req.esrc, sr, "source");
       check_inside(b.dims, false, b.dst - d0, req.edst, dr, "destination");

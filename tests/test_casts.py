@@ -76,8 +76,9 @@ def from_bits(pattern_list, dtype):
 def with_neighbours(x):
     """x together with the next representable value on each side (same dtype), both signs."""
     x = np.asarray(x)
-    up = np.nextafter(x, np.asarray(np.inf, dtype=x.dtype))
-    down = np.nextafter(x, np.asarray(-np.inf, dtype=x.dtype))
+    with np.errstate(all="ignore"):
+        up = np.nextafter(x, np.asarray(np.inf, dtype=x.dtype))
+        down = np.nextafter(x, np.asarray(-np.inf, dtype=x.dtype))
     allv = np.concatenate([x, up, down])
     return np.concatenate([allv, -allv])
 
@@ -128,7 +129,8 @@ def f32_to_f16_specials():
         0.0, 1.0, 65504.0, 65519.0, 65520.0, 65536.0, 70000.0, 1e10,
         2.0**-24, 2.0**-25, 3 * 2.0**-25, 2.0**-26, 2.0**-14, 2.0**-15, 2.0**-14 - 2.0**-25,
         2.0**-14 + 2.0**-25, 1 + 2.0**-11, 1 + 3 * 2.0**-11, 2048.0 + 1.0, 2048.0 + 3.0,
-        float(np.finfo(f32).max), float(np.finfo(f32).tiny), float(np.finfo(f32).smallest_subnormal),
+        float(np.finfo(f32).max), float(np.finfo(f32).tiny),
+        float(np.finfo(f32).smallest_subnormal),
         np.inf,
     ]  # fmt: skip
     base = with_neighbours(np.asarray(vals, dtype=f32))
@@ -343,3 +345,49 @@ def test_forced_isa_dispatch(isa, tmp_path):
     if proc.returncode != 0 and "unsupported" in proc.stderr.lower():
         pytest.skip(f"MPSLAYOUT_ISA={isa} unsupported on this CPU")
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# ------------------------------------------------------------- default dtype rules
+
+
+def test_bf16_identity_permute_and_converters_keep_bf16():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    rng = np.random.default_rng(11)
+    raw = rng.integers(0, 2**16, size=(6, 4, 3, 5), dtype=np.uint32).astype(np.uint16)
+    w = raw.view(bf16)
+    got = mpslayout.permute(w, (0, 2, 3, 1))
+    assert_same_bits(got, np.ascontiguousarray(w.transpose(0, 2, 3, 1)), w)
+    got = mpslayout.conv_weights(w)
+    assert_same_bits(got, np.ascontiguousarray(w.transpose(0, 2, 3, 1)), w)
+
+
+@pytest.mark.parametrize(
+    ("src", "want"),
+    [(np.float64, np.float32), (np.float32, np.float32), (np.float16, np.float16),
+     (np.uint8, np.uint8)],
+)  # fmt: skip
+def test_converter_default_dtype(src, want):
+    rng = np.random.default_rng(12)
+    w = (rng.standard_normal((8, 4, 3, 2)) * 50).astype(src)
+    got = mpslayout.conv_weights(w)
+    assert got.dtype == want
+    assert_same_bits(got, oracle(w.transpose(0, 2, 3, 1), want), w)
+    fc = mpslayout.fc_weights(w.reshape(8, 24), input_shape=(4, 3, 2))
+    assert fc.dtype == want
+    assert_same_bits(fc, oracle(w.transpose(0, 2, 3, 1), want), w)
+
+
+@pytest.mark.parametrize(("src", "dst"), [(np.float32, np.float16), (np.float64, np.float32)])
+def test_converter_explicit_cast(src, dst):
+    rng = np.random.default_rng(13)
+    w = (rng.standard_normal((8, 4, 3, 2)) * 3e4).astype(src)
+    got = mpslayout.conv_weights(w, dtype=dst)
+    assert_same_bits(got, oracle(w.transpose(0, 2, 3, 1), dst), w)
+
+
+def test_permute_keeps_float64():
+    x = np.arange(24, dtype=np.float64).reshape(2, 3, 4) / 7
+    got = mpslayout.permute(x, (2, 1, 0))
+    assert got.dtype == np.float64
+    assert_same_bits(got, np.ascontiguousarray(x.transpose(2, 1, 0)), x)

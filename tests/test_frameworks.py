@@ -13,9 +13,9 @@ import itertools
 
 import numpy as np
 import pytest
+from nhwc_ref import conv2d_nhwc, conv_transpose2d_nhwc, fc_hwc, subpixel_1x1
 
 import mpslayout
-from nhwc_ref import conv2d_nhwc, conv_transpose2d_nhwc, fc_hwc, subpixel_1x1
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -172,8 +172,10 @@ def test_conv_transpose_no_flip_is_unrotated(torch):
 # ------------------------------------------------------------ depthwise
 
 
-@pytest.mark.parametrize(("kernel", "stride", "padding"), [((3, 3), 1, 1), ((5, 3), 2, 2),
-                                                           ((1, 1), 1, 0), ((3, 5), 2, 0)])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding"),
+    [((3, 3), 1, 1), ((5, 3), 2, 2), ((1, 1), 1, 0), ((3, 5), 2, 0)],
+)
 def test_depthwise_torch(torch, kernel, stride, padding):
     c = 6
     conv = torch.nn.Conv2d(c, c, kernel, stride=stride, padding=padding, groups=c)
@@ -373,16 +375,24 @@ def test_keras_io_dense_reshape_hwc():
 # ------------------------------------------------------------ ONNX Runtime
 
 
-def _onnx_run(nodes, x, initializers):
+@pytest.fixture(scope="module")
+def helper():
+    """``onnx.helper``; skips unless both onnx and onnxruntime are installed."""
     onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
+    return onnx.helper
+
+
+def _onnx_run(nodes, x, initializers, out_rank=4):
+    import onnx
+    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{k}" for k in range(out_rank)])],
         initializer=[numpy_helper.from_array(v, name=k) for k, v in initializers.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -402,9 +412,7 @@ ONNX_CONV_CASES = [
 
 
 @pytest.mark.parametrize(("group", "kernel", "strides", "pads", "dilations"), ONNX_CONV_CASES)
-def test_onnx_conv(group, kernel, strides, pads, dilations):
-    from onnx import helper
-
+def test_onnx_conv(helper, group, kernel, strides, pads, dilations):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 16, 11, 12)).astype(np.float32)
     w = (rng.standard_normal((16, 16 // group, *kernel)) * 0.2).astype(np.float32)
@@ -430,9 +438,7 @@ ONNX_CT_CASES = [
 
 
 @pytest.mark.parametrize(("group", "kernel", "strides", "pads", "output_padding"), ONNX_CT_CASES)
-def test_onnx_conv_transpose(group, kernel, strides, pads, output_padding):
-    from onnx import helper
-
+def test_onnx_conv_transpose(helper, group, kernel, strides, pads, output_padding):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 8, 5, 6)).astype(np.float32)
     w = (rng.standard_normal((8, 8 // group, *kernel)) * 0.2).astype(np.float32)
@@ -448,9 +454,7 @@ def test_onnx_conv_transpose(group, kernel, strides, pads, output_padding):
     assert_close(got, want)
 
 
-def test_onnx_flatten_gemm():
-    from onnx import helper
-
+def test_onnx_flatten_gemm(helper):
     rng = np.random.default_rng(5)
     c, h, w, o = 5, 3, 7, 9
     x = rng.standard_normal((2, c, h, w)).astype(np.float32)
@@ -460,6 +464,6 @@ def test_onnx_flatten_gemm():
         helper.make_node("Flatten", ["x"], ["f"], axis=1),
         helper.make_node("Gemm", ["f", "lw", "lb"], ["y"], transB=1),
     ]
-    want = _onnx_run(nodes, x, {"lw": lw, "lb": lb})
+    want = _onnx_run(nodes, x, {"lw": lw, "lb": lb}, out_rank=2)
     got = fc_hwc(nchw_to_nhwc(x), mpslayout.fc_weights(lw, input_shape=(c, h, w)), lb)
     assert_close(got, want)

@@ -35,7 +35,7 @@ void fill_scalar(KernelSet& ks) {
   MPSL_FILL(tile, scalar::tile)
   MPSL_FILL(strided, scalar::strided)
 #undef MPSL_FILL
-  for (int i = 0; i < kNumOps; ++i) ks.stream_row[i] = ks.row[i];
+  for (int i = 0; i < kNumOps; ++i) ks.stream_tile[i] = ks.tile[i];
 }
 
 #if defined(MPSLAYOUT_X86)
@@ -74,6 +74,7 @@ void fill_sse2(KernelSet& ks) {
   fill_scalar(ks);
   ks.isa = "sse2";
   ks.tile[kCopy4] = tile4_sse2;
+  ks.stream_tile[kCopy4] = tile4_sse2;
 }
 
 static bool cpu_has_avx2() {

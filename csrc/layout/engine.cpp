@@ -4,6 +4,7 @@
 // axes are flattened into work items that the thread pool shares out.
 #include "engine.hpp"
 
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include "kernels.hpp"
@@ -13,8 +14,17 @@ namespace mpslayout {
 
 namespace {
 
-constexpr int64_t kParallelBytes = 64 * 1024;   // below this, never start a thread
+constexpr int64_t kParallelBytes = 1 << 20;  // bytes moved below which threads cost more than they give
 constexpr int64_t kItemElements = 16 * 1024;    // elements per work item (about L1..L2)
+// Destinations past the last-level cache get non-temporal stores. MPSLAYOUT_STREAM_BYTES
+// overrides the threshold (for benchmarking the two store paths against each other).
+int64_t stream_bytes() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("MPSLAYOUT_STREAM_BYTES");
+    return env && *env ? std::max<int64_t>(0, std::atoll(env)) : int64_t(48) << 20;
+  }();
+  return value;
+}     // destinations past the LLC: non-temporal stores
 
 int64_t iabs(int64_t v) { return v < 0 ? -v : v; }
 
@@ -118,7 +128,8 @@ Plan make_plan(const Box& box, int esrc, int edst) {
   return p;
 }
 
-void run_items(const Plan& p, const KernelSet& ks, Op op, int64_t begin, int64_t end) {
+void run_items(const Plan& p, const KernelSet& ks, Op op, bool stream, int64_t begin, int64_t end) {
+  const TileFn tile = stream ? ks.stream_tile[op] : ks.tile[op];
   for (int64_t item = begin; item < end; ++item) {
     int64_t m = item / p.bands;
     const int64_t band = item % p.bands;
@@ -138,7 +149,7 @@ void run_items(const Plan& p, const KernelSet& ks, Op op, int64_t begin, int64_t
       }
       case Shape::Tile: {
         const int64_t lo = band * p.band, n = std::min(p.band, p.a.n - lo);
-        ks.tile[op](s + lo * p.a.ss, p.d.ss, d + lo * p.a.ds, p.a.ds, n, p.d.n);
+        tile(s + lo * p.a.ss, p.d.ss, d + lo * p.a.ds, p.a.ds, n, p.d.n);
         break;
       }
       case Shape::Strided: {
@@ -201,13 +212,14 @@ void execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int t
     int64_t elements = 1;
     for (const Dim& d : box.dims) elements *= d.n;
     const int64_t bytes = elements * (esrc + edst);
+    const bool stream = elements * edst >= stream_bytes();
     if (threads <= 1 || bytes < kParallelBytes || p.items == 1) {
-      run_items(p, ks, op, 0, p.items);
+      run_items(p, ks, op, stream, 0, p.items);
     } else {
       const int64_t per_thread = (p.items + threads - 1) / threads;
       const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(per_thread / 4, 64));
       ThreadPool::instance().run(p.items, grain, threads,
-                                 [&](int64_t b, int64_t e) { run_items(p, ks, op, b, e); });
+                                 [&](int64_t b, int64_t e) { run_items(p, ks, op, stream, b, e); });
     }
   }
 }

@@ -22,7 +22,7 @@ struct KernelSet {
   RowFn row[kNumOps];
   TileFn tile[kNumOps];
   StridedFn strided[kNumOps];
-  RowFn stream_row[kNumOps];  // row variant with non-temporal stores (big destinations)
+  TileFn stream_tile[kNumOps];  // tile variant with non-temporal stores (big destinations)
 };
 
 inline Op op_for(Cast cast, int elem_size) {

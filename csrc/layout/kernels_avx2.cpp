@@ -49,7 +49,22 @@ constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
 // One 8x8 block: src rows are d (8 consecutive a's each), dst rows are a.
 // Returns false when the block must take the scalar path (a signalling NaN lane).
-template <Op OP> inline bool block8(const char* s, int64_t ssd, char* d, int64_t dsa) {
+template <Op OP, bool NT> inline void store_lane(char* d, __m256 v) {
+  if constexpr (OP == kF32F16) {
+    const __m128i h = _mm256_cvtps_ph(v, kRound);
+    if (NT && (reinterpret_cast<uintptr_t>(d) & 15) == 0)
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d), h);
+    else
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(d), h);
+  } else {
+    if (NT && (reinterpret_cast<uintptr_t>(d) & 31) == 0)
+      _mm256_stream_ps(reinterpret_cast<float*>(d), v);
+    else
+      _mm256_storeu_ps(reinterpret_cast<float*>(d), v);
+  }
+}
+
+template <Op OP, bool NT> inline bool block8(const char* s, int64_t ssd, char* d, int64_t dsa) {
   __m256 r0, r1, r2, r3, r4, r5, r6, r7;
   if constexpr (OP == kF16F32) {
     const __m128i h0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
@@ -81,25 +96,14 @@ template <Op OP> inline bool block8(const char* s, int64_t ssd, char* d, int64_t
     }
   }
   transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
-  if constexpr (OP == kF32F16) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm256_cvtps_ph(r0, kRound));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + dsa), _mm256_cvtps_ph(r1, kRound));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 2 * dsa), _mm256_cvtps_ph(r2, kRound));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 3 * dsa), _mm256_cvtps_ph(r3, kRound));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 4 * dsa), _mm256_cvtps_ph(r4, kRound));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 5 * dsa), _mm256_cvtps_ph(r5, kRound));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 6 * dsa), _mm256_cvtps_ph(r6, kRound));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + 7 * dsa), _mm256_cvtps_ph(r7, kRound));
-  } else {
-    _mm256_storeu_ps(reinterpret_cast<float*>(d), r0);
-    _mm256_storeu_ps(reinterpret_cast<float*>(d + dsa), r1);
-    _mm256_storeu_ps(reinterpret_cast<float*>(d + 2 * dsa), r2);
-    _mm256_storeu_ps(reinterpret_cast<float*>(d + 3 * dsa), r3);
-    _mm256_storeu_ps(reinterpret_cast<float*>(d + 4 * dsa), r4);
-    _mm256_storeu_ps(reinterpret_cast<float*>(d + 5 * dsa), r5);
-    _mm256_storeu_ps(reinterpret_cast<float*>(d + 6 * dsa), r6);
-    _mm256_storeu_ps(reinterpret_cast<float*>(d + 7 * dsa), r7);
-  }
+  store_lane<OP, NT>(d, r0);
+  store_lane<OP, NT>(d + dsa, r1);
+  store_lane<OP, NT>(d + 2 * dsa, r2);
+  store_lane<OP, NT>(d + 3 * dsa, r3);
+  store_lane<OP, NT>(d + 4 * dsa, r4);
+  store_lane<OP, NT>(d + 5 * dsa, r5);
+  store_lane<OP, NT>(d + 6 * dsa, r6);
+  store_lane<OP, NT>(d + 7 * dsa, r7);
   return true;
 }
 
@@ -108,24 +112,131 @@ template <> struct OpTraits<kCopy4> { using K = Copy<uint32_t>; };
 template <> struct OpTraits<kF32F16> { using K = Convert<Cast::F32toF16>; };
 template <> struct OpTraits<kF16F32> { using K = Convert<Cast::F16toF32>; };
 
-// Macro-kernel: bands of 32 rows of a; inside a band, 8-wide columns of d, 8x8 blocks.
-template <Op OP> void tile8(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na, int64_t nd) {
+// Stores 8 float32 lanes, or (fused cast) the 8 float16 lanes they round to.
+template <Op OP> inline void store8(char* d, __m256 v) {
+  if constexpr (OP == kF32F16)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm256_cvtps_ph(v, kRound));
+  else
+    _mm256_storeu_ps(reinterpret_cast<float*>(d), v);
+}
+
+// Four source streams interleaved into packed rows of 4 (MPSImage slices, NC4HW4):
+// 8 rows of a per step, 4x8 transpose in registers, 4 full-width stores.
+template <Op OP> void interleave4(const char* src, int64_t ssd, char* dst, int64_t na) {
+  using K = typename OpTraits<OP>::K;
+  constexpr int64_t ed = sizeof(typename K::D);
+  int64_t a = 0;
+  for (; a + 8 <= na; a += 8) {
+    const char* s = src + a * 4;
+    const __m256 r0 = _mm256_loadu_ps(reinterpret_cast<const float*>(s));
+    const __m256 r1 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + ssd));
+    const __m256 r2 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 2 * ssd));
+    const __m256 r3 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 3 * ssd));
+    if constexpr (OP == kF32F16) {
+      if (any_snan32(r0) || any_snan32(r1) || any_snan32(r2) || any_snan32(r3)) {
+        scalar::tile_narrow<K, 4>(s, ssd, dst + a * 4 * ed, 4 * ed, 8);
+        continue;
+      }
+    }
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    char* d = dst + a * 4 * ed;
+    store8<OP>(d, _mm256_permute2f128_ps(u0, u1, 0x20));
+    store8<OP>(d + 8 * ed, _mm256_permute2f128_ps(u2, u3, 0x20));
+    store8<OP>(d + 16 * ed, _mm256_permute2f128_ps(u0, u1, 0x31));
+    store8<OP>(d + 24 * ed, _mm256_permute2f128_ps(u2, u3, 0x31));
+  }
+  scalar::tile_narrow<K, 4>(src + a * 4, ssd, dst + a * 4 * ed, 4 * ed, na - a);
+}
+
+// Three source streams interleaved into packed rows of 3 (RGB first-layer weights):
+// each output vector is three lane permutes blended together.
+template <Op OP> void interleave3(const char* src, int64_t ssd, char* dst, int64_t na) {
+  using K = typename OpTraits<OP>::K;
+  constexpr int64_t ed = sizeof(typename K::D);
+  const __m256i ia = _mm256_setr_epi32(0, 0, 0, 1, 1, 1, 2, 2);
+  const __m256i ib = _mm256_setr_epi32(2, 3, 3, 3, 4, 4, 4, 5);
+  const __m256i ic = _mm256_setr_epi32(5, 5, 6, 6, 6, 7, 7, 7);
+  int64_t a = 0;
+  for (; a + 8 <= na; a += 8) {
+    const char* s = src + a * 4;
+    const __m256 r0 = _mm256_loadu_ps(reinterpret_cast<const float*>(s));
+    const __m256 r1 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + ssd));
+    const __m256 r2 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 2 * ssd));
+    if constexpr (OP == kF32F16) {
+      if (any_snan32(r0) || any_snan32(r1) || any_snan32(r2)) {
+        scalar::tile_narrow<K, 3>(s, ssd, dst + a * 3 * ed, 3 * ed, 8);
+        continue;
+      }
+    }
+    const __m256 o0 = _mm256_blend_ps(
+        _mm256_blend_ps(_mm256_permutevar8x32_ps(r0, ia), _mm256_permutevar8x32_ps(r1, ia), 0x92),
+        _mm256_permutevar8x32_ps(r2, ia), 0x24);
+    const __m256 o1 = _mm256_blend_ps(
+        _mm256_blend_ps(_mm256_permutevar8x32_ps(r0, ib), _mm256_permutevar8x32_ps(r1, ib), 0x24),
+        _mm256_permutevar8x32_ps(r2, ib), 0x49);
+    const __m256 o2 = _mm256_blend_ps(
+        _mm256_blend_ps(_mm256_permutevar8x32_ps(r0, ic), _mm256_permutevar8x32_ps(r1, ic), 0x49),
+        _mm256_permutevar8x32_ps(r2, ic), 0x92);
+    char* d = dst + a * 3 * ed;
+    store8<OP>(d, o0);
+    store8<OP>(d + 8 * ed, o1);
+    store8<OP>(d + 16 * ed, o2);
+  }
+  scalar::tile_narrow<K, 3>(src + a * 4, ssd, dst + a * 3 * ed, 3 * ed, na - a);
+}
+
+// Macro-kernel: bands of 32 rows of a; inside a band, groups of 8x8 blocks that together
+// fill one 64-byte line of each destination row before moving on (so a line is written
+// once, not evicted half-done when rows are a power-of-two apart). Edges reuse a full block
+// shifted back to overlap its neighbour: rewriting equal values beats a scalar edge loop.
+// NT: destinations far larger than the last-level cache; each group is built in an L1
+// buffer and leaves as whole lines of non-temporal stores (no read-for-ownership, and no
+// partly written line left in a write-combining buffer).
+template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na, int64_t nd) {
   using K = typename OpTraits<OP>::K;
   constexpr int64_t es = sizeof(typename K::S), ed = sizeof(typename K::D);
+  constexpr int64_t group = 64 / ed;  // destination elements per cache line
+  if constexpr (OP != kF16F32) {
+    if (nd == 4 && dsa == 4 * ed) return interleave4<OP>(src, ssd, dst, na);
+    if (nd == 3 && dsa == 3 * ed) return interleave3<OP>(src, ssd, dst, na);
+  }
+  if (na < 8 || nd < 8) return scalar::tile<K>(src, ssd, dst, dsa, na, nd);
+  const bool lines = NT && (dsa & 63) == 0 && (reinterpret_cast<uintptr_t>(dst) & 63) == 0;
+  alignas(64) char buf[8 * 64];
   for (int64_t a1 = 0; a1 < na; a1 += 32) {
     const int64_t a1e = std::min(na, a1 + 32);
-    int64_t d0 = 0;
-    for (; d0 + 8 <= nd; d0 += 8) {
-      int64_t a0 = a1;
-      for (; a0 + 8 <= a1e; a0 += 8) {
-        const char* s = src + d0 * ssd + a0 * es;
-        char* d = dst + a0 * dsa + d0 * ed;
-        if (!block8<OP>(s, ssd, d, dsa)) scalar::tile<K>(s, ssd, d, dsa, 8, 8);
+    for (int64_t dg = 0; dg < nd; dg += group) {
+      const int64_t dge = std::min(nd, dg + group);
+      for (int64_t a0 = a1; a0 < a1e; a0 += 8) {
+        const int64_t aa = std::min(a0, na - 8);
+        if (lines && aa == a0 && dge - dg == group) {
+          for (int64_t d0 = dg; d0 < dge; d0 += 8) {
+            const char* s = src + d0 * ssd + aa * es;
+            char* b = buf + (d0 - dg) * ed;
+            if (!block8<OP, false>(s, ssd, b, 64)) scalar::tile<K>(s, ssd, b, 64, 8, 8);
+          }
+          char* d = dst + aa * dsa + dg * ed;
+          for (int r = 0; r < 8; ++r) {
+            const __m256i lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(buf + 64 * r));
+            const __m256i hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(buf + 64 * r + 32));
+            _mm256_stream_si256(reinterpret_cast<__m256i*>(d + r * dsa), lo);
+            _mm256_stream_si256(reinterpret_cast<__m256i*>(d + r * dsa + 32), hi);
+          }
+          continue;
+        }
+        for (int64_t d0 = dg; d0 < dge; d0 += 8) {
+          const int64_t dd = std::min(d0, nd - 8);
+          const char* s = src + dd * ssd + aa * es;
+          char* d = dst + aa * dsa + dd * ed;
+          if (!block8<OP, false>(s, ssd, d, dsa)) scalar::tile<K>(s, ssd, d, dsa, 8, 8);
+        }
       }
-      if (a0 < a1e) scalar::tile<K>(src + d0 * ssd + a0 * es, ssd, dst + a0 * dsa + d0 * ed, dsa, a1e - a0, 8);
     }
-    if (d0 < nd) scalar::tile<K>(src + d0 * ssd + a1 * es, ssd, dst + a1 * dsa + d0 * ed, dsa, a1e - a1, nd - d0);
   }
+  if constexpr (NT) _mm_sfence();
 }
 
 void row_f32_f16(const char* src, char* dst, int64_t n) {
@@ -198,15 +309,18 @@ void row_bf16_f32(const char* src, char* dst, int64_t n) {
 void fill_avx2(KernelSet& ks) {
   fill_sse2(ks);
   ks.isa = "avx2";
-  ks.tile[kCopy4] = tile8<kCopy4>;
-  ks.tile[kF32F16] = tile8<kF32F16>;
-  ks.tile[kF16F32] = tile8<kF16F32>;
+  ks.tile[kCopy4] = tile8<kCopy4, false>;
+  ks.tile[kF32F16] = tile8<kF32F16, false>;
+  ks.tile[kF16F32] = tile8<kF16F32, false>;
+  for (int i = 0; i < kNumOps; ++i) ks.stream_tile[i] = ks.tile[i];
+  ks.stream_tile[kCopy4] = tile8<kCopy4, true>;
+  ks.stream_tile[kF32F16] = tile8<kF32F16, true>;
+  ks.stream_tile[kF16F32] = tile8<kF16F32, true>;
   ks.row[kF32F16] = row_f32_f16;
   ks.row[kF16F32] = row_f16_f32;
   ks.row[kF64F32] = row_f64_f32;
   ks.row[kF32BF16] = row_f32_bf16;
   ks.row[kBF16F32] = row_bf16_f32;
-  for (int i = 0; i < kNumOps; ++i) ks.stream_row[i] = ks.row[i];
 }
 
 }  // namespace mpslayout

@@ -4,6 +4,8 @@ Every function returns a new C-contiguous numpy array (or fills ``out=``), bit-i
 the numpy one-liner its docstring gives. The layout rules are in MPS_LAYOUTS.md.
 """
 
+import os as _os
+
 from . import _core
 from .engine import get_threads, permute, set_threads
 from .images import image_from_slices, image_slices, reshape_gather, reshape_slices
@@ -20,6 +22,15 @@ from .mps import (
 )
 
 __version__ = _core.__version__
+
+# MPSLAYOUT_ISA forces an instruction set (tests use it to run every dispatch path); a value
+# this build or CPU cannot honour is an error rather than a silent fallback.
+_isa = _os.environ.get("MPSLAYOUT_ISA", "").strip()
+if _isa and _isa != "auto" and _isa != _core.isa():
+    raise ImportError(
+        f"MPSLAYOUT_ISA={_isa!r} is unsupported on this CPU or build; "
+        f"available: {', '.join(_core.available_isas())} (or 'auto')"
+    )
 
 __all__ = [
     "MPSLayoutWarning",

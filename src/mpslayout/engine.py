@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -24,15 +24,26 @@ _F4 = np.dtype(np.float32)
 _F8 = np.dtype(np.float64)
 _U1 = np.dtype(np.uint8)
 
+_MPS_KEEP = frozenset((_F4, _F2, _U1))
 _lock = threading.Lock()
-_threads: Optional[int] = None
+_threads: int | None = None
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_CPUS = _cpu_count()
 
 
 def _is_bf16(dt: np.dtype) -> bool:
     return dt.itemsize == 2 and dt.name == "bfloat16"
 
 
-def _cast_code(src: np.dtype, dst: np.dtype) -> Optional[int]:
+def _cast_code(src: np.dtype, dst: np.dtype) -> int | None:
     """Engine code for a src -> dst element conversion, or None if not supported."""
     if src == dst:
         return _core.CAST_NONE
@@ -54,7 +65,7 @@ SUPPORTED_CASTS = (
 )
 
 
-def set_threads(n: Optional[int]) -> None:
+def set_threads(n: int | None) -> None:
     """Set the default number of threads for every conversion (None: back to the default).
 
     The default, when unset, is the environment variable ``MPSLAYOUT_NUM_THREADS`` if set,
@@ -68,24 +79,38 @@ def set_threads(n: Optional[int]) -> None:
 
 
 def get_threads() -> int:
-    """The number of threads a conversion uses when ``threads=None``."""
+    """The number of threads a conversion uses when ``threads=None``.
+
+    That is the value given to :func:`set_threads`, else ``MPSLAYOUT_NUM_THREADS`` (read
+    once, at first use), else the number of CPUs this process may run on.
+    """
     if _threads is not None:
         return _threads
+    global _env_threads
+    if _env_threads is None:
+        _env_threads = _threads_from_env()
+    return _env_threads
+
+
+_env_threads: int | None = None
+
+
+def _threads_from_env() -> int:
     env = os.environ.get("MPSLAYOUT_NUM_THREADS", "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(
-                f"MPSLAYOUT_NUM_THREADS must be a positive integer, got {env!r}"
-            ) from None
-        if n < 1:
-            raise ValueError(f"MPSLAYOUT_NUM_THREADS must be a positive integer, got {env!r}")
-        return n
+    if not env:
+        return _CPUS
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        n = int(env)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"MPSLAYOUT_NUM_THREADS must be a positive integer, got {env!r}")
+    return n
+
+
+def resolve_threads(threads: Any) -> int:
+    """``threads=`` as a count: None means :func:`get_threads`."""
+    return get_threads() if threads is None else _check_threads(threads)
 
 
 def _check_threads(n: Any, name: str = "threads") -> int:
@@ -96,13 +121,36 @@ def _check_threads(n: Any, name: str = "threads") -> int:
     return int(n)
 
 
+_PLAIN = frozenset(
+    np.dtype(t)
+    for t in (
+        np.float32,
+        np.float16,
+        np.float64,
+        np.uint8,
+        np.int8,
+        np.int16,
+        np.uint16,
+        np.int32,
+        np.uint32,
+        np.int64,
+        np.uint64,
+        np.bool_,
+    )
+)
+
+
 def as_input(x: Any, name: str) -> np.ndarray:
     """``x`` as an ndarray whose elements the engine can move (1, 2, 4 or 8 bytes)."""
     a = x if type(x) is np.ndarray else np.asarray(x)
     dt = a.dtype
+    if dt in _PLAIN and a.ndim <= MAX_NDIM:  # fast path for the usual numeric arrays
+        return a
     if dt.hasobject or dt.fields is not None or dt.subdtype is not None:
         raise TypeError(f"{name} has dtype {dt}, which mpslayout cannot convert")
-    if dt.kind in "USVMm" or dt.itemsize not in (1, 2, 4, 8):
+    # ml_dtypes' types (bfloat16, float8) have kind 'V' but a scalar type of their own
+    raw_void = dt.kind == "V" and dt.type is np.void
+    if raw_void or dt.kind in "USMm" or dt.itemsize not in (1, 2, 4, 8):
         raise TypeError(
             f"{name} has dtype {dt}; mpslayout moves numeric elements of 1, 2, 4 or 8 bytes"
         )
@@ -111,13 +159,17 @@ def as_input(x: Any, name: str) -> np.ndarray:
     return a
 
 
-def resolve_dtype(a: np.ndarray, dtype: Any, name: str, *, mps: bool) -> tuple[np.ndarray, np.dtype, int]:
+def resolve_dtype(
+    a: np.ndarray, dtype: Any, name: str, *, mps: bool
+) -> tuple[np.ndarray, np.dtype, int]:
     """Returns (source array, output dtype, cast code).
 
     ``mps=True`` applies the converters' default: float32/float16/bfloat16/uint8 are kept,
     float64 becomes float32, and anything else is refused (MPS has no such weights).
     """
     src = a.dtype
+    if dtype is None and src in _MPS_KEEP:  # fast path
+        return a, src, _core.CAST_NONE
     if not src.isnative and src.itemsize > 1:
         if dtype is None and not mps:
             return a, src, _core.CAST_NONE  # bytes move unchanged, as numpy's transpose does
@@ -147,37 +199,30 @@ def resolve_dtype(a: np.ndarray, dtype: Any, name: str, *, mps: bool) -> tuple[n
 
 
 def prepare_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, src: np.ndarray) -> np.ndarray:
-    """A fresh C-contiguous result, or ``out`` after checking it fits exactly."""
+    """A fresh C-contiguous result, or ``out`` after checking it fits exactly.
+
+    Overlap with the input is refused by the engine itself, before anything is written.
+    """
     if out is None:
         return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
+    if type(out) is not np.ndarray and not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.dtype != dtype:
         raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
     if out.shape != shape:
         raise ValueError(f"out has shape {out.shape}, expected {shape}")
-    if not out.flags.c_contiguous:
+    flags = out.flags
+    if not flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
-    if not out.flags.writeable:
+    if not flags.writeable:
         raise ValueError("out is read-only")
-    if out.size and src.size and np.may_share_memory(out, src):
-        try:
-            overlap = np.shares_memory(out, src, max_work=10_000)
-        except np.exceptions.TooHardError:  # pragma: no cover - pathological strides
-            overlap = True
-        if overlap:
-            raise ValueError("out overlaps the input; pass a separate array")
     return out
 
 
-def c_strides(shape: Sequence[int], itemsize: int) -> list[int]:
-    """Byte strides of a C-contiguous array of this shape."""
-    strides = [0] * len(shape)
-    step = itemsize
-    for i in range(len(shape) - 1, -1, -1):
-        strides[i] = step
-        step *= max(shape[i], 1)
-    return strides
+def check_overlap(out: np.ndarray, src: np.ndarray) -> None:
+    """For results filled by numpy rather than the engine."""
+    if out.size and src.size and np.may_share_memory(out, src):
+        raise ValueError("out overlaps the input; pass a separate array")
 
 
 def run(
@@ -185,25 +230,33 @@ def run(
     out: np.ndarray,
     shape: Sequence[int],
     src_strides: Sequence[int],
-    dst_strides: Optional[Sequence[int]] = None,
+    dst_strides: Sequence[int] | None = None,
     *,
     src_offset: int = 0,
     bounds: Sequence[tuple[int, int, int, int, bool]] = (),
     cast: int = 0,
-    threads: Optional[int] = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Copy the box ``shape`` of ``src`` (byte strides, offset) into ``out`` and return it.
 
-    ``dst_strides`` defaults to the C-contiguous strides of ``shape`` in ``out``.
+    ``dst_strides`` (bytes) defaults to the C-contiguous strides of ``shape`` in ``out``.
     """
-    n = get_threads() if threads is None else _check_threads(threads)
-    if dst_strides is None:
-        dst_strides = c_strides(shape, out.itemsize)
-    _core.copy(src, out, shape, src_strides, dst_strides, src_offset, 0, bounds, cast, n)
+    n = resolve_threads(threads)
+    # empty dst_strides: the engine uses the C-contiguous strides of `shape`
+    _core.copy(src, out, shape, src_strides, dst_strides or (), src_offset, 0, bounds, cast, n)
     return out
 
 
+_IDENTITY = [list(range(n)) for n in range(MAX_NDIM + 1)]
+
+
 def normalize_axes(axes: Any, ndim: int, name: str = "axes") -> tuple[int, ...]:
+    if type(axes) in (tuple, list) and len(axes) == ndim:
+        try:
+            if sorted(axes) == _IDENTITY[ndim] and all(type(a) is int for a in axes):
+                return tuple(axes)  # the common case: non-negative Python ints
+        except TypeError:
+            pass
     try:
         seq = tuple(axes)
     except TypeError:
@@ -227,8 +280,8 @@ def permute(
     axes: Sequence[int],
     *,
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Permute the axes of ``x`` into a new C-contiguous array, optionally casting.
 

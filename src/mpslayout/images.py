@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +45,8 @@ def image_slices(
     *,
     layout: str = "NCHW",
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """The slice-major dump of an MPSImage: ``(N*S, H, W, P)``, or ``(S, H, W, P)`` without N.
 
@@ -67,8 +67,9 @@ def image_slices(
     if "N" not in lay:
         shape = (s, ext["H"], ext["W"], p)
     result = engine.prepare_out(out, shape, out_dt, a)
-    run_layouts(a, src, result.reshape(physical_shape(dst, ext)), dst, ext, cast=cast,
-                threads=threads)
+    run_layouts(
+        a, src, result.reshape(physical_shape(dst, ext)), dst, ext, cast=cast, threads=threads
+    )
     return result
 
 
@@ -78,8 +79,8 @@ def image_from_slices(
     channels: int,
     layout: str = "NCHW",
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """The inverse of :func:`image_slices`: ``t`` is ``(N*S, H, W, P)``; padding is dropped.
 
@@ -146,8 +147,8 @@ def reshape_slices(
     dst: Sequence[int],
     order: str = "HWC",
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """An MPS reshape on slice-layout data: images of shape ``src`` -> ``dst`` (both (H, W, C)).
 
@@ -184,10 +185,11 @@ def reshape_gather(src: Sequence[int], dst: Sequence[int], *, order: str = "HWC"
     o = _order(order)
     if h1 * w1 * c1 != h2 * w2 * c2:
         raise ValueError(f"src={src!r} and dst={dst!r} must hold the same number of values")
-    s1, p1 = slice_geometry(c1)
+    _s1, p1 = slice_geometry(c1)
     s2, p2 = slice_geometry(c2)
-    s, y, x, k = np.meshgrid(np.arange(s2), np.arange(h2), np.arange(w2), np.arange(p2),
-                             indexing="ij")
+    s, y, x, k = np.meshgrid(
+        np.arange(s2), np.arange(h2), np.arange(w2), np.arange(p2), indexing="ij"
+    )
     c = s * p2 + k if p2 == 4 else k
     valid = c < c2
     n = (y * w2 + x) * c2 + c if o == "HWC" else c * (h2 * w2) + y * w2 + x

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def _logical_extents(
-    x: np.ndarray, lay: Layout, channels: Optional[int], sizes: Optional[Mapping[str, int]]
+    x: np.ndarray, lay: Layout, channels: int | None, sizes: Mapping[str, int] | None
 ) -> dict[str, int]:
     """Unblocked size of every axis of the source layout."""
     if x.ndim != lay.ndim:
@@ -160,11 +160,11 @@ def convert(
     src: str,
     dst: str,
     *,
-    channels: Optional[int] = None,
-    sizes: Optional[Mapping[str, int]] = None,
+    channels: int | None = None,
+    sizes: Mapping[str, int] | None = None,
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Convert ``x`` from layout ``src`` to layout ``dst`` (e.g. ``"NCHW"`` -> ``"NHWC"``).
 
@@ -185,13 +185,17 @@ def convert(
         )
     ext = _logical_extents(a, s_lay, channels, sizes)
     # A letter blocked on both sides with different sizes goes through its unblocked form.
-    clash = [c for c in d_lay.letters if s_lay.block_of(c) and d_lay.block_of(c)
-             and s_lay.block_of(c) != d_lay.block_of(c)]
+    clash = [
+        c
+        for c in d_lay.letters
+        if s_lay.block_of(c) and d_lay.block_of(c) and s_lay.block_of(c) != d_lay.block_of(c)
+    ]
     if clash:
         mid = d_lay.letters + "".join(f"{b}{c.lower()}" for c, b in d_lay.blocks if c not in clash)
         a = convert(a, src, mid, sizes={c: ext[c] for c, _ in s_lay.blocks}, threads=threads)
-        return convert(a, mid, dst, sizes={c: ext[c] for c in clash}, dtype=dtype, out=out,
-                       threads=threads)
+        return convert(
+            a, mid, dst, sizes={c: ext[c] for c in clash}, dtype=dtype, out=out, threads=threads
+        )
     a, out_dt, cast = engine.resolve_dtype(a, dtype, "x", mps=False)
     shape = physical_shape(d_lay, ext)
     result = engine.prepare_out(out, shape, out_dt, a)
@@ -207,7 +211,7 @@ def run_layouts(
     ext: Mapping[str, int],
     *,
     cast: int,
-    threads: Optional[int],
+    threads: int | None,
 ) -> None:
     """One engine call moving ``a`` (layout s_lay) into ``result`` (layout d_lay)."""
     sst = _axis_strides(a, s_lay)

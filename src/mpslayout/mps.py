@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 from . import engine
-from .engine import c_strides
 
 __all__ = [
     "MPSLayoutWarning",
@@ -32,9 +31,7 @@ class MPSLayoutWarning(UserWarning):
 def _weights(w: Any, ndim: int, name: str, layout: str) -> np.ndarray:
     a = engine.as_input(w, name)
     if a.ndim != ndim:
-        raise ValueError(
-            f"{name} must be {ndim}-D for layout={layout!r}, got shape {a.shape}"
-        )
+        raise ValueError(f"{name} must be {ndim}-D for layout={layout!r}, got shape {a.shape}")
     return a
 
 
@@ -45,6 +42,8 @@ def _choice(value: Any, options: Sequence[str], name: str) -> str:
 
 
 def _groups(groups: Any, total: int, what: str) -> int:
+    if groups == 1 and type(groups) is int:
+        return 1
     if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
         raise TypeError(f"groups must be a positive int, got {type(groups).__name__}")
     if groups < 1:
@@ -70,11 +69,11 @@ def _move(
     shape: tuple[int, ...],
     src_strides: Sequence[int],
     dtype: Any,
-    out: Optional[np.ndarray],
-    threads: Optional[int],
+    out: np.ndarray | None,
+    threads: int | None,
     *,
     src_offset: int = 0,
-    result_shape: Optional[tuple[int, ...]] = None,
+    result_shape: tuple[int, ...] | None = None,
     name: str = "w",
 ) -> np.ndarray:
     """Resolve dtype and out, then copy the box ``shape`` (C order) of ``a`` into the result."""
@@ -90,8 +89,8 @@ def conv_weights(
     layout: str = "OIHW",
     groups: int = 1,
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """MPSCNNConvolution weights, OHWI ``(O, kH, kW, I/groups)`` (MPS_LAYOUTS.md section 1).
 
@@ -114,10 +113,10 @@ def depthwise_weights(
     w: Any,
     *,
     layout: str = "OIHW",
-    in_channels: Optional[int] = None,
+    in_channels: int | None = None,
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """MPSCNNDepthWiseConvolution weights ``(C, kH, kW)`` (section 2); multiplier 1 only.
 
@@ -161,10 +160,10 @@ def expand_depthwise(
     w: Any,
     *,
     layout: str = "OIHW",
-    in_channels: Optional[int] = None,
+    in_channels: int | None = None,
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """A depthwise convolution with multiplier m as ordinary OHWI weights ``(C*m, kH, kW, C)``.
 
@@ -193,12 +192,14 @@ def expand_depthwise(
         kh, kw, c, m = a.shape
         s_c, s_j, s_h, s_w = a.strides[2], a.strides[3], a.strides[0], a.strides[1]
     a, out_dt, cast = engine.resolve_dtype(a, dtype, "w", mps=True)
+    n_threads = engine.resolve_threads(threads)
     result = engine.prepare_out(out, (c * m, kh, kw, c), out_dt, a)
+    engine.check_overlap(result, a)  # checked before the zero fill touches anything
     result[...] = 0
     e = result.itemsize
     # (c, j, kh, kw) lands at [c*m + j][kh][kw][c]: the diagonal of each block
     dst = [(m * kh * kw * c + 1) * e, kh * kw * c * e, kw * c * e, c * e]
-    engine.run(a, result, (c, m, kh, kw), [s_c, s_j, s_h, s_w], dst, cast=cast, threads=threads)
+    engine.run(a, result, (c, m, kh, kw), [s_c, s_j, s_h, s_w], dst, cast=cast, threads=n_threads)
     return result
 
 
@@ -209,8 +210,8 @@ def conv_transpose_weights(
     groups: int = 1,
     flip: bool = True,
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """MPSCNNConvolutionTranspose weights, OHWI ``(O, kH, kW, I/groups)`` (section 3).
 
@@ -249,8 +250,9 @@ def conv_transpose_weights(
             if shape[ax] > 0:
                 offset += (shape[ax] - 1) * strides[ax]
             strides[ax] = -strides[ax]
-    return _move(a, shape, strides, dtype, out, threads, src_offset=offset,
-                 result_shape=result_shape)
+    return _move(
+        a, shape, strides, dtype, out, threads, src_offset=offset, result_shape=result_shape
+    )
 
 
 def _shape3(shape: Any, name: str) -> tuple[int, int, int]:
@@ -277,12 +279,12 @@ def _neuron_strides(s_n: int, h: int, w: int, c: int, order: str) -> tuple[int, 
 def fc_weights(
     w: Any,
     *,
-    input_shape: Optional[Sequence[int]] = None,
+    input_shape: Sequence[int] | None = None,
     layout: str = "OI",
     flatten: str = "CHW",
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """MPSCNNFullyConnected weights ``(O, H, W, C)`` (section 4).
 
@@ -322,9 +324,9 @@ def dense_reshape(
     order: str = "CHW",
     target: str = "rows",
     dtype: Any = None,
-    out: Optional[np.ndarray] = None,
-    threads: Optional[int] = None,
-) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    out: np.ndarray | None = None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A Dense layer followed by Reshape to ``shape = (H, W, C)``, for MPS (section 6).
 
     ``order`` is how the source framework lays out the reshaped neurons: ``"CHW"`` for a
@@ -353,7 +355,9 @@ def dense_reshape(
             f"(w.shape={a.shape}, layout={layout!r})"
         )
     if target == "subpixel" and h != ww:
-        raise ValueError(f"target='subpixel' needs a square reshape (H == W), got shape={(h, ww, c)}")
+        raise ValueError(
+            f"target='subpixel' needs a square reshape (H == W), got shape={(h, ww, c)}"
+        )
     bv = None
     if b is not None:
         bv = engine.as_input(b, "b")
@@ -389,7 +393,7 @@ def dense_reshape(
     return weights, bias_out
 
 
-def bias(b: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+def bias(b: Any, *, out: np.ndarray | None = None) -> np.ndarray:
     """MPS biases are always float32: ``np.ascontiguousarray(b, dtype=np.float32)``, 1-D."""
     a = b if type(b) is np.ndarray else np.asarray(b)
     if a.ndim != 1:
@@ -397,9 +401,10 @@ def bias(b: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     return _float32(a, out)
 
 
-def _float32(a: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
+def _float32(a: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     if a.dtype.kind not in "fiu" and a.dtype.name != "bfloat16":
         raise TypeError(f"b has dtype {a.dtype}; a bias must be real numbers")
     result = engine.prepare_out(out, a.shape, np.dtype(np.float32), a)
+    engine.check_overlap(result, a)
     np.copyto(result, a, casting="unsafe")
     return result

@@ -112,8 +112,9 @@ def _finish(dst_bits: np.ndarray, src: np.dtype, target: np.dtype) -> np.ndarray
     res = dst_bits.view(src)
     if target != src:
         with np.errstate(all="ignore"):
-            res = res.astype(target)
-    return np.ascontiguousarray(res)
+            res = res.astype(target, order="C")
+    assert res.flags.c_contiguous  # fresh C-order array (also when 0-d)
+    return res
 
 
 def _to_float32(dst_bits: np.ndarray, src: np.dtype) -> np.ndarray:
