@@ -40,41 +40,57 @@ void fill_scalar(KernelSet& ks) {
 
 #if defined(MPSLAYOUT_X86)
 namespace {
-// 4x4 transposes of 4-byte elements: SSE2 is part of every x86-64.
+// SSE2 is part of every x86-64: 4x4 blocks of 4-byte and 8x8 blocks of 2-byte elements.
+inline void block4x4_32(const char* s, int64_t ssd, char* d, int64_t dsa) {
+  __m128 r0 = _mm_loadu_ps(reinterpret_cast<const float*>(s));
+  __m128 r1 = _mm_loadu_ps(reinterpret_cast<const float*>(s + ssd));
+  __m128 r2 = _mm_loadu_ps(reinterpret_cast<const float*>(s + 2 * ssd));
+  __m128 r3 = _mm_loadu_ps(reinterpret_cast<const float*>(s + 3 * ssd));
+  _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+  _mm_storeu_ps(reinterpret_cast<float*>(d), r0);
+  _mm_storeu_ps(reinterpret_cast<float*>(d + dsa), r1);
+  _mm_storeu_ps(reinterpret_cast<float*>(d + 2 * dsa), r2);
+  _mm_storeu_ps(reinterpret_cast<float*>(d + 3 * dsa), r3);
+}
+
+inline __m128i load128(const char* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline void store128(char* p, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
+
+inline void block8x8_16(const char* s, int64_t ssd, char* d, int64_t dsa) {
+  const __m128i r0 = load128(s), r1 = load128(s + ssd), r2 = load128(s + 2 * ssd),
+                r3 = load128(s + 3 * ssd), r4 = load128(s + 4 * ssd), r5 = load128(s + 5 * ssd),
+                r6 = load128(s + 6 * ssd), r7 = load128(s + 7 * ssd);
+  const __m128i t0 = _mm_unpacklo_epi16(r0, r1), t1 = _mm_unpackhi_epi16(r0, r1);
+  const __m128i t2 = _mm_unpacklo_epi16(r2, r3), t3 = _mm_unpackhi_epi16(r2, r3);
+  const __m128i t4 = _mm_unpacklo_epi16(r4, r5), t5 = _mm_unpackhi_epi16(r4, r5);
+  const __m128i t6 = _mm_unpacklo_epi16(r6, r7), t7 = _mm_unpackhi_epi16(r6, r7);
+  const __m128i u0 = _mm_unpacklo_epi32(t0, t2), u1 = _mm_unpackhi_epi32(t0, t2);
+  const __m128i u2 = _mm_unpacklo_epi32(t1, t3), u3 = _mm_unpackhi_epi32(t1, t3);
+  const __m128i u4 = _mm_unpacklo_epi32(t4, t6), u5 = _mm_unpackhi_epi32(t4, t6);
+  const __m128i u6 = _mm_unpacklo_epi32(t5, t7), u7 = _mm_unpackhi_epi32(t5, t7);
+  store128(d, _mm_unpacklo_epi64(u0, u4));
+  store128(d + dsa, _mm_unpackhi_epi64(u0, u4));
+  store128(d + 2 * dsa, _mm_unpacklo_epi64(u1, u5));
+  store128(d + 3 * dsa, _mm_unpackhi_epi64(u1, u5));
+  store128(d + 4 * dsa, _mm_unpacklo_epi64(u2, u6));
+  store128(d + 5 * dsa, _mm_unpackhi_epi64(u2, u6));
+  store128(d + 6 * dsa, _mm_unpacklo_epi64(u3, u7));
+  store128(d + 7 * dsa, _mm_unpackhi_epi64(u3, u7));
+}
+
 void tile4_sse2(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na, int64_t nd) {
-  for (int64_t a1 = 0; a1 < na; a1 += 32) {
-    const int64_t a1e = std::min(na, a1 + 32);
-    for (int64_t d0 = 0; d0 < nd; d0 += 4) {
-      if (d0 + 4 > nd) {
-        scalar::tile<Copy<uint32_t>>(src + d0 * ssd + a1 * 4, ssd, dst + a1 * dsa + d0 * 4, dsa, a1e - a1, nd - d0);
-        continue;
-      }
-      int64_t a0 = a1;
-      for (; a0 + 4 <= a1e; a0 += 4) {
-        const char* s = src + d0 * ssd + a0 * 4;
-        __m128 r0 = _mm_loadu_ps(reinterpret_cast<const float*>(s));
-        __m128 r1 = _mm_loadu_ps(reinterpret_cast<const float*>(s + ssd));
-        __m128 r2 = _mm_loadu_ps(reinterpret_cast<const float*>(s + 2 * ssd));
-        __m128 r3 = _mm_loadu_ps(reinterpret_cast<const float*>(s + 3 * ssd));
-        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-        char* d = dst + a0 * dsa + d0 * 4;
-        _mm_storeu_ps(reinterpret_cast<float*>(d), r0);
-        _mm_storeu_ps(reinterpret_cast<float*>(d + dsa), r1);
-        _mm_storeu_ps(reinterpret_cast<float*>(d + 2 * dsa), r2);
-        _mm_storeu_ps(reinterpret_cast<float*>(d + 3 * dsa), r3);
-      }
-      if (a0 < a1e)
-        scalar::tile<Copy<uint32_t>>(src + d0 * ssd + a0 * 4, ssd, dst + a0 * dsa + d0 * 4, dsa, a1e - a0, 4);
-    }
-  }
+  macro_tile<Copy<uint32_t>, 4>(src, ssd, dst, dsa, na, nd, block4x4_32);
+}
+void tile2_sse2(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na, int64_t nd) {
+  macro_tile<Copy<uint16_t>, 8>(src, ssd, dst, dsa, na, nd, block8x8_16);
 }
 }  // namespace
 
 void fill_sse2(KernelSet& ks) {
   fill_scalar(ks);
   ks.isa = "sse2";
-  ks.tile[kCopy4] = tile4_sse2;
-  ks.stream_tile[kCopy4] = tile4_sse2;
+  ks.tile[kCopy4] = ks.stream_tile[kCopy4] = tile4_sse2;
+  ks.tile[kCopy2] = ks.stream_tile[kCopy2] = tile2_sse2;
 }
 
 static bool cpu_has_avx2() {

@@ -239,6 +239,24 @@ template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, in
   if constexpr (NT) _mm_sfence();
 }
 
+// 4x4 blocks of 8-byte elements (float64, int64, complex64).
+inline void block4x4_64(const char* s, int64_t ssd, char* d, int64_t dsa) {
+  const __m256d r0 = _mm256_loadu_pd(reinterpret_cast<const double*>(s));
+  const __m256d r1 = _mm256_loadu_pd(reinterpret_cast<const double*>(s + ssd));
+  const __m256d r2 = _mm256_loadu_pd(reinterpret_cast<const double*>(s + 2 * ssd));
+  const __m256d r3 = _mm256_loadu_pd(reinterpret_cast<const double*>(s + 3 * ssd));
+  const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+  const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+  _mm256_storeu_pd(reinterpret_cast<double*>(d), _mm256_permute2f128_pd(t0, t2, 0x20));
+  _mm256_storeu_pd(reinterpret_cast<double*>(d + dsa), _mm256_permute2f128_pd(t1, t3, 0x20));
+  _mm256_storeu_pd(reinterpret_cast<double*>(d + 2 * dsa), _mm256_permute2f128_pd(t0, t2, 0x31));
+  _mm256_storeu_pd(reinterpret_cast<double*>(d + 3 * dsa), _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+
+void tile8_avx(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na, int64_t nd) {
+  macro_tile<Copy<uint64_t>, 4>(src, ssd, dst, dsa, na, nd, block4x4_64);
+}
+
 void row_f32_f16(const char* src, char* dst, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -316,6 +334,7 @@ void fill_avx2(KernelSet& ks) {
   ks.stream_tile[kCopy4] = tile8<kCopy4, true>;
   ks.stream_tile[kF32F16] = tile8<kF32F16, true>;
   ks.stream_tile[kF16F32] = tile8<kF16F32, true>;
+  ks.tile[kCopy8] = ks.stream_tile[kCopy8] = tile8_avx;
   ks.row[kF32F16] = row_f32_f16;
   ks.row[kF16F32] = row_f16_f32;
   ks.row[kF64F32] = row_f64_f32;

@@ -403,6 +403,14 @@ def check_case(case: Case, dtype: str = "float32", threads: int = 1,
 # ------------------------------------------------------------------------- measuring
 
 
+def _loadavg() -> list[float] | None:
+    """1, 5 and 15 minute load averages: other work on the machine skews the timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _l3_bytes() -> int:
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
@@ -595,6 +603,7 @@ def run_benchmark(
     (default: 1 and :func:`mpslayout.get_threads`); ``flush_bytes`` defaults to twice the L3.
     """
     t_start = time.perf_counter()
+    load_start = _loadavg()
     selected = list(case_list) if case_list is not None else select_cases(cases, quick=quick)
     reps = int(repeats) if repeats is not None else (QUICK_REPEATS if quick else FULL_REPEATS)
     if reps < 1:
@@ -663,6 +672,8 @@ def run_benchmark(
             "l3_bytes": l3,
             "torch": torch_mod is not None,
             "elapsed_s": time.perf_counter() - t_start,
+            "loadavg_start": load_start,
+            "loadavg_end": _loadavg(),
             "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
         "results": results,
@@ -865,6 +876,10 @@ def tiny_table(tiny: dict[str, Any]) -> str:
     return _table(header, rows, right=[1, 2, 3])
 
 
+def _fmt_load(load: Sequence[float] | None) -> str:
+    return "unknown" if load is None else " / ".join(f"{v:.2f}" for v in load)
+
+
 def machine_table(machine: dict[str, Any], settings: dict[str, Any]) -> str:
     caches = ", ".join(f"{k.replace(' cache', '')} {v}" for k, v in machine["caches"].items())
     rows = [
@@ -881,6 +896,8 @@ def machine_table(machine: dict[str, Any], settings: dict[str, Any]) -> str:
         ["settings", f"repeats {settings['repeats']}, threads {settings['threads']}, "
                      f"cache flush {_fmt_bytes(settings['flush_bytes'])} before each run, "
                      f"took {settings['elapsed_s']:.0f} s, {settings['date_utc']}"],
+        ["load average", f"{_fmt_load(settings.get('loadavg_start'))} at start, "
+                         f"{_fmt_load(settings.get('loadavg_end'))} at end (1, 5, 15 min)"],
     ]
     return _table(["machine", ""], rows, right=[])
 
@@ -918,6 +935,7 @@ def write_plot(report: dict[str, Any], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     results = report["results"]
     panels = sorted({(r["dtype"], r["threads"]) for r in results},
@@ -945,13 +963,16 @@ def write_plot(report: dict[str, Any], path: str) -> None:
             ax.barh(ys, vals, height=height, label=name, color=colors[j % len(colors)])
         ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=2))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(f"{'float32' if dtype == 'float32' else 'float32 → float16'}, "
                      f"{th} thread{'s' if th > 1 else ''}")
         ax.set_xlabel("median time / memcpy time (log; lower is better, dashed = memcpy)")
-        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(case_names))])
+        ax.set_yticks([i + (len(contenders) - 1) * height / 2 for i in range(len(case_names))])
         ax.set_yticklabels(case_names)
-        ax.invert_yaxis()
-        ax.grid(axis="x", which="both", alpha=0.3)
+        ax.grid(axis="x", which="major", alpha=0.3)
+    axes[0][0].set_ylim(len(case_names) - 0.1, -0.1 - height)  # first case on top (shared)
     for idx in range(len(panels), nrows * ncols):
         axes[idx // ncols][idx % ncols].set_visible(False)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -1013,6 +1034,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     if args.repeats is not None and args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    select_cases(args.cases, quick=args.quick)  # report a bad option before anything runs
+    _thread_list(args.threads)
+    load = _loadavg()
+    if load is not None and load[0] > 0.5:
+        print(f"mpslayout bench: warning: the machine is busy (load average {load[0]:.2f}); "
+              "timings, multi-threaded ones most, will be noisy", file=sys.stderr)
     report = run_benchmark(cases=args.cases, quick=args.quick, repeats=args.repeats,
                            threads=args.threads, use_torch=not args.no_torch)
     text = render_markdown(report)

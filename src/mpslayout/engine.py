@@ -241,7 +241,10 @@ def run(
 
     ``dst_strides`` (bytes) defaults to the C-contiguous strides of ``shape`` in ``out``.
     """
-    n = resolve_threads(threads)
+    if threads is None:
+        n = _threads if _threads is not None else get_threads()
+    else:
+        n = _check_threads(threads)
     # empty dst_strides: the engine uses the C-contiguous strides of `shape`
     _core.copy(src, out, shape, src_strides, dst_strides or (), src_offset, 0, bounds, cast, n)
     return out
@@ -291,6 +294,7 @@ def permute(
     a = as_input(x, "x")
     perm = normalize_axes(axes, a.ndim)
     a, out_dt, cast = resolve_dtype(a, dtype, "x", mps=False)
-    shape = tuple(a.shape[p] for p in perm)
+    sh, st = a.shape, a.strides
+    shape = tuple([sh[p] for p in perm])
     result = prepare_out(out, shape, out_dt, a)
-    return run(a, result, shape, [a.strides[p] for p in perm], cast=cast, threads=threads)
+    return run(a, result, shape, [st[p] for p in perm], cast=cast, threads=threads)

@@ -101,12 +101,15 @@ def conv_weights(
     """
     _choice(layout, ("OIHW", "HWIO"), "layout")
     a = _weights(w, 4, "w", layout)
-    axes = (0, 2, 3, 1) if layout == "OIHW" else (3, 0, 1, 2)
-    o_axis, i_axis = (0, 1) if layout == "OIHW" else (3, 2)
-    g = _groups(groups, a.shape[o_axis], "output channels")
-    _warn_groups(g, a.shape[i_axis], a.shape[o_axis] // g)
-    shape = tuple(a.shape[p] for p in axes)
-    return _move(a, shape, [a.strides[p] for p in axes], dtype, out, threads)
+    sh, st = a.shape, a.strides
+    if layout == "OIHW":
+        shape, strides = (sh[0], sh[2], sh[3], sh[1]), (st[0], st[2], st[3], st[1])
+    else:
+        shape, strides = (sh[3], sh[0], sh[1], sh[2]), (st[3], st[0], st[1], st[2])
+    if groups != 1 or type(groups) is not int:
+        g = _groups(groups, shape[0], "output channels")
+        _warn_groups(g, shape[3], shape[0] // g)
+    return _move(a, shape, strides, dtype, out, threads)
 
 
 def depthwise_weights(

@@ -81,7 +81,7 @@ def _generic_target(src: np.dtype, dtype: Any) -> np.dtype:
     if dtype is None:
         return src
     target = _as_dtype(dtype)
-    if target != src and (src.name, target.name) not in _CASTS:
+    if target.name != src.name and (src.name, target.name) not in _CASTS:
         raise TypeError(f"unsupported cast {src} -> {target}")
     return target
 
@@ -90,10 +90,10 @@ def _mps_target(src: np.dtype, dtype: Any) -> np.dtype:
     """Result dtype of the MPS converters; TypeError for unsupported dtypes or casts."""
     if src.name not in _MPS_KEEP and src.name != "float64":
         raise TypeError(f"MPS converters take float32/float16/bfloat16/uint8, not {src}")
-    if dtype is None:
-        return np.dtype(np.float32) if src.name == "float64" else src
+    if dtype is None:  # MPS wants native byte order
+        return np.dtype(np.float32) if src.name == "float64" else src.newbyteorder("=")
     target = _as_dtype(dtype)
-    if target != src and (src.name, target.name) not in _CASTS:
+    if target.name != src.name and (src.name, target.name) not in _CASTS:
         raise TypeError(f"unsupported cast {src} -> {target}")
     return target
 

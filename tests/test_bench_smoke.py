@@ -1,0 +1,112 @@
+"""Smoke test of the benchmark suite (mpslayout.bench): structure and correctness, no timings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import mpslayout
+from mpslayout import bench, cli
+
+CASE = "mobilenet.depthwise"  # (512, 1, 3, 3): 18 kB, the smallest case
+
+
+def small_run(**kwargs):
+    options = {"cases": CASE, "repeats": 1, "threads": [1], "tiny": False, "progress": False,
+               "flush_bytes": 1 << 20}
+    options.update(kwargs)
+    return bench.run_benchmark(**options)
+
+
+def test_result_structure():
+    report = small_run()
+    assert set(report) == {"machine", "settings", "results", "tiny_call"}
+    assert report["tiny_call"] is None
+    assert report["machine"]["isa"]
+    assert report["settings"]["repeats"] == 1
+    results = report["results"]
+    assert [(r["case"], r["dtype"], r["threads"]) for r in results] == [
+        (CASE, "float32", 1), (CASE, "float16", 1)]
+    for r in results:
+        assert r["shape"] == [512, 1, 3, 3]
+        assert r["out_shape"] == [512, 3, 3]
+        assert r["bytes_in"] == 512 * 9 * 4
+        assert r["bytes_out"] == 512 * 9 * (4 if r["dtype"] == "float32" else 2)
+        names = [c["name"] for c in r["contenders"]]
+        assert names[:2] == ["mpslayout", "np.copyto"]
+        assert names[-1] == "memcpy"
+        assert ("np.astype" if r["dtype"] == "float16" else "np.ascontiguousarray") in names
+        for c in r["contenders"]:
+            assert len(c["times_s"]) == 1
+            assert c["times_s"][0] > 0
+            assert c["min_s"] <= c["q1_s"] <= c["median_s"] <= c["q3_s"] <= c["max_s"]
+            assert c["median_s"] > 0
+            assert c["gbps"] > 0
+            for key in ("ratio_vs_memcpy", "ratio_vs_numpy"):
+                assert c[key]["median"] > 0
+                assert len(c[key]["values"]) == 1
+        by_name = {c["name"]: c for c in r["contenders"]}
+        assert by_name["np.copyto"]["ratio_vs_numpy"]["median"] == 1.0
+        assert by_name["memcpy"]["ratio_vs_memcpy"]["median"] == 1.0
+        assert by_name["memcpy"]["bytes_moved"] == 2 * r["bytes_in"]
+    json.dumps(report)  # what --json writes
+    text = bench.render_markdown(report)
+    assert CASE in text
+    assert "mpslayout" in text
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("case", bench.select_cases(CASE) + bench.select_cases("resnet50.conv1"),
+                         ids=lambda c: c.name)
+def test_bench_outputs_equal_numpy(case, dtype):
+    outputs = bench.check_case(case, dtype, threads=1)
+    x = bench.make_input(case)
+    want = case.view(x).astype(np.float16 if dtype == "float16" else np.float32)
+    want = np.ascontiguousarray(want).reshape(case.out_shape)
+    got = outputs["mpslayout"]
+    assert got.dtype == want.dtype
+    assert got.shape == want.shape
+    assert np.array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+    assert np.array_equal(outputs["np.copyto"], want)
+
+
+def test_wrong_result_fails_loudly():
+    case = bench.select_cases(CASE)[0]
+
+    def wrong(x, out, dtype, threads):
+        mpslayout.depthwise_weights(x, dtype=dtype, out=out, threads=threads)
+        out.reshape(-1)[-1] += 1
+        return out
+
+    bad = dataclasses.replace(case, mps=wrong)
+    with pytest.raises(bench.BenchmarkError, match="mpslayout's result differs"):
+        small_run(case_list=[bad], dtypes=("float32",))
+
+
+def test_tiny_call_structure():
+    tiny = bench.tiny_call(quick=True, repeat=1)
+    names = [v["name"] for v in tiny["variants"]]
+    assert names[0].startswith("mpslayout conv_weights")
+    assert any(n.startswith("np.ascontiguousarray") for n in names)
+    for v in tiny["variants"]:
+        assert v["median_us"] > 0
+        assert v["ratio_vs_numpy"] > 0
+
+
+def test_unknown_case_is_an_error():
+    with pytest.raises(ValueError, match="no benchmark case matches"):
+        bench.select_cases("no-such-case")
+
+
+def test_cli_and_script_take_the_same_options():
+    argv = ["--quick", "--cases", "vgg", "--repeats", "2", "--threads", "1,2", "--json", "a.json",
+            "--markdown", "a.md", "--plot", "a.png", "--no-torch"]
+    from_cli = vars(cli.build_parser().parse_args(["bench", *argv]))
+    from_script = vars(bench.build_parser().parse_args(argv))
+    assert from_cli.pop("command") == "bench"
+    assert from_cli.pop("func") is not None
+    assert from_cli == from_script
+    assert bench._thread_list(from_script["threads"]) == [1, 2]
