@@ -49,7 +49,7 @@ KERNEL = dims(max_value=5)  # kernel height / width
 # no "explain" phase: it writes patch files next to the tests and, on failure, trips a
 # DeprecationWarning inside the hypothesis pytest plugin (fatal under filterwarnings=error)
 PROPERTY = settings(
-    max_examples=200,
+    max_examples=300,
     deadline=None,
     database=None,
     phases=[Phase.explicit, Phase.generate, Phase.target, Phase.shrink],

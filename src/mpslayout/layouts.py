@@ -193,9 +193,7 @@ def convert(
     if clash:
         mid = d_lay.letters + "".join(f"{b}{c.lower()}" for c, b in d_lay.blocks if c not in clash)
         a = convert(a, src, mid, sizes={c: ext[c] for c, _ in s_lay.blocks}, threads=threads)
-        return convert(
-            a, mid, dst, sizes={c: ext[c] for c in clash}, dtype=dtype, out=out, threads=threads
-        )
+        return convert(a, mid, dst, sizes=ext, dtype=dtype, out=out, threads=threads)
     a, out_dt, cast = engine.resolve_dtype(a, dtype, "x", mps=False)
     shape = physical_shape(d_lay, ext)
     result = engine.prepare_out(out, shape, out_dt, a)
