@@ -1,6 +1,8 @@
 // AVX2 + F16C micro-kernels. This file alone is compiled with -mavx2 -mf16c; its functions
 // are reached only through the table that dispatch.cpp fills after a cpuid check.
 #include <immintrin.h>
+
+#include <cstring>
 #include "kernels.hpp"
 #include "kernels_scalar.hpp"
 
@@ -27,24 +29,6 @@ inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r
   r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-// True if any lane is a float32 signalling NaN (F16C would quiet it; numpy does not).
-inline bool any_snan32(__m256 v) {
-  const __m256i b = _mm256_castps_si256(v);
-  const __m256i abs = _mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff));
-  const __m256i nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f800000));
-  const __m256i quiet = _mm256_and_si256(b, _mm256_set1_epi32(0x00400000));
-  const __m256i snan = _mm256_andnot_si256(_mm256_cmpeq_epi32(quiet, _mm256_set1_epi32(0x00400000)), nan);
-  return !_mm256_testz_si256(snan, snan);
-}
-// True if any lane is a float16 signalling NaN.
-inline bool any_snan16(__m128i h) {
-  const __m128i abs = _mm_and_si128(h, _mm_set1_epi16(0x7fff));
-  const __m128i nan = _mm_cmpgt_epi16(abs, _mm_set1_epi16(0x7c00));
-  const __m128i quiet = _mm_and_si128(h, _mm_set1_epi16(0x0200));
-  const __m128i snan = _mm_andnot_si128(_mm_cmpeq_epi16(quiet, _mm_set1_epi16(0x0200)), nan);
-  return !_mm_testz_si128(snan, snan);
-}
-
 constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
 // One 8x8 block: src rows are d (8 consecutive a's each), dst rows are a.
@@ -64,46 +48,60 @@ template <Op OP, bool NT> inline void store_lane(char* d, __m256 v) {
   }
 }
 
+// True if any lane of a or b is NaN (one compare covers two vectors). NaNs are rare in
+// weights, so a block holding one takes the scalar path, which follows numpy exactly.
+inline __m256 nan_pair(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_UNORD_Q); }
+inline bool any_nan8(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m256 r5, __m256 r6,
+                     __m256 r7) {
+  const __m256 m = _mm256_or_ps(_mm256_or_ps(nan_pair(r0, r1), nan_pair(r2, r3)),
+                                _mm256_or_ps(nan_pair(r4, r5), nan_pair(r6, r7)));
+  return !_mm256_testz_ps(m, m);
+}
+
+inline __m256 load_halves(const char* lo, const char* hi) {
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(reinterpret_cast<const float*>(lo))),
+                              _mm_loadu_ps(reinterpret_cast<const float*>(hi)), 1);
+}
+
+// One 8x8 block: src rows are d (8 consecutive a's each), dst rows are a.
+// Returns false when the block must take the scalar path (a NaN lane in a fused cast).
 template <Op OP, bool NT> inline bool block8(const char* s, int64_t ssd, char* d, int64_t dsa) {
-  __m256 r0, r1, r2, r3, r4, r5, r6, r7;
+  __m256 c0, c1, c2, c3, c4, c5, c6, c7;  // destination rows (source columns)
   if constexpr (OP == kF16F32) {
-    const __m128i h0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
-    const __m128i h1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + ssd));
-    const __m128i h2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 2 * ssd));
-    const __m128i h3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 3 * ssd));
-    const __m128i h4 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 4 * ssd));
-    const __m128i h5 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 5 * ssd));
-    const __m128i h6 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 6 * ssd));
-    const __m128i h7 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 7 * ssd));
-    if (any_snan16(h0) || any_snan16(h1) || any_snan16(h2) || any_snan16(h3) || any_snan16(h4) ||
-        any_snan16(h5) || any_snan16(h6) || any_snan16(h7))
-      return false;
-    r0 = _mm256_cvtph_ps(h0); r1 = _mm256_cvtph_ps(h1); r2 = _mm256_cvtph_ps(h2); r3 = _mm256_cvtph_ps(h3);
-    r4 = _mm256_cvtph_ps(h4); r5 = _mm256_cvtph_ps(h5); r6 = _mm256_cvtph_ps(h6); r7 = _mm256_cvtph_ps(h7);
+    __m256 r0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+    __m256 r1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + ssd)));
+    __m256 r2 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 2 * ssd)));
+    __m256 r3 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 3 * ssd)));
+    __m256 r4 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 4 * ssd)));
+    __m256 r5 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 5 * ssd)));
+    __m256 r6 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 6 * ssd)));
+    __m256 r7 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + 7 * ssd)));
+    if (any_nan8(r0, r1, r2, r3, r4, r5, r6, r7)) return false;
+    transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
+    c0 = r0; c1 = r1; c2 = r2; c3 = r3; c4 = r4; c5 = r5; c6 = r6; c7 = r7;
   } else {
-    r0 = _mm256_loadu_ps(reinterpret_cast<const float*>(s));
-    r1 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + ssd));
-    r2 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 2 * ssd));
-    r3 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 3 * ssd));
-    r4 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 4 * ssd));
-    r5 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 5 * ssd));
-    r6 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 6 * ssd));
-    r7 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 7 * ssd));
+    __m256 r0 = _mm256_loadu_ps(reinterpret_cast<const float*>(s));
+    __m256 r1 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + ssd));
+    __m256 r2 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 2 * ssd));
+    __m256 r3 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 3 * ssd));
+    __m256 r4 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 4 * ssd));
+    __m256 r5 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 5 * ssd));
+    __m256 r6 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 6 * ssd));
+    __m256 r7 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 7 * ssd));
     if constexpr (OP == kF32F16) {
-      if (any_snan32(r0) || any_snan32(r1) || any_snan32(r2) || any_snan32(r3) || any_snan32(r4) ||
-          any_snan32(r5) || any_snan32(r6) || any_snan32(r7))
-        return false;
+      if (any_nan8(r0, r1, r2, r3, r4, r5, r6, r7)) return false;
     }
+    transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
+    c0 = r0; c1 = r1; c2 = r2; c3 = r3; c4 = r4; c5 = r5; c6 = r6; c7 = r7;
   }
-  transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
-  store_lane<OP, NT>(d, r0);
-  store_lane<OP, NT>(d + dsa, r1);
-  store_lane<OP, NT>(d + 2 * dsa, r2);
-  store_lane<OP, NT>(d + 3 * dsa, r3);
-  store_lane<OP, NT>(d + 4 * dsa, r4);
-  store_lane<OP, NT>(d + 5 * dsa, r5);
-  store_lane<OP, NT>(d + 6 * dsa, r6);
-  store_lane<OP, NT>(d + 7 * dsa, r7);
+  store_lane<OP, NT>(d, c0);
+  store_lane<OP, NT>(d + dsa, c1);
+  store_lane<OP, NT>(d + 2 * dsa, c2);
+  store_lane<OP, NT>(d + 3 * dsa, c3);
+  store_lane<OP, NT>(d + 4 * dsa, c4);
+  store_lane<OP, NT>(d + 5 * dsa, c5);
+  store_lane<OP, NT>(d + 6 * dsa, c6);
+  store_lane<OP, NT>(d + 7 * dsa, c7);
   return true;
 }
 
@@ -133,7 +131,7 @@ template <Op OP> void interleave4(const char* src, int64_t ssd, char* dst, int64
     const __m256 r2 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 2 * ssd));
     const __m256 r3 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 3 * ssd));
     if constexpr (OP == kF32F16) {
-      if (any_snan32(r0) || any_snan32(r1) || any_snan32(r2) || any_snan32(r3)) {
+      if (any_nan8(r0, r1, r2, r3, r0, r1, r2, r3)) {
         scalar::tile_narrow<K, 4>(s, ssd, dst + a * 4 * ed, 4 * ed, 8);
         continue;
       }
@@ -166,7 +164,7 @@ template <Op OP> void interleave3(const char* src, int64_t ssd, char* dst, int64
     const __m256 r1 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + ssd));
     const __m256 r2 = _mm256_loadu_ps(reinterpret_cast<const float*>(s + 2 * ssd));
     if constexpr (OP == kF32F16) {
-      if (any_snan32(r0) || any_snan32(r1) || any_snan32(r2)) {
+      if (any_nan8(r0, r1, r2, r0, r0, r1, r2, r0)) {
         scalar::tile_narrow<K, 3>(s, ssd, dst + a * 3 * ed, 3 * ed, 8);
         continue;
       }
@@ -188,55 +186,113 @@ template <Op OP> void interleave3(const char* src, int64_t ssd, char* dst, int64
   scalar::tile_narrow<K, 3>(src + a * 4, ssd, dst + a * 3 * ed, 3 * ed, na - a);
 }
 
+// Copies n bytes with non-temporal stores for the whole cache lines inside the range and
+// ordinary stores for the partial lines at its ends (a line never takes both kinds).
+inline void stream_copy(char* d, const char* s, int64_t n) {
+  const int64_t head = std::min<int64_t>(n, (64 - (reinterpret_cast<uintptr_t>(d) & 63)) & 63);
+  std::memcpy(d, s, static_cast<size_t>(head));
+  int64_t i = head;
+  for (; i + 64 <= n; i += 64) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), lo);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 32), hi);
+  }
+  std::memcpy(d + i, s + i, static_cast<size_t>(n - i));
+}
+
 // Macro-kernel: bands of 32 rows of a; inside a band, groups of 8x8 blocks that together
 // fill one 64-byte line of each destination row before moving on (so a line is written
 // once, not evicted half-done when rows are a power-of-two apart). Edges reuse a full block
 // shifted back to overlap its neighbour: rewriting equal values beats a scalar edge loop.
-// NT: destinations far larger than the last-level cache; each group is built in an L1
-// buffer and leaves as whole lines of non-temporal stores (no read-for-ownership, and no
-// partly written line left in a write-combining buffer).
+//
+// NT (destinations far larger than the last-level cache): eight whole destination rows are
+// built in an L1/L2 buffer, then leave in address order with non-temporal stores. Written
+// in transposed order instead, streaming stores run at half the speed of ordinary ones on
+// the machines measured; in address order they skip the read-for-ownership.
 template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na, int64_t nd) {
   using K = typename OpTraits<OP>::K;
   constexpr int64_t es = sizeof(typename K::S), ed = sizeof(typename K::D);
   constexpr int64_t group = 64 / ed;  // destination elements per cache line
+  constexpr int64_t kRowBuffer = 32 * 1024, kPanelBuffer = 192 * 1024;
   if constexpr (OP != kF16F32) {
     if (nd == 4 && dsa == 4 * ed) return interleave4<OP>(src, ssd, dst, na);
     if (nd == 3 && dsa == 3 * ed) return interleave3<OP>(src, ssd, dst, na);
   }
   if (na < 8 || nd < 8) return scalar::tile<K>(src, ssd, dst, dsa, na, nd);
-  const bool lines = NT && (dsa & 63) == 0 && (reinterpret_cast<uintptr_t>(dst) & 63) == 0;
-  alignas(64) char buf[8 * 64];
+  const int64_t row_bytes = nd * ed;
+  // Moves rows [a0, a0 + 8) and columns [dd, dd + 8) of the tile to d, the destination of
+  // (a0, dd), whose rows are `stride` apart. Past the last full block, the block shifts
+  // back over rows already done (measured faster than scalar loops even for 1 row left).
+  auto move = [&](int64_t a0, int64_t dd, char* d, int64_t stride) {
+    const char* s = src + dd * ssd + a0 * es;
+    if (a0 + 8 <= na) {
+      if (!block8<OP, false>(s, ssd, d, stride)) scalar::tile<K>(s, ssd, d, stride, 8, 8);
+    } else {
+      const int64_t back = a0 - (na - 8);
+      if (!block8<OP, false>(s - back * es, ssd, d - back * stride, stride))
+        scalar::tile<K>(s - back * es, ssd, d - back * stride, stride, 8, 8);
+    }
+  };
+  if (NT && na * row_bytes <= kPanelBuffer) {
+    // The whole panel fits in L2: read the source in address order (d outer), transpose
+    // into the buffer, then stream it out in address order too.
+    alignas(64) static thread_local char panel[kPanelBuffer];
+    for (int64_t d0 = 0; d0 < nd; d0 += 8) {
+      const int64_t dd = std::min(d0, nd - 8);
+      for (int64_t a0 = 0; a0 < na; a0 += 8) move(a0, dd, panel + a0 * row_bytes + dd * ed, row_bytes);
+    }
+    if (dsa == row_bytes) {
+      stream_copy(dst, panel, na * row_bytes);
+    } else {
+      for (int64_t r = 0; r < na; ++r) stream_copy(dst + r * dsa, panel + r * row_bytes, row_bytes);
+    }
+    _mm_sfence();
+    return;
+  }
+  if (NT && row_bytes * 8 <= kRowBuffer) {
+    // Eight whole rows at a time in an L1 buffer (row 0 of the buffer is row a0).
+    alignas(64) static thread_local char buf[kRowBuffer + 8 * 64];
+    char* rows = buf + 8 * 64;  // room for a shifted last block's earlier rows
+    for (int64_t a0 = 0; a0 < na; a0 += 8) {
+      const int64_t n = std::min<int64_t>(8, na - a0);
+      if (n < 8) {
+        // shifted block: its earlier rows land before `rows`, in a scratch area
+        for (int64_t d0 = 0; d0 < nd; d0 += 8) {
+          const int64_t dd = std::min(d0, nd - 8);
+          const int64_t back = 8 - n;
+          const char* s = src + dd * ssd + (na - 8) * es;
+          alignas(32) char tmp[8 * 32];
+          if (!block8<OP, false>(s, ssd, tmp, 32)) scalar::tile<K>(s, ssd, tmp, 32, 8, 8);
+          for (int64_t r = back; r < 8; ++r) std::memcpy(rows + (r - back) * row_bytes + dd * ed, tmp + r * 32, 8 * ed);
+        }
+      } else {
+        for (int64_t d0 = 0; d0 < nd; d0 += 8) {
+          const int64_t dd = std::min(d0, nd - 8);
+          move(a0, dd, rows + dd * ed, row_bytes);
+        }
+      }
+      if (dsa == row_bytes) {
+        stream_copy(dst + a0 * dsa, rows, n * row_bytes);
+      } else {
+        for (int64_t r = 0; r < n; ++r) stream_copy(dst + (a0 + r) * dsa, rows + r * row_bytes, row_bytes);
+      }
+    }
+    _mm_sfence();
+    return;
+  }
   for (int64_t a1 = 0; a1 < na; a1 += 32) {
     const int64_t a1e = std::min(na, a1 + 32);
     for (int64_t dg = 0; dg < nd; dg += group) {
       const int64_t dge = std::min(nd, dg + group);
       for (int64_t a0 = a1; a0 < a1e; a0 += 8) {
-        const int64_t aa = std::min(a0, na - 8);
-        if (lines && aa == a0 && dge - dg == group) {
-          for (int64_t d0 = dg; d0 < dge; d0 += 8) {
-            const char* s = src + d0 * ssd + aa * es;
-            char* b = buf + (d0 - dg) * ed;
-            if (!block8<OP, false>(s, ssd, b, 64)) scalar::tile<K>(s, ssd, b, 64, 8, 8);
-          }
-          char* d = dst + aa * dsa + dg * ed;
-          for (int r = 0; r < 8; ++r) {
-            const __m256i lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(buf + 64 * r));
-            const __m256i hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(buf + 64 * r + 32));
-            _mm256_stream_si256(reinterpret_cast<__m256i*>(d + r * dsa), lo);
-            _mm256_stream_si256(reinterpret_cast<__m256i*>(d + r * dsa + 32), hi);
-          }
-          continue;
-        }
         for (int64_t d0 = dg; d0 < dge; d0 += 8) {
           const int64_t dd = std::min(d0, nd - 8);
-          const char* s = src + dd * ssd + aa * es;
-          char* d = dst + aa * dsa + dd * ed;
-          if (!block8<OP, false>(s, ssd, d, dsa)) scalar::tile<K>(s, ssd, d, dsa, 8, 8);
+          move(a0, dd, dst + a0 * dsa + dd * ed, dsa);
         }
       }
     }
   }
-  if constexpr (NT) _mm_sfence();
 }
 
 // 4x4 blocks of 8-byte elements (float64, int64, complex64).
@@ -261,7 +317,8 @@ void row_f32_f16(const char* src, char* dst, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(reinterpret_cast<const float*>(src + 4 * i));
-    if (any_snan32(v)) {
+    const __m256 nan = nan_pair(v, v);
+    if (!_mm256_testz_ps(nan, nan)) {
       scalar::row<Convert<Cast::F32toF16>>(src + 4 * i, dst + 2 * i, 8);
       continue;
     }
@@ -273,12 +330,13 @@ void row_f32_f16(const char* src, char* dst, int64_t n) {
 void row_f16_f32(const char* src, char* dst, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
-    if (any_snan16(h)) {
+    const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i)));
+    const __m256 nan = nan_pair(v, v);
+    if (!_mm256_testz_ps(nan, nan)) {
       scalar::row<Convert<Cast::F16toF32>>(src + 2 * i, dst + 4 * i, 8);
       continue;
     }
-    _mm256_storeu_ps(reinterpret_cast<float*>(dst + 4 * i), _mm256_cvtph_ps(h));
+    _mm256_storeu_ps(reinterpret_cast<float*>(dst + 4 * i), v);
   }
   scalar::row<Convert<Cast::F16toF32>>(src + 2 * i, dst + 4 * i, n - i);
 }

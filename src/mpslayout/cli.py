@@ -78,6 +78,36 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.run_from_args(args)
 
 
+def _name_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=A,B,C as (NAME, (A, B, C)): for --input-shape and --reshape."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        values = tuple(int(v) for v in dims.split(","))
+    except ValueError:
+        values = ()
+    if not sep or not name or len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected NAME=A,B,C with 3 integers, got {text!r}")
+    return name, values
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from .export import export  # imported here: only this command needs it
+
+        doc = export(args.model, args.output, dtype=args.dtype, only=args.only,
+                     fold_bn=args.fold_bn, strict=args.strict,
+                     input_shapes=dict(args.input_shape), reshapes=dict(args.reshape),
+                     progress=not args.quiet, force=args.force)
+    except ImportError as e:  # an optional reader's package is missing
+        raise ValueError(str(e)) from None
+    if not args.quiet:
+        for x in doc["unsupported"] + doc["skipped"]:
+            print(f"not exported: {x['name']} ({x['op']}): {x['reason']}")
+        print(f"exported {len(doc['layers'])} layers ({doc['total_bytes']} bytes, "
+              f"{doc['weights_dtype']} weights) to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpslayout",
@@ -128,6 +158,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser(
+        "export",
+        help="export every layer of a model to MPS weight files and a manifest",
+        description="Export the weights of an ONNX model, a safetensors or PyTorch state_dict "
+        "(.safetensors, .pt, .pth) or a Keras model (.keras, .h5) to OUTDIR: NAME.weights.bin "
+        "in MPS layout, NAME.bias.bin (float32) and manifest.json with every layer's MPS "
+        "geometry. OUTDIR appears only when everything is written.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder to create")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="weight element type (default float32; biases are always float32)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="export only these layers")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="fold each BatchNormalization into the layer before it")
+    p.add_argument("--strict", action="store_true",
+                   help="fail if any operator or layer cannot be exported")
+    p.add_argument("--input-shape", type=_name_shape, action="append", default=[],
+                   metavar="NAME=C,H,W",
+                   help="the image a fully connected layer reads through a flatten")
+    p.add_argument("--reshape", type=_name_shape, action="append", default=[],
+                   metavar="NAME=H,W,C", help="a reshape after a fully connected layer")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUTDIR if it is empty or an earlier export")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    p.set_defaults(func=_export)
     return parser
 
 

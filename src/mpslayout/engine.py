@@ -186,6 +186,12 @@ def resolve_dtype(
             f"{name} has dtype {src}; MPS weights are float32, float16 or uint8 "
             "(float64 is converted to float32): cast it first or pass dtype="
         )
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError("dtype='bfloat16' needs the ml_dtypes package") from None
+        dtype = ml_dtypes.bfloat16
     try:
         out_dt = np.dtype(dtype)
     except TypeError:

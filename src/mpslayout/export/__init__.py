@@ -1,0 +1,198 @@
+"""Whole-model export: a trained model file in, one folder of MPS weight files out.
+
+``export(model, outdir)`` reads an ONNX model, a safetensors or PyTorch ``state_dict``
+file, or a Keras ``.keras``/``.h5`` file, converts every supported layer with the public
+converters of :mod:`mpslayout` (MPS_LAYOUTS.md), and writes ``NAME.weights.bin`` (raw
+little-endian, MPS layout), ``NAME.bias.bin`` (float32) and ``manifest.json`` (the MPS
+geometry of every layer, byte sizes and SHA-256 of every file; schema in
+``docs/manifest.schema.json``). Writes are atomic: a failure leaves no OUTDIR.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .layers import Overrides, Plan
+from .writer import ExportError, Progress, safe_stem, write_all
+
+__all__ = ["ExportError", "export"]
+
+FORMATS = ("onnx", "safetensors", "pytorch", "keras")
+_EXTENSIONS = {".onnx": "onnx", ".safetensors": "safetensors", ".pt": "pytorch",
+               ".pth": "pytorch", ".keras": "keras", ".h5": "keras", ".hdf5": "keras"}
+
+
+def _detect(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext in _EXTENSIONS:
+        return _EXTENSIONS[ext]
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "keras"
+    if head.startswith(b"PK\x03\x04"):
+        return "pytorch"  # a zip: torch.save's format (a .keras zip has its extension)
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    raise ValueError(
+        f"cannot tell the format of {path}: use a .onnx, .safetensors, .pt/.pth, .keras or "
+        ".h5 file name"
+    )
+
+
+def _shape_table(table: Mapping[str, Sequence[int]] | None, what: str,
+                 ) -> dict[str, tuple[int, int, int]]:
+    if table is None:
+        return {}
+    if not isinstance(table, Mapping):
+        raise TypeError(f"{what} must be a mapping of layer name to 3 ints, "
+                        f"got {type(table).__name__}")
+    out = {}
+    for name, value in table.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{what} keys must be layer names (str), got {name!r}")
+        try:
+            t = tuple(value)
+        except TypeError:
+            raise TypeError(f"{what}[{name!r}] must be 3 ints, got {value!r}") from None
+        if len(t) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                              or v < 1 for v in t):
+            raise ValueError(f"{what}[{name!r}] must be 3 positive ints, got {value!r}")
+        out[name] = (int(t[0]), int(t[1]), int(t[2]))
+    return out
+
+
+def _read(path: str, fmt: str, fold_bn: bool, overrides: Overrides) -> Plan:
+    if fmt == "onnx":
+        from . import onnx_reader
+
+        return onnx_reader.read(path, fold_bn=fold_bn, overrides=overrides)
+    if fmt == "keras":
+        from . import keras_reader
+
+        return keras_reader.read(path, fold_bn=fold_bn, overrides=overrides)
+    if fold_bn:
+        raise ValueError("fold_bn needs a graph (ONNX or Keras): a state_dict does not say "
+                         "which layer a batch norm follows")
+    if fmt == "safetensors":
+        from . import safetensors_reader
+
+        return safetensors_reader.read(path, overrides=overrides)
+    from . import torch_reader
+
+    return torch_reader.read(path, overrides=overrides)
+
+
+def _select(plan: Plan, only: Iterable[str] | None) -> None:
+    if only is None:
+        return
+    wanted = set(only)
+    if not wanted:
+        raise ValueError("only= is empty: name at least one layer")
+    matched = set()
+    kept = []
+    for layer in plan.layers:
+        hit = wanted & layer.names()
+        if hit:
+            kept.append(layer)
+            matched |= hit
+    missing = sorted(wanted - matched)
+    if missing:
+        names = ", ".join(repr(x.name) for x in plan.layers[:20])
+        more = ", ..." if len(plan.layers) > 20 else ""
+        raise ValueError(f"only= names no layer: {', '.join(map(repr, missing))}; the layers "
+                         f"are {names}{more}")
+    plan.layers = kept
+
+
+def export(
+    model: str | os.PathLike[str],
+    outdir: str | os.PathLike[str],
+    *,
+    dtype: Any = "float32",
+    only: Iterable[str] | None = None,
+    fold_bn: bool = False,
+    strict: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    reshapes: Mapping[str, Sequence[int]] | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export every supported layer of ``model`` to ``outdir``; returns the manifest.
+
+    ``dtype``: "float32" or "float16", the weight files' element type (biases are always
+    float32). ``only``: layer names (node/layer names, weight tensor names or file stems)
+    to export. ``fold_bn``: fold a BatchNormalization into the convolution or fully
+    connected layer before it (ONNX, Keras). ``strict``: an unsupported operator or a
+    skipped layer is an error. ``input_shapes``: ``{name: (C, H, W)}``, the image a fully
+    connected layer reads through a flatten, where the file does not say (always needed
+    for a state_dict). ``reshapes``: ``{name: (H, W, C)}``, a reshape after a fully
+    connected layer (PyTorch ``view(-1, C, H, W)`` order for a state_dict). ``progress``:
+    a progress bar on stderr when it is a terminal. ``force``: replace an existing OUTDIR
+    (only an empty folder or an earlier export).
+
+    Raises ValueError (bad arguments, unreadable or hostile files, :class:`ExportError`
+    naming the layer that failed), FileExistsError, ImportError (a missing optional
+    reader: ``pip install mpslayout[onnx]`` / ``[keras]``, or torch).
+    """
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        out_dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be 'float32' or 'float16', got {dtype!r}") from None
+    if out_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    if isinstance(only, str):
+        only = [only]
+    for flag, value in (("fold_bn", fold_bn), ("strict", strict), ("progress", progress),
+                        ("force", force)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
+    overrides = Overrides(_shape_table(input_shapes, "input_shapes"),
+                          _shape_table(reshapes, "reshapes"))
+    from .writer import check_outdir
+
+    check_outdir(outdir, force)  # before reading a big model for nothing
+    fmt = _detect(path)
+    plan = _read(path, fmt, fold_bn, overrides)
+    unused = overrides.unused()
+    if unused:
+        raise ValueError(f"{', '.join(unused)} name no layer that reads a flattened image or "
+                         "feeds a reshape")
+    taken: set[str] = set()
+    for layer in plan.layers:  # stems of the whole model, so that only= does not rename
+        layer.file_stem = safe_stem(layer.name, taken)
+    _select(plan, only)
+    if strict and (plan.unsupported or plan.skipped):
+        items = [f"{x['name']} ({x['op']}): {x['reason']}"
+                 for x in plan.unsupported + plan.skipped]
+        raise ValueError(f"strict: {len(items)} operator(s) not exported: " + "; ".join(items))
+    if not plan.layers:
+        raise ValueError(f"{path} has no layer mpslayout can export"
+                         + (f" ({len(plan.unsupported)} unsupported, {len(plan.skipped)} "
+                            "skipped)" if plan.unsupported or plan.skipped else ""))
+    from .. import __version__
+
+    fields = {
+        "source": {"file": os.path.basename(path), "format": plan.format,
+                   "bytes": os.path.getsize(path)},
+        "options": {
+            "only": sorted(only) if only is not None else None,
+            "fold_bn": fold_bn,
+            "strict": strict,
+            "input_shapes": {k: list(v) for k, v in overrides.input_shapes.items()},
+            "reshapes": {k: list(v) for k, v in overrides.reshapes.items()},
+        },
+        "skipped": plan.skipped,
+        "unsupported": plan.unsupported,
+        "assumptions": plan.assumptions,
+    }
+    bar = Progress(len(plan.layers), sum(x.source_bytes for x in plan.layers), progress)
+    return write_all(outdir, plan.layers, out_dtype, force=force, progress=bar,
+                     manifest_fields=fields, version=__version__)

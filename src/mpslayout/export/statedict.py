@@ -1,0 +1,126 @@
+"""Export by rule from a PyTorch-style ``state_dict`` (safetensors or .pt files): there is
+no graph, so each ``MODULE.weight`` is converted by its shape alone and the manifest says
+what was assumed. What the graph would tell, the user passes: the (C, H, W) a Linear
+reads after a flatten (``input_shapes``) and the (H, W, C) of a ``view`` after it
+(``reshapes``, PyTorch's C, H, W order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import manifest as mf
+from .layers import Layer, Overrides, Plan, TensorRef, is_float, reshape_layer
+
+ASSUMPTIONS = [
+    "tensor names follow PyTorch's state_dict convention (MODULE.weight, MODULE.bias, "
+    "MODULE.running_mean, ...); a module's layer type is read from its weight's shape",
+    "a 4-D weight is a Conv2d in OIHW layout with groups=1: ConvTranspose2d, grouped and "
+    "depthwise convolutions cannot be told apart in a state_dict (export the ONNX graph "
+    "for those); a (C, 1, kH, kW) weight has the same bytes as a depthwise (C, kH, kW) one",
+    "strides, padding and dilation are not stored in a state_dict: no MPS offsets are given",
+    "a 2-D weight is a Linear (OI) reading a plain vector, unless input_shapes gives the "
+    "(C, H, W) image flattened before it (torch.flatten order C, H, W)",
+    "reshapes (H, W, C) after a Linear are PyTorch view(-1, C, H, W) reshapes (order C, H, W)",
+    "a module with running_mean and running_var is a BatchNorm with epsilon 1e-5 (PyTorch's "
+    "default; epsilon is not stored in a state_dict)",
+]
+
+_BN_KEYS = {"weight": "gamma", "bias": "beta", "running_mean": "mean",
+            "running_var": "variance"}
+
+
+def _modules(tensors: dict[str, TensorRef]) -> dict[str, dict[str, TensorRef]]:
+    out: dict[str, dict[str, TensorRef]] = {}
+    for name, ref in tensors.items():
+        prefix, _, leaf = name.rpartition(".")
+        out.setdefault(prefix, {})[leaf] = ref
+    return out
+
+
+def plan(tensors: dict[str, TensorRef], fmt: str, overrides: Overrides) -> Plan:
+    p = Plan(fmt, assumptions=list(ASSUMPTIONS))
+    for prefix, leaves in _modules(tensors).items():
+        used = _module(p, prefix or "(root)", leaves, overrides)
+        for leaf, ref in leaves.items():
+            if leaf not in used and leaf != "num_batches_tracked":
+                p.skip(ref.name, "tensor", "not the weight, bias or statistics of a Conv2d, "
+                       "Linear or BatchNorm module")
+    return p
+
+
+def _skip_dtype(p: Plan, refs: list[TensorRef]) -> bool:
+    bad = [r for r in refs if not is_float(r.dtype)]
+    for r in bad:
+        p.skip(r.name, "tensor", f"dtype {r.dtype} is not floating point")
+    return bool(bad)
+
+
+def _module(p: Plan, name: str, leaves: dict[str, TensorRef], over: Overrides) -> set[str]:
+    """Add the layer of one module; returns the leaves it used."""
+    w, b = leaves.get("weight"), leaves.get("bias")
+    if w is None:
+        return set()
+    source: dict[str, Any] = {"format": p.format, "module": name, "weights": w.name,
+                              "bias": b.name if b is not None else None}
+    if "running_mean" in leaves and "running_var" in leaves and len(w.shape) == 1:
+        refs = {role: leaves[key] for key, role in _BN_KEYS.items() if key in leaves}
+        if set(refs) != set(_BN_KEYS.values()) or _skip_dtype(p, list(refs.values())) or \
+                len({r.shape for r in refs.values()}) != 1:
+            p.skip(name, "BatchNorm", "needs weight, bias, running_mean and running_var "
+                   "of one length, in floating point")
+            return set(leaves)
+        c = w.shape[0]
+        source.update(weights=None, bias=None, tensors={k: v.name for k, v in refs.items()})
+        geo = {"input_channels": c, "output_channels": c, "epsilon": 1e-5,
+               "input_shape": mf.image(None, None, c), "output_shape": mf.image(None, None, c)}
+        p.layers.append(Layer(name, "batch_normalization", "batch_norm", source,
+                              geometry=geo, tensors=refs,
+                              notes=["epsilon 1e-5 assumed (PyTorch's default)"]))
+        return set(_BN_KEYS) | {"num_batches_tracked"}
+    used = {"weight", "bias"} if b is not None else {"weight"}
+    if _skip_dtype(p, [w] + ([b] if b is not None else [])):
+        return used
+    if b is not None and (len(b.shape) != 1 or len(w.shape) not in (2, 4)
+                          or b.shape[0] != w.shape[0]):
+        p.skip(name, "module", f"bias shape {list(b.shape)} does not match weight shape "
+               f"{list(w.shape)}")
+        return used
+    if len(w.shape) == 4:
+        o, i, kh, kw = w.shape
+        geo = mf.conv_geometry(kh=kh, kw=kw, cin=i, cout=o, groups=1, stride=(1, 1),
+                               dilation=(1, 1), pads=None)
+        geo["strides"] = geo["dilations"] = None
+        layer = Layer(name, "convolution", "conv", source, w, b, {"layout": "OIHW"}, geo)
+        layer.notes.append("read as Conv2d OIHW, groups=1; strides, padding and dilation "
+                           "unknown")
+        p.layers.append(layer)
+        return used
+    if len(w.shape) != 2:
+        p.skip(name, "module", f"{len(w.shape)}-D weight: not a Conv2d (4-D) or Linear (2-D)")
+        return used
+    o, n = w.shape
+    names = [name, w.name]
+    given = over.get("input_shapes", names)
+    hwc = None
+    params: dict[str, Any] = {"layout": "OI"}
+    if given is not None:
+        c, h, ww = given
+        if c * h * ww != n:
+            raise ValueError(f"input_shapes[{name!r}]={given} holds {c * h * ww} values but "
+                             f"{w.name!r} has {n} inputs")
+        hwc = (h, ww, c)
+        params.update(input_shape=given, flatten="CHW")
+    geo = mf.fc_geometry(n_in=n, n_out=o, source=hwc, flatten="CHW")
+    shape = over.get("reshapes", names)
+    if shape is None:
+        layer = Layer(name, "fully_connected", "fc", source, w, b, params, geo)
+        layer.notes.append("read as Linear (OI)" + (f" after a flatten of (C, H, W)={given}"
+                                                    if given else " on a plain vector"))
+        p.layers.append(layer)
+        return used
+    if shape[0] * shape[1] * shape[2] != o:
+        raise ValueError(f"reshapes[{name!r}]={shape} holds {shape[0] * shape[1] * shape[2]} "
+                         f"values but {w.name!r} has {o} outputs")
+    p.layers.append(reshape_layer(name, source, w, b, params, geo, shape, "CHW"))
+    return used
