@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
+#include <functional>
 #include <stdexcept>
 #include <thread>
 #include <tuple>
@@ -110,8 +112,22 @@ void copy(const py::array& src, py::array& dst, const std::vector<int64_t>& shap
   } catch (const std::overflow_error& e) {
     throw py::value_error(e.what());
   }
-  py::gil_scoped_release release;
-  execute(boxes, req.esrc, req.edst, req.cast, threads < 1 ? 1 : threads);
+  // Ctrl-C: every 50 ms the calling thread takes the GIL back for a moment and lets Python
+  // run its signal handlers; a KeyboardInterrupt stops the conversion within one chunk.
+  auto last = std::chrono::steady_clock::now();
+  std::function<bool()> cancelled = [&last]() {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last < std::chrono::milliseconds(50)) return false;
+    last = now;
+    py::gil_scoped_acquire gil;
+    return PyErr_CheckSignals() != 0;
+  };
+  bool finished;
+  {
+    py::gil_scoped_release release;
+    finished = execute(boxes, req.esrc, req.edst, req.cast, threads < 1 ? 1 : threads, cancelled);
+  }
+  if (!finished) throw py::error_already_set();
 }
 
 std::string plan(const py::array& src, py::array& dst, const std::vector<int64_t>& shape,

@@ -10,6 +10,10 @@
 #include "kernels.hpp"
 #include "threads.hpp"
 
+#include <atomic>
+#include <functional>
+#include <thread>
+
 namespace mpslayout {
 
 namespace {
@@ -199,9 +203,12 @@ std::vector<Box> decompose(const Request& req) {
   return boxes;
 }
 
-void execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int threads) {
+bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int threads,
+             const std::function<bool()>& cancelled) {
   const KernelSet& ks = kernels();
   const Op op = op_for(cast, esrc);
+  const std::thread::id caller = std::this_thread::get_id();
+  std::atomic<bool> stop{false};
   for (const Box& box : boxes) {
     if (box.zero) {
       zero_fill(box, edst);
@@ -213,15 +220,26 @@ void execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int t
     for (const Dim& d : box.dims) elements *= d.n;
     const int64_t bytes = elements * (esrc + edst);
     const bool stream = elements * edst >= stream_bytes();
+    // Work goes in chunks of a few MiB; between chunks the calling thread asks whether the
+    // caller wants to stop (Ctrl-C), and every thread stops taking chunks once it does.
+    const int64_t per_item = std::max<int64_t>(1, bytes / p.items);
+    const int64_t chunk = std::max<int64_t>(1, (int64_t(4) << 20) / per_item);
+    auto body = [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e && !stop.load(std::memory_order_relaxed); i += chunk) {
+        run_items(p, ks, op, stream, i, std::min(e, i + chunk));
+        if (cancelled && std::this_thread::get_id() == caller && cancelled()) stop.store(true);
+      }
+    };
     if (threads <= 1 || bytes < kParallelBytes || p.items == 1) {
-      run_items(p, ks, op, stream, 0, p.items);
+      body(0, p.items);
     } else {
       const int64_t per_thread = (p.items + threads - 1) / threads;
       const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(per_thread / 4, 64));
-      ThreadPool::instance().run(p.items, grain, threads,
-                                 [&](int64_t b, int64_t e) { run_items(p, ks, op, stream, b, e); });
+      ThreadPool::instance().run(p.items, grain, threads, body);
     }
+    if (stop.load()) return false;
   }
+  return true;
 }
 
 const char* describe_plan(const Request& req) {

@@ -3,6 +3,7 @@
 // (blocked destination) or partly absent (blocked source). Pure C++17, no Python.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 #include "cast.hpp"
 #include "shape.hpp"
@@ -38,8 +39,11 @@ struct Box {
 // Splits a request into plain boxes. Throws std::invalid_argument on inconsistent bounds.
 std::vector<Box> decompose(const Request& req);
 
-// Runs boxes on up to `threads` threads (tensors under ~64 KiB stay on the caller).
-void execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int threads);
+// Runs boxes on up to `threads` threads (tensors under 1 MiB stay on the caller). The calling
+// thread polls `cancelled` (if set) between chunks of a few MiB; returns false if it said
+// stop, in which case the destination is partly written.
+bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int threads,
+             const std::function<bool()>& cancelled = {});
 
 // Describes the kernel the planner picks for a request's first box (for tests and bench).
 const char* describe_plan(const Request& req);
