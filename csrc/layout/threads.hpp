@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <pthread.h>
 #include <thread>
 #include <vector>
 
@@ -19,13 +20,20 @@ class ThreadPool {
   using Body = std::function<void(int64_t begin, int64_t end)>;
 
   static ThreadPool& instance() {
-    static ThreadPool* pool = new ThreadPool();  // never destroyed: workers may outlive main
-    return *pool;
+    static const bool registered = [] {
+      // A forked child has none of the parent's workers (and maybe a locked mutex): it
+      // starts with a fresh pool. The old one is leaked on purpose.
+      pthread_atfork(nullptr, nullptr, [] { current() = new ThreadPool(); });
+      return true;
+    }();
+    (void)registered;
+    return *current();
   }
 
   // Runs body over [0, n) split in chunks of `grain` items, on up to `threads` threads.
   void run(int64_t n, int64_t grain, int threads, const Body& body) {
     if (n <= 0) return;
+    threads = std::min(threads, kMaxThreads);
     grain = std::max<int64_t>(1, grain);
     const int64_t chunks = (n + grain - 1) / grain;
     threads = static_cast<int>(std::min<int64_t>(threads, chunks));
@@ -53,7 +61,13 @@ class ThreadPool {
   }
 
  private:
+  static constexpr int kMaxThreads = 256;
   ThreadPool() = default;
+
+  static ThreadPool*& current() {
+    static ThreadPool* pool = new ThreadPool();  // never destroyed: workers may outlive main
+    return pool;
+  }
 
   void work() {
     for (;;) {
