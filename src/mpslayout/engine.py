@@ -24,7 +24,7 @@ _F4 = np.dtype(np.float32)
 _F8 = np.dtype(np.float64)
 _U1 = np.dtype(np.uint8)
 
-_MPS_KEEP = frozenset((_F4, _F2, _U1))
+MPS_KEEP = _MPS_KEEP = frozenset((_F4, _F2, _U1))
 _lock = threading.Lock()
 _threads: int | None = None
 
@@ -259,6 +259,25 @@ def run(
 _IDENTITY = [list(range(n)) for n in range(MAX_NDIM + 1)]
 
 
+def fast_run(
+    a: np.ndarray,
+    shape: tuple[int, ...],
+    src_strides: tuple[int, ...],
+    out: Any,
+    threads: Any,
+) -> np.ndarray:
+    """:func:`run` for the common call (dtype kept, ``a`` already valid), with the fewest
+    Python steps: a conversion of a small tensor is dominated by interpreter overhead, and
+    more so with cold caches."""
+    result = np.empty(shape, a.dtype) if out is None else prepare_out(out, shape, a.dtype, a)
+    if threads is None:
+        n = _threads if _threads is not None else get_threads()
+    else:
+        n = _check_threads(threads)
+    _core.copy(a, result, shape, src_strides, (), 0, 0, (), 0, n)
+    return result
+
+
 def normalize_axes(axes: Any, ndim: int, name: str = "axes") -> tuple[int, ...]:
     if type(axes) in (tuple, list) and len(axes) == ndim:
         try:
@@ -297,6 +316,16 @@ def permute(
     Equals ``np.ascontiguousarray(np.transpose(x, axes)).astype(dtype)``, bit for bit
     (casts round as numpy's ``astype``). ``axes`` is a permutation of ``range(x.ndim)``.
     """
+    if type(x) is np.ndarray and dtype is None and x.dtype in _PLAIN and type(axes) is tuple:
+        if (
+            len(axes) == x.ndim <= MAX_NDIM
+            and sorted(axes) == _IDENTITY[x.ndim]
+            and bool not in set(map(type, axes))
+        ):  # the common call
+            sh, st = x.shape, x.strides
+            return fast_run(
+                x, tuple([sh[p] for p in axes]), tuple([st[p] for p in axes]), out, threads
+            )
     a = as_input(x, "x")
     perm = normalize_axes(axes, a.ndim)
     a, out_dt, cast = resolve_dtype(a, dtype, "x", mps=False)

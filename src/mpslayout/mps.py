@@ -99,6 +99,17 @@ def conv_weights(
     ``groups`` only checks the shape: MPS wants I/g and O/g multiples of 4 (a
     :class:`MPSLayoutWarning` otherwise).
     """
+    if type(w) is np.ndarray and dtype is None and type(groups) is int and groups == 1:
+        if w.ndim == 4 and w.dtype in engine.MPS_KEEP:  # the common call, fewest steps
+            sh, st = w.shape, w.strides
+            if layout == "OIHW":
+                return engine.fast_run(
+                    w, (sh[0], sh[2], sh[3], sh[1]), (st[0], st[2], st[3], st[1]), out, threads
+                )
+            if layout == "HWIO":
+                return engine.fast_run(
+                    w, (sh[3], sh[0], sh[1], sh[2]), (st[3], st[0], st[1], st[2]), out, threads
+                )
     _choice(layout, ("OIHW", "HWIO"), "layout")
     a = _weights(w, 4, "w", layout)
     sh, st = a.shape, a.strides
