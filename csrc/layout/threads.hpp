@@ -50,13 +50,17 @@ class ThreadPool {
       grain_ = grain;
       next_.store(0);
       active_ = threads - 1;
-      pending_ = threads - 1;
+      running_ = 0;
+      closed_ = false;
       ++generation_;
     }
     cv_.notify_all();
     work();
+    // Close the job: a worker that wakes up late (a descheduled vCPU can take milliseconds)
+    // finds it closed and goes back to sleep; only workers already inside are waited for.
     std::unique_lock<std::mutex> lk(m_);
-    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    closed_ = true;
+    done_cv_.wait(lk, [&] { return running_ == 0; });
     body_ = nullptr;
   }
 
@@ -92,11 +96,12 @@ class ThreadPool {
         std::unique_lock<std::mutex> lk(m_);
         cv_.wait(lk, [&] { return generation_ != seen; });
         seen = generation_;
-        if (index >= active_) continue;  // this job does not need this worker
+        if (index >= active_ || closed_) continue;  // not needed, or the job is done
+        ++running_;
       }
       work();
       std::lock_guard<std::mutex> lk(m_);
-      if (--pending_ == 0) done_cv_.notify_one();
+      if (--running_ == 0) done_cv_.notify_one();
     }
   }
 
@@ -107,7 +112,8 @@ class ThreadPool {
   const Body* body_ = nullptr;
   int64_t n_ = 0, grain_ = 1;
   std::atomic<int64_t> next_{0};
-  int active_ = 0, pending_ = 0;
+  int active_ = 0, running_ = 0;
+  bool closed_ = false;
   uint64_t generation_ = 0;
 };
 
