@@ -4,6 +4,7 @@
 #include <cstring>
 #include <mutex>
 #include "kernels.hpp"
+#include "kernels_macro.hpp"
 #include "kernels_scalar.hpp"
 #if defined(MPSLAYOUT_X86)
 #include <emmintrin.h>

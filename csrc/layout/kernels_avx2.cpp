@@ -1,10 +1,21 @@
-// AVX2 + F16C micro-kernels. This file alone is compiled with -mavx2 -mf16c; its functions
-// are reached only through the table that dispatch.cpp fills after a cpuid check.
+// AVX2 + F16C micro-kernels, reached only through the table that dispatch.cpp fills after a
+// cpuid check.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include "kernels.hpp"
 #include "kernels_scalar.hpp"
+
+// Everything below, and only that, may use AVX2/F16C/FMA: headers above keep the baseline
+// instruction set, so inline functions they share with other files stay portable.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,f16c,fma"))), apply_to = function)
+#else
+#pragma GCC target("avx2,f16c,fma")
+#endif
+
+#include "kernels_macro.hpp"
 
 namespace mpslayout {
 namespace {
@@ -401,3 +412,7 @@ void fill_avx2(KernelSet& ks) {
 }
 
 }  // namespace mpslayout
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
