@@ -6,7 +6,10 @@ the numpy one-liner its docstring gives. The layout rules are in MPS_LAYOUTS.md.
 
 import os as _os
 
-from . import _core
+from . import (
+    _core,
+    export,
+)
 from .engine import get_threads, permute, set_threads
 from .images import image_from_slices, image_slices, reshape_gather, reshape_slices
 from .layouts import convert
@@ -42,6 +45,7 @@ __all__ = [
     "dense_reshape",
     "depthwise_weights",
     "expand_depthwise",
+    "export",
     "fc_weights",
     "get_threads",
     "image_from_slices",

@@ -11,6 +11,8 @@ geometry of every layer, byte sizes and SHA-256 of every file; schema in
 from __future__ import annotations
 
 import os
+import sys
+import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -196,3 +198,14 @@ def export(
     bar = Progress(len(plan.layers), sum(x.source_bytes for x in plan.layers), progress)
     return write_all(outdir, plan.layers, out_dtype, force=force, progress=bar,
                      manifest_fields=fields, version=__version__)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``mpslayout.export(model, outdir)`` call :func:`export` while
+    ``mpslayout.export`` stays this package (``mpslayout.export.onnx_reader``...)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

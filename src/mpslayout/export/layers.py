@@ -112,6 +112,35 @@ class Layer:
         return out
 
 
+class SkipLayer(Exception):
+    """Raised by a reader for a recognised layer it does not export; the message says why.
+    ``unsupported``: list it as an unsupported operator rather than a skipped layer."""
+
+    def __init__(self, reason: str, unsupported: bool = False) -> None:
+        super().__init__(reason)
+        self.unsupported = unsupported
+
+
+def batch_norm_fold(gamma: Any, beta: Any, mean: Any, var: Any,
+                    eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift), float64, with BN(x) = scale*x + shift per channel: the multiplier
+    of the previous layer's weights and what its bias becomes (bias*scale + shift)."""
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    return scale, np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
+
+
+def folded_bias(bias: TensorRef | None, n: int, name: str, scale: np.ndarray | None,
+                shift: np.ndarray | None, bias_scale: float = 1.0) -> TensorRef | None:
+    """The bias after a batch-norm fold (and Gemm's beta): ``bias*beta*scale + shift``."""
+    if scale is None and bias_scale == 1.0:
+        return bias
+    b = np.zeros(n) if bias is None else np.asarray(bias.load(), np.float64).reshape(n)
+    b = b * bias_scale
+    if scale is not None:
+        b = b * scale + shift
+    return const_tensor(f"{name}:folded_bias", b)
+
+
 # ----------------------------------------------------------------------- conversion
 
 
@@ -166,10 +195,6 @@ def _prepare(a: np.ndarray, scale: np.ndarray | None, axis: int | None,
     return (a.astype(np.float64) * s).astype(np.float32)
 
 
-def _bias_array(layer: Layer) -> np.ndarray | None:
-    return None if layer.bias is None else layer.bias.load()
-
-
 def convert_layer(layer: Layer, dtype: np.dtype,
                   chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, np.ndarray, int]]:
     """Yield ``(role, array, source_bytes)``: the weights, possibly in several chunks whose
@@ -187,7 +212,7 @@ def convert_layer(layer: Layer, dtype: np.dtype,
     p = layer.params
     if layer.rule in ("dense_reshape", "conv_subpixel"):
         a = _prepare(src, layer.scale, None, 0, 0)
-        b = _bias_array(layer)
+        b = None if layer.bias is None else layer.bias.load()
         if layer.rule == "dense_reshape":
             layout, image = p["layout"], (1, 1, a.shape[1 if p["layout"] == "OI" else 0])
             if p.get("input_shape") is not None:  # it reads an image: its columns first

@@ -24,8 +24,10 @@ from .layers import (
     Layer,
     Overrides,
     Plan,
+    SkipLayer,
     TensorRef,
-    const_tensor,
+    batch_norm_fold,
+    folded_bias,
     is_float,
     reshape_layer,
 )
@@ -251,6 +253,9 @@ class _Reader:
 
     def check_structure(self) -> None:
         g = self.model.graph
+        if not self.model.opset_import or not self.model.ir_version:
+            raise ValueError("the ONNX model declares no IR version or opset (a truncated or "
+                             "empty file?)")
         if not self.nodes:
             raise ValueError("the ONNX graph has no nodes (an empty or truncated model?)")
         defined = set(self.protos) | {i.name for i in g.input}
@@ -271,8 +276,20 @@ class _Reader:
 
     def infer_shapes(self) -> None:
         onnx = _onnx()
+        model = self.model
+        # shape constants (Reshape targets) stored externally: inline them in a copy, since
+        # inference does not read external data
+        small = [t.name for t in model.graph.initializer if t.data_location == _EXTERNAL
+                 and self.refs[t.name].dtype.kind in "iu" and self.refs[t.name].nbytes <= 4096]
+        if small:
+            model = onnx.ModelProto()
+            model.CopyFrom(self.model)
+            for t in model.graph.initializer:
+                if t.name in small:
+                    t.CopyFrom(onnx.numpy_helper.from_array(np.array(self.refs[t.name].load()),
+                                                            t.name))
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False,
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False,
                                                          data_prop=True)
         except Exception as e:  # inference is a help, not a requirement
             self.plan.assumptions.append(f"ONNX shape inference failed ({e}); layers that "
@@ -361,10 +378,10 @@ class _Reader:
             return None
         ref = self.const(node.input[index])
         if ref is None:
-            raise _Skip(f"its {what} {node.input[index]!r} is computed, not a constant "
+            raise SkipLayer(f"its {what} {node.input[index]!r} is computed, not a constant "
                         "initializer", unsupported=True)
         if not is_float(ref.dtype):
-            raise _Skip(f"its {what} {ref.name!r} is {ref.dtype}, not floating point "
+            raise SkipLayer(f"its {what} {ref.name!r} is {ref.dtype}, not floating point "
                         "(quantized models are not supported)")
         return ref
 
@@ -374,7 +391,7 @@ class _Reader:
         if ref is None:
             return None
         if math.prod(ref.shape) != n:
-            raise _Skip(f"its {what} {ref.name!r} has shape {list(ref.shape)}, expected ({n},)")
+            raise SkipLayer(f"its {what} {ref.name!r} has shape {list(ref.shape)}, expected ({n},)")
         return _flat(ref, n)
 
     def fold(self, out: str, n: int) -> tuple[str, Any | None, np.ndarray | None,
@@ -386,27 +403,14 @@ class _Reader:
             return out, None, None, None
         try:
             vecs = [self.vector(bn, i, n, "parameter") for i in (1, 2, 3, 4)]
-        except _Skip:
+        except SkipLayer:
             return out, None, None, None
         if any(v is None for v in vecs):
             return out, None, None, None
-        gamma, beta, mean, var = (np.asarray(v.load(), dtype=np.float64).reshape(n)
-                                  for v in vecs)
-        eps = float(_attrs(bn).get("epsilon", 1e-5))
-        scale = gamma / np.sqrt(var + eps)
+        scale, shift = batch_norm_fold(*(v.load() for v in vecs),
+                                       eps=float(_attrs(bn).get("epsilon", 1e-5)))
         self.consumed.add(id(bn))
-        return bn.output[0], bn, scale, beta - mean * scale
-
-    def folded_bias(self, bias: TensorRef | None, scale: np.ndarray | None,
-                    shift: np.ndarray | None, n: int, name: str,
-                    bias_scale: float = 1.0) -> TensorRef | None:
-        if scale is None and bias_scale == 1.0:
-            return bias
-        b = (np.zeros(n) if bias is None
-             else np.asarray(bias.load(), dtype=np.float64).reshape(n) * bias_scale)
-        if scale is not None:
-            b = b * scale + shift
-        return const_tensor(f"{name}:folded_bias", b)
+        return bn.output[0], bn, scale, shift
 
     def add_layer(self, layer: Layer, node: Any, bn: Any | None, through: list[str]) -> None:
         if bn is not None:
@@ -425,14 +429,14 @@ class _Reader:
             ys = mf.same_pads(in_hw[0], k[0], stride[0], dilation[0], auto == "SAME_UPPER")
             xs = mf.same_pads(in_hw[1], k[1], stride[1], dilation[1], auto == "SAME_UPPER")
             if ys is None or xs is None:
-                raise _Skip(f"auto_pad={auto} with stride {list(stride)} needs the input "
+                raise SkipLayer(f"auto_pad={auto} with stride {list(stride)} needs the input "
                             "size, which shape inference did not give")
             return ys[0], xs[0], ys[1], xs[1]
         if auto == "VALID":
             return 0, 0, 0, 0
         p = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
         if len(p) != 4:
-            raise _Skip(f"pads {p} are not those of a 2-D convolution")
+            raise SkipLayer(f"pads {p} are not those of a 2-D convolution")
         return p[0], p[1], p[2], p[3]
 
     def spatial(self, name: str) -> tuple[int | None, int | None]:
@@ -444,7 +448,7 @@ class _Reader:
     def guard(self, node: Any, fn: Any) -> None:
         try:
             fn(node)
-        except _Skip as e:
+        except SkipLayer as e:
             if e.unsupported:
                 self.plan.refuse(self.name(node), node.op_type, str(e))
             else:
@@ -452,7 +456,7 @@ class _Reader:
 
     def _kernel_attrs(self, node: Any, ndim: int) -> dict[str, Any]:
         if ndim != 4:
-            raise _Skip(f"its weight is {ndim}-D: MPS convolutions are 2-D (4-D weights)")
+            raise SkipLayer(f"its weight is {ndim}-D: MPS convolutions are 2-D (4-D weights)")
         attrs = _attrs(node)
         name = self.name(node)
         attrs["_stride"] = _pair(attrs.get("strides"), 1, "strides", name)
@@ -464,7 +468,7 @@ class _Reader:
         name = self.name(node)
         w = self.weight(node, 1, "weight")
         if w is None:
-            raise _Skip("it has no weight input", unsupported=True)
+            raise SkipLayer("it has no weight input", unsupported=True)
         a = self._kernel_attrs(node, len(w.shape))
         o, ig, kh, kw = w.shape
         g = a["_group"]
@@ -480,7 +484,7 @@ class _Reader:
         geo = mf.conv_geometry(kh=kh, kw=kw, cin=cin, cout=o, groups=g, stride=a["_stride"],
                                dilation=a["_dilation"], pads=pads, in_hw=in_hw,
                                out_hw=self.spatial(node.output[0]))
-        bias = self.folded_bias(b, scale, shift, o, name)
+        bias = folded_bias(b, o, name, scale, shift)
         w_scale = None if scale is None else scale.reshape(o, 1, 1, 1)
         layer = Layer(name, "convolution", "conv", source, w, bias,
                       {"layout": "OIHW", "groups": g}, geo, w_scale)
@@ -525,7 +529,7 @@ class _Reader:
         name = self.name(node)
         w = self.weight(node, 1, "weight")
         if w is None:
-            raise _Skip("it has no weight input", unsupported=True)
+            raise SkipLayer("it has no weight input", unsupported=True)
         a = self._kernel_attrs(node, len(w.shape))
         cin, og, kh, kw = w.shape
         g = a["_group"]
@@ -544,7 +548,7 @@ class _Reader:
                 if "output_shape" in a:
                     size = in_hw[i]
                     if size is None:
-                        raise _Skip("output_shape needs the input size, which shape "
+                        raise SkipLayer("output_shape needs the input size, which shape "
                                     "inference did not give")
                     total += stride[i] * (size - 1) - int(a["output_shape"][-2 + i])
                 else:
@@ -565,7 +569,7 @@ class _Reader:
         if scale is not None:  # output channel j*O/g + o of Wt[j*I/g + i][o]
             w_scale = np.repeat(scale.reshape(g, og), cin // g, axis=0)[:, :, None, None]
         layer = Layer(name, "transposed", "transposed", source, w,
-                      self.folded_bias(b, scale, shift, o, name),
+                      folded_bias(b, o, name, scale, shift),
                       {"layout": "IOHW", "groups": g}, geo, w_scale)
         if dil != (1, 1):
             layer.notes.append("kernel_offset with dilation uses (k/2)*d - (k-1)*d + pad, "
@@ -639,14 +643,14 @@ class _Reader:
         a = _attrs(node)
         w = self.const(node.input[1])
         if w is None:
-            raise _Skip("its second operand is computed, not a constant: a product of two "
+            raise SkipLayer("its second operand is computed, not a constant: a product of two "
                         "activations has no MPSCNN layer", unsupported=True)
         w = self.weight(node, 1, "weight")
         assert w is not None
         if len(w.shape) != 2:
-            raise _Skip(f"its weight is {len(w.shape)}-D, not a 2-D matrix", unsupported=True)
+            raise SkipLayer(f"its weight is {len(w.shape)}-D, not a 2-D matrix", unsupported=True)
         if int(a.get("transA", 0)):
-            raise _Skip("transA=1 (a transposed activation) has no MPS layer", unsupported=True)
+            raise SkipLayer("transA=1 (a transposed activation) has no MPS layer", unsupported=True)
         layout = "OI" if int(a.get("transB", 0)) else "IO"
         o, n = (w.shape[0], w.shape[1]) if layout == "OI" else (w.shape[1], w.shape[0])
         alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
@@ -655,11 +659,11 @@ class _Reader:
         if op == "Gemm":
             b = self.vector(node, 2, o, "bias")
             if b is not None and math.prod(b.shape) == 1 and o != 1:
-                raise _Skip(f"its bias {b.name!r} is a broadcast scalar")
+                raise SkipLayer(f"its bias {b.name!r} is a broadcast scalar")
         else:
             s = self.shape(node.input[0])
             if s is not None and len(s) > 3:
-                raise _Skip(f"MatMul on a {len(s)}-D tensor is not a fully connected layer")
+                raise SkipLayer(f"MatMul on a {len(s)}-D tensor is not a fully connected layer")
             add = self.sole_consumer(out)
             if add is not None and add.op_type == "Add":
                 other = add.input[1] if add.input[0] == out else add.input[0]
@@ -675,10 +679,10 @@ class _Reader:
             c, h, ww = given
             hwc, status = (h, ww, c), "image"
         if status == "unknown":
-            raise _Skip(f"the (C, H, W) of the image flattened into {node.input[0]!r} is not "
+            raise SkipLayer(f"the (C, H, W) of the image flattened into {node.input[0]!r} is not "
                         f"known; pass --input-shape {name}=C,H,W")
         if hwc is not None and math.prod(hwc) != n:
-            raise _Skip(f"the image flattened into it is (H, W, C)={hwc}, "
+            raise SkipLayer(f"the image flattened into it is (H, W, C)={hwc}, "
                         f"{math.prod(hwc)} values, but the weight has {n} inputs")
         out, bn, scale, shift = self.fold(out, o)
         end, nxt, through = self.follow(out)
@@ -696,7 +700,7 @@ class _Reader:
         if scale is not None or alpha != 1.0:
             v = (np.ones(o) if scale is None else scale) * alpha
             w_scale = v.reshape(o, 1) if layout == "OI" else v.reshape(1, o)
-        bias = self.folded_bias(b, scale, shift, o, name, beta)
+        bias = folded_bias(b, o, name, scale, shift, beta)
         source = {"format": "onnx", "node": name, "op": op, "weights": w.name,
                   "bias": b.name if b is not None else None, "input": src, "output": out}
         geo = mf.fc_geometry(n_in=n, n_out=o, source=hwc, flatten=order)
@@ -723,13 +727,13 @@ class _Reader:
         s = self.shape(node.input[0])
         ref = self.weight(node, 1, "scale")
         if ref is None:
-            raise _Skip("it has no scale input", unsupported=True)
+            raise SkipLayer("it has no scale input", unsupported=True)
         c = math.prod(ref.shape)
         refs = {}
         for role, i in (("gamma", 1), ("beta", 2), ("mean", 3), ("variance", 4)):
             r = self.vector(node, i, c, role)
             if r is None:
-                raise _Skip(f"its {role} input is missing", unsupported=True)
+                raise SkipLayer(f"its {role} input is missing", unsupported=True)
             refs[role] = r
         eps = float(_attrs(node).get("epsilon", 1e-5))
         in_hw = (1, 1) if s is not None and len(s) == 2 else self.spatial(node.input[0])
@@ -755,14 +759,6 @@ def _flat(ref: TensorRef, n: int) -> TensorRef:
 
 def _is_table(ref: TensorRef | None) -> bool:
     return ref is not None and is_float(ref.dtype) and len(ref.shape) >= 2
-
-
-class _Skip(Exception):
-    """A recognised layer that is not exported, and why."""
-
-    def __init__(self, reason: str, unsupported: bool = False) -> None:
-        super().__init__(reason)
-        self.unsupported = unsupported
 
 
 def read(path: str, *, fold_bn: bool, overrides: Overrides) -> Plan:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import manifest as mf
-from .layers import Layer, Overrides, Plan, TensorRef, is_float, reshape_layer
+from .layers import Layer, Overrides, Plan, TensorRef, const_tensor, is_float, reshape_layer
 
 ASSUMPTIONS = [
     "tensor names follow PyTorch's state_dict convention (MODULE.weight, MODULE.bias, "
@@ -56,28 +58,38 @@ def _skip_dtype(p: Plan, refs: list[TensorRef]) -> bool:
     return bool(bad)
 
 
+def _batch_norm(p: Plan, name: str, leaves: dict[str, TensorRef]) -> set[str]:
+    """A BatchNorm module; without affine parameters, gamma is 1 and beta 0."""
+    stats = [leaves["running_mean"], leaves["running_var"]]
+    if _skip_dtype(p, [leaves[k] for k in ("weight", "bias", "running_mean", "running_var")
+                       if k in leaves]):
+        return set(leaves)
+    c = stats[0].shape[0] if len(stats[0].shape) == 1 else 0
+    refs = {role: leaves[key] for key, role in _BN_KEYS.items() if key in leaves}
+    refs.setdefault("gamma", const_tensor(f"{name}:gamma", np.ones(c, np.float32)))
+    refs.setdefault("beta", const_tensor(f"{name}:beta", np.zeros(c, np.float32)))
+    if c == 0 or any(r.shape != (c,) for r in refs.values()):
+        p.skip(name, "BatchNorm", "weight, bias, running_mean and running_var must be "
+               "vectors of one length")
+        return set(leaves)
+    source = {"format": p.format, "module": name, "weights": None, "bias": None,
+              "tensors": {k: v.name for k, v in refs.items()}}
+    geo = {"input_channels": c, "output_channels": c, "epsilon": 1e-5,
+           "input_shape": mf.image(None, None, c), "output_shape": mf.image(None, None, c)}
+    p.layers.append(Layer(name, "batch_normalization", "batch_norm", source, geometry=geo,
+                          tensors=refs, notes=["epsilon 1e-5 assumed (PyTorch's default)"]))
+    return set(_BN_KEYS) | {"num_batches_tracked"}
+
+
 def _module(p: Plan, name: str, leaves: dict[str, TensorRef], over: Overrides) -> set[str]:
     """Add the layer of one module; returns the leaves it used."""
     w, b = leaves.get("weight"), leaves.get("bias")
+    if "running_mean" in leaves and "running_var" in leaves and (w is None or len(w.shape) == 1):
+        return _batch_norm(p, name, leaves)
     if w is None:
         return set()
     source: dict[str, Any] = {"format": p.format, "module": name, "weights": w.name,
                               "bias": b.name if b is not None else None}
-    if "running_mean" in leaves and "running_var" in leaves and len(w.shape) == 1:
-        refs = {role: leaves[key] for key, role in _BN_KEYS.items() if key in leaves}
-        if set(refs) != set(_BN_KEYS.values()) or _skip_dtype(p, list(refs.values())) or \
-                len({r.shape for r in refs.values()}) != 1:
-            p.skip(name, "BatchNorm", "needs weight, bias, running_mean and running_var "
-                   "of one length, in floating point")
-            return set(leaves)
-        c = w.shape[0]
-        source.update(weights=None, bias=None, tensors={k: v.name for k, v in refs.items()})
-        geo = {"input_channels": c, "output_channels": c, "epsilon": 1e-5,
-               "input_shape": mf.image(None, None, c), "output_shape": mf.image(None, None, c)}
-        p.layers.append(Layer(name, "batch_normalization", "batch_norm", source,
-                              geometry=geo, tensors=refs,
-                              notes=["epsilon 1e-5 assumed (PyTorch's default)"]))
-        return set(_BN_KEYS) | {"num_batches_tracked"}
     used = {"weight", "bias"} if b is not None else {"weight"}
     if _skip_dtype(p, [w] + ([b] if b is not None else [])):
         return used

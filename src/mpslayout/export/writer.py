@@ -9,9 +9,9 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from typing import IO, Any
@@ -232,8 +232,7 @@ def write_all(outdir: str, layers: Iterable[Layer], dtype: np.dtype, *, force: b
     out = check_outdir(outdir, force)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".mpslayout-tmp",
-                           dir=parent)
+    tmp = _sibling(out, ".mpslayout-tmp", create=True)
     try:
         entries = []
         for layer in layers:
@@ -260,14 +259,29 @@ def write_all(outdir: str, layers: Iterable[Layer], dtype: np.dtype, *, force: b
     return doc
 
 
+def _sibling(out: str, suffix: str, create: bool) -> str:
+    """A free hidden name beside ``out``; created as a folder (with the usual permissions,
+    unlike mkdtemp's 0700) when ``create``."""
+    parent, base = os.path.split(out)
+    for _ in range(100):
+        path = os.path.join(parent, f".{base}.{secrets.token_hex(4)}{suffix}")
+        if create:
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+            return path
+        if not os.path.lexists(path):
+            return path
+    raise FileExistsError(f"no free temporary name beside {out}")
+
+
 def _move_into_place(tmp: str, out: str, force: bool) -> None:
     if not os.path.lexists(out):
         os.rename(tmp, out)
         return
     check_outdir(out, force)  # it appeared meanwhile, or force: same rules as at the start
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".mpslayout-old",
-                           dir=os.path.dirname(out))
-    os.rmdir(old)
+    old = _sibling(out, ".mpslayout-old", create=False)
     os.rename(out, old)
     try:
         os.rename(tmp, out)
