@@ -108,6 +108,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    import json
+
+    from .verify import verify  # imported here: only this command needs onnx/onnxruntime
+
+    report = verify(args.outdir, args.model, input=args.input, atol=args.atol,
+                    rtol=args.rtol, storage=args.storage, seed=args.seed)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpslayout",
@@ -178,13 +189,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail if any operator or layer cannot be exported")
     p.add_argument("--input-shape", type=_name_shape, action="append", default=[],
                    metavar="NAME=C,H,W",
-                   help="the image a fully connected layer reads through a flatten")
+                   help="sizes of the image a fully connected layer reads through a flatten "
+                   "(needed for a state_dict, or where the graph does not say)")
     p.add_argument("--reshape", type=_name_shape, action="append", default=[],
-                   metavar="NAME=H,W,C", help="a reshape after a fully connected layer")
+                   metavar="NAME=H,W,C",
+                   help="sizes of a reshape after a fully connected layer (its neurons in "
+                   "PyTorch view(-1, C, H, W) order; Keras Reshape order for Keras files)")
     p.add_argument("--force", action="store_true",
                    help="replace OUTDIR if it is empty or an earlier export")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "verify",
+        help="check an export against its ONNX model, without a Mac",
+        description="Run the exported layers (manifest.json and .bin files in OUTDIR) in "
+        "mpslayout's numpy reference of the MPS kernels and the original model in ONNX "
+        "Runtime on the same input, and compare every layer. Exit status 0 only when every "
+        "layer agrees within tolerance.",
+    )
+    p.add_argument("outdir", metavar="OUTDIR", help="folder written by mpslayout export")
+    p.add_argument("--model", required=True, metavar="MODEL.onnx",
+                   help="the ONNX model the export came from")
+    p.add_argument("--input", metavar="X.npy",
+                   help="the model's input (default: seeded standard normal)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (1e-4)")
+    p.add_argument("--storage", choices=("float32", "float16"),
+                   help="MPS image type (default: the export's weight type)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_verify)
     return parser
 
 
