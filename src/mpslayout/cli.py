@@ -24,7 +24,9 @@ def _dtype(name: str | None) -> np.dtype | None:
         try:
             import ml_dtypes
         except ImportError:
-            raise ValueError("--dtype bfloat16 needs the ml_dtypes package: pip install ml_dtypes") from None
+            raise ValueError(
+                "--dtype bfloat16 needs the ml_dtypes package: pip install ml_dtypes"
+            ) from None
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
 
@@ -94,17 +96,27 @@ def _export(args: argparse.Namespace) -> int:
     try:
         from .export import export  # imported here: only this command needs it
 
-        doc = export(args.model, args.output, dtype=args.dtype, only=args.only,
-                     fold_bn=args.fold_bn, strict=args.strict,
-                     input_shapes=dict(args.input_shape), reshapes=dict(args.reshape),
-                     progress=not args.quiet, force=args.force)
+        doc = export(
+            args.model,
+            args.output,
+            dtype=args.dtype,
+            only=args.only,
+            fold_bn=args.fold_bn,
+            strict=args.strict,
+            input_shapes=dict(args.input_shape),
+            reshapes=dict(args.reshape),
+            progress=not args.quiet,
+            force=args.force,
+        )
     except ImportError as e:  # an optional reader's package is missing
         raise ValueError(str(e)) from None
     if not args.quiet:
         for x in doc["unsupported"] + doc["skipped"]:
             print(f"not exported: {x['name']} ({x['op']}): {x['reason']}")
-        print(f"exported {len(doc['layers'])} layers ({doc['total_bytes']} bytes, "
-              f"{doc['weights_dtype']} weights) to {args.output}")
+        print(
+            f"exported {len(doc['layers'])} layers ({doc['total_bytes']} bytes, "
+            f"{doc['weights_dtype']} weights) to {args.output}"
+        )
     return 0
 
 
@@ -113,8 +125,15 @@ def _verify(args: argparse.Namespace) -> int:
 
     from .verify import verify  # imported here: only this command needs onnx/onnxruntime
 
-    report = verify(args.outdir, args.model, input=args.input, atol=args.atol,
-                    rtol=args.rtol, storage=args.storage, seed=args.seed)
+    report = verify(
+        args.outdir,
+        args.model,
+        input=args.input,
+        atol=args.atol,
+        rtol=args.rtol,
+        storage=args.storage,
+        seed=args.seed,
+    )
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     return 0 if report.ok else 1
 
@@ -124,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mpslayout",
         description="Convert tensors between framework layouts and what Apple's Metal "
         "Performance Shaders read (OHWI weights, 4-channel image slices, ...).",
-        epilog="Example: mpslayout convert conv.npy --from OIHW --to OHWI --dtype float16 -o conv.bin",
+        epilog="Examples:\n"
+        "  mpslayout export model.onnx -o mps_weights --dtype float16\n"
+        "  mpslayout verify mps_weights --model model.onnx\n"
+        "  mpslayout convert conv.npy --from OIHW --to OHWI --dtype float16 -o conv.bin\n"
+        "  mpslayout bench --quick",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mpslayout {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -138,8 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         "a numpy header; any other name gets raw little-endian bytes, as MPS data sources read.",
     )
     p.add_argument("input", metavar="IN.npy")
-    p.add_argument("--from", dest="src", required=True, metavar="LAYOUT", help="layout of IN, e.g. OIHW")
-    p.add_argument("--to", dest="dst", required=True, metavar="LAYOUT", help="layout to write, e.g. OHWI")
+    p.add_argument(
+        "--from", dest="src", required=True, metavar="LAYOUT", help="layout of IN, e.g. OIHW"
+    )
+    p.add_argument(
+        "--to", dest="dst", required=True, metavar="LAYOUT", help="layout to write, e.g. OHWI"
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.bin (raw) or OUT.npy")
     p.add_argument("--dtype", choices=_DTYPES, help="output element type (default: keep)")
     p.add_argument("--channels", type=int, help="unblocked size when IN is blocked (e.g. NCHW4c)")
@@ -156,14 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time mpslayout's conversions against numpy, PyTorch and memcpy on real "
         "weight shapes (cold cache, interleaved runs). See bench/README.md in the repository.",
     )
-    p.add_argument("--quick", action="store_true",
-                   help="a few cases, 3 repeats: finishes in under a minute")
-    p.add_argument("--cases", metavar="SUBSTRING",
-                   help="only cases whose name or input shape contains SUBSTRING")
-    p.add_argument("--repeats", type=int, metavar="N",
-                   help="timed runs per contender (default 15, 3 with --quick)")
-    p.add_argument("--threads", metavar="LIST",
-                   help="comma separated thread counts (default: 1 and all CPUs)")
+    p.add_argument(
+        "--quick", action="store_true", help="a few cases, 3 repeats: finishes in under a minute"
+    )
+    p.add_argument(
+        "--cases",
+        metavar="SUBSTRING",
+        help="only cases whose name or input shape contains SUBSTRING",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="timed runs per contender (default 15, 3 with --quick)",
+    )
+    p.add_argument(
+        "--threads", metavar="LIST", help="comma separated thread counts (default: 1 and all CPUs)"
+    )
     p.add_argument("--json", metavar="PATH", help="write the full results as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
@@ -180,23 +217,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder to create")
-    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                   help="weight element type (default float32; biases are always float32)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="weight element type (default float32; biases are always float32)",
+    )
     p.add_argument("--only", nargs="+", metavar="NAME", help="export only these layers")
-    p.add_argument("--fold-bn", action="store_true",
-                   help="fold each BatchNormalization into the layer before it")
-    p.add_argument("--strict", action="store_true",
-                   help="fail if any operator or layer cannot be exported")
-    p.add_argument("--input-shape", type=_name_shape, action="append", default=[],
-                   metavar="NAME=C,H,W",
-                   help="sizes of the image a fully connected layer reads through a flatten "
-                   "(needed for a state_dict, or where the graph does not say)")
-    p.add_argument("--reshape", type=_name_shape, action="append", default=[],
-                   metavar="NAME=H,W,C",
-                   help="sizes of a reshape after a fully connected layer (its neurons in "
-                   "PyTorch view(-1, C, H, W) order; Keras Reshape order for Keras files)")
-    p.add_argument("--force", action="store_true",
-                   help="replace OUTDIR if it is empty or an earlier export")
+    p.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold each BatchNormalization into the layer before it",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="fail if any operator or layer cannot be exported"
+    )
+    p.add_argument(
+        "--input-shape",
+        type=_name_shape,
+        action="append",
+        default=[],
+        metavar="NAME=C,H,W",
+        help="sizes of the image a fully connected layer reads through a flatten "
+        "(needed for a state_dict, or where the graph does not say)",
+    )
+    p.add_argument(
+        "--reshape",
+        type=_name_shape,
+        action="append",
+        default=[],
+        metavar="NAME=H,W,C",
+        help="sizes of a reshape after a fully connected layer (its neurons in "
+        "PyTorch view(-1, C, H, W) order; Keras Reshape order for Keras files)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace OUTDIR if it is empty or an earlier export"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=_export)
 
@@ -209,15 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
         "layer agrees within tolerance.",
     )
     p.add_argument("outdir", metavar="OUTDIR", help="folder written by mpslayout export")
-    p.add_argument("--model", required=True, metavar="MODEL.onnx",
-                   help="the ONNX model the export came from")
-    p.add_argument("--input", metavar="X.npy",
-                   help="the model's input (default: seeded standard normal)")
+    p.add_argument(
+        "--model", required=True, metavar="MODEL.onnx", help="the ONNX model the export came from"
+    )
+    p.add_argument(
+        "--input", metavar="X.npy", help="the model's input (default: seeded standard normal)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (1e-4)")
-    p.add_argument("--storage", choices=("float32", "float16"),
-                   help="MPS image type (default: the export's weight type)")
+    p.add_argument(
+        "--storage",
+        choices=("float32", "float16"),
+        help="MPS image type (default: the export's weight type)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_verify)
     return parser
