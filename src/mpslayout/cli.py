@@ -111,6 +111,15 @@ def _export(args: argparse.Namespace) -> int:
     except ImportError as e:  # an optional reader's package is missing
         raise ValueError(str(e)) from None
     if not args.quiet:
+        rows = [("layer", "kind", "weights (MPS layout)", "bytes")]
+        for layer in doc["layers"]:
+            w = layer["files"].get("weights") or next(iter(layer["files"].values()))
+            shape = "x".join(map(str, w["shape"]))
+            rows.append((layer["name"], layer["kind"], f"{shape} {w['layout']} {w['dtype']}",
+                         str(sum(f["bytes"] for f in layer["files"].values()))))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
         for x in doc["unsupported"] + doc["skipped"]:
             print(f"not exported: {x['name']} ({x['op']}): {x['reason']}")
         print(
