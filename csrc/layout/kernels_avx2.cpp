@@ -245,19 +245,17 @@ template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, in
         scalar::tile<K>(s - back * es, ssd, d - back * stride, stride, 8, 8);
     }
   };
-  if (NT && na * row_bytes <= kPanelBuffer) {
+  // Buffer rows are padded by one line: rows a power of two apart would share L1 sets.
+  const int64_t pstride = row_bytes + 64;
+  if (NT && na * pstride <= kPanelBuffer) {
     // The whole panel fits in L2: read the source in address order (d outer), transpose
     // into the buffer, then stream it out in address order too.
     alignas(64) static thread_local char panel[kPanelBuffer];
     for (int64_t d0 = 0; d0 < nd; d0 += 8) {
       const int64_t dd = std::min(d0, nd - 8);
-      for (int64_t a0 = 0; a0 < na; a0 += 8) move(a0, dd, panel + a0 * row_bytes + dd * ed, row_bytes);
+      for (int64_t a0 = 0; a0 < na; a0 += 8) move(a0, dd, panel + a0 * pstride + dd * ed, pstride);
     }
-    if (dsa == row_bytes) {
-      stream_copy(dst, panel, na * row_bytes);
-    } else {
-      for (int64_t r = 0; r < na; ++r) stream_copy(dst + r * dsa, panel + r * row_bytes, row_bytes);
-    }
+    for (int64_t r = 0; r < na; ++r) stream_copy(dst + r * dsa, panel + r * pstride, row_bytes);
     _mm_sfence();
     return;
   }
