@@ -116,6 +116,27 @@ template <Op OP, bool NT> inline bool block8(const char* s, int64_t ssd, char* d
   return true;
 }
 
+// One destination row of 8: element k read at s + k*ssd. Returns false for the scalar
+// path (a NaN lane in a fused cast).
+template <Op OP> inline bool row8(const char* s, int64_t ssd, char* d) {
+  __m256 v;
+  if constexpr (OP == kF16F32) {
+    uint16_t h[8];
+    for (int k = 0; k < 8; ++k) std::memcpy(&h[k], s + k * ssd, 2);
+    v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+  } else {
+    float f[8];
+    for (int k = 0; k < 8; ++k) std::memcpy(&f[k], s + k * ssd, 4);
+    v = _mm256_loadu_ps(f);
+  }
+  if constexpr (OP != kCopy4) {
+    const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    if (!_mm256_testz_ps(nan, nan)) return false;
+  }
+  store_lane<OP, false>(d, v);
+  return true;
+}
+
 template <Op OP> struct OpTraits;
 template <> struct OpTraits<kCopy4> { using K = Copy<uint32_t>; };
 template <> struct OpTraits<kF32F16> { using K = Convert<Cast::F32toF16>; };
@@ -239,6 +260,9 @@ template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, in
     const char* s = src + dd * ssd + a0 * es;
     if (a0 + 8 <= na) {
       if (!block8<OP, false>(s, ssd, d, stride)) scalar::tile<K>(s, ssd, d, stride, 8, 8);
+    } else if (a0 + 1 == na) {
+      // one row left (3x3, 5x5, 7x7 kernels): gather its 8 values instead of redoing 8 rows
+      if (!row8<OP>(s, ssd, d)) scalar::tile<K>(s, ssd, d, stride, 1, 8);
     } else {
       const int64_t back = a0 - (na - 8);
       if (!block8<OP, false>(s - back * es, ssd, d - back * stride, stride))
