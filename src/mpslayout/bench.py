@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -411,6 +412,27 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds all processes spent busy, CPU seconds this process spent), from /proc."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    busy = sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+    own = os.times()
+    return busy / tick, own.user + own.system
+
+
+def _other_cpu(start: tuple[float, float] | None, wall: float) -> float | None:
+    """Cores used on average by other processes since ``start`` (wall seconds ago)."""
+    end = _cpu_seconds()
+    if start is None or end is None or wall <= 0:
+        return None
+    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / wall)
+
+
 def _l3_bytes() -> int:
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
@@ -604,6 +626,8 @@ def run_benchmark(
     """
     t_start = time.perf_counter()
     load_start = _loadavg()
+    cpu_start = _cpu_seconds()
+    library = _loaded_library()
     selected = list(case_list) if case_list is not None else select_cases(cases, quick=quick)
     reps = int(repeats) if repeats is not None else (QUICK_REPEATS if quick else FULL_REPEATS)
     if reps < 1:
@@ -632,7 +656,9 @@ def run_benchmark(
                     setup = build_setup(case, x, dtype, th, torch_mod)
                     verify(case, x, setup, dtype, th)  # also the warm-up
                     bar.update(1)
+                    cpu0, t0 = _cpu_seconds(), time.perf_counter()
                     times = measure(setup, reps, flush, tick=bar.update)
+                    other = _other_cpu(cpu0, time.perf_counter() - t0)
                     out_dt = np.dtype(_out_dtype(dtype) or x.dtype)
                     results.append({
                         "case": case.name,
@@ -645,6 +671,7 @@ def run_benchmark(
                         "bytes_in": x.nbytes,
                         "bytes_out": int(np.prod(case.out_shape)) * out_dt.itemsize,
                         "notes": setup.notes,
+                        "other_cpu_cores": other,
                         "contenders": summarize(setup, times),
                     })
                     del setup
@@ -660,6 +687,11 @@ def run_benchmark(
         if torch_mod is not None and torch_threads is not None:
             torch_mod.set_num_threads(torch_threads)
 
+    rebuilt = _library_id().get("sha256_16") != library.get("sha256_16")
+    if rebuilt:
+        print("mpslayout bench: warning: the engine (_core) was rebuilt on disk during the "
+              "run; the results are from the build this process loaded "
+              f"({library.get('sha256_16')})", file=sys.stderr)
     return {
         "machine": machine_info(torch_mod),
         "settings": {
@@ -674,6 +706,8 @@ def run_benchmark(
             "elapsed_s": time.perf_counter() - t_start,
             "loadavg_start": load_start,
             "loadavg_end": _loadavg(),
+            "other_cpu_cores": _other_cpu(cpu_start, time.perf_counter() - t_start),
+            "engine_rebuilt_during_run": rebuilt,
             "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
         "results": results,
@@ -770,6 +804,31 @@ def _version(module: str) -> str | None:
     return str(getattr(mod, "__version__", "unknown"))
 
 
+def _library_id() -> dict[str, Any]:
+    """Which build of the C++ engine ran: its file, modification time and hash."""
+    path = getattr(_core, "__file__", None)
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:16]
+        mtime = datetime.fromtimestamp(os.path.getmtime(path), timezone.utc)
+    except OSError:
+        return {"file": path}
+    return {"file": path, "modified_utc": mtime.isoformat(timespec="seconds"),
+            "sha256_16": digest}
+
+
+_LOADED_LIBRARY: dict[str, Any] | None = None  # the build this process runs, seen at first use
+
+
+def _loaded_library() -> dict[str, Any]:
+    global _LOADED_LIBRARY
+    if _LOADED_LIBRARY is None:
+        _LOADED_LIBRARY = _library_id()
+    return _LOADED_LIBRARY
+
+
 def machine_info(torch_mod: Any = None) -> dict[str, Any]:
     """CPU, caches, versions and instruction set, for the JSON and markdown reports."""
     from . import __version__
@@ -796,6 +855,7 @@ def machine_info(torch_mod: Any = None) -> dict[str, Any]:
         "matplotlib": _version("matplotlib"),
         "mpslayout": __version__,
         "isa": _core.isa(),
+        "core_library": _loaded_library(),
         "available_isas": list(_core.available_isas()),
         "mpslayout_threads": get_threads(),
         "hardware_threads": _core.hardware_threads(),
@@ -845,7 +905,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
 
 def results_table(report: dict[str, Any]) -> str:
     """The main table: one row per contender, grouped by case, dtype and threads."""
-    header = ["case", "input", "dtype", "thr", "contender", "median", "IQR", "GB/s",
+    header = ["case", "input", "dtype", "thr", "bg", "contender", "median", "IQR", "GB/s",
               "t/memcpy", "t/numpy"]
     rows = []
     for res in report["results"]:
@@ -857,6 +917,7 @@ def results_table(report: dict[str, Any]) -> str:
                 _shape_str(res["shape"]) if first else "",
                 dt if first else "",
                 str(res["threads"]) if first else "",
+                _fmt_bg(res.get("other_cpu_cores")) if first else "",
                 c["name"],
                 _fmt_time(c["median_s"]),
                 _fmt_range(c["q1_s"], c["q3_s"]),
@@ -865,7 +926,7 @@ def results_table(report: dict[str, Any]) -> str:
                 f"{c['ratio_vs_numpy']['median']:.2f}",
             ])
             first = False
-    return _table(header, rows, right=[3, 5, 6, 7, 8, 9])
+    return _table(header, rows, right=[3, 4, 6, 7, 8, 9, 10])
 
 
 def tiny_table(tiny: dict[str, Any]) -> str:
@@ -876,12 +937,21 @@ def tiny_table(tiny: dict[str, Any]) -> str:
     return _table(header, rows, right=[1, 2, 3])
 
 
+def _fmt_bg(cores: float | None) -> str:
+    return "?" if cores is None else f"{cores:.2f}"
+
+
+def _fmt_cores(cores: float | None) -> str:
+    return "unknown CPU" if cores is None else f"{cores:.2f} cores"
+
+
 def _fmt_load(load: Sequence[float] | None) -> str:
     return "unknown" if load is None else " / ".join(f"{v:.2f}" for v in load)
 
 
 def machine_table(machine: dict[str, Any], settings: dict[str, Any]) -> str:
     caches = ", ".join(f"{k.replace(' cache', '')} {v}" for k, v in machine["caches"].items())
+    lib = machine.get("core_library") or {}
     rows = [
         ["CPU", str(machine["cpu_model"])],
         ["CPUs", f"{machine['usable_cpus']} usable of {machine['logical_cpus']} "
@@ -890,14 +960,18 @@ def machine_table(machine: dict[str, Any], settings: dict[str, Any]) -> str:
         ["memory", str(machine["memory"])],
         ["platform", str(machine["platform"])],
         ["versions", f"python {machine['python']}, numpy {machine['numpy']}, "
-                     f"torch {machine['torch'] or 'not installed'}, "
+                     f"torch {machine['torch'] or 'not used'}, "
                      f"mpslayout {machine['mpslayout']}"],
         ["mpslayout ISA", f"{machine['isa']} (available: {', '.join(machine['available_isas'])})"],
+        ["engine build", f"{lib.get('sha256_16', '?')} (sha256 prefix of _core), built "
+                         f"{lib.get('modified_utc', '?')}"],
         ["settings", f"repeats {settings['repeats']}, threads {settings['threads']}, "
                      f"cache flush {_fmt_bytes(settings['flush_bytes'])} before each run, "
                      f"took {settings['elapsed_s']:.0f} s, {settings['date_utc']}"],
-        ["load average", f"{_fmt_load(settings.get('loadavg_start'))} at start, "
-                         f"{_fmt_load(settings.get('loadavg_end'))} at end (1, 5, 15 min)"],
+        ["other load", f"other processes used {_fmt_cores(settings.get('other_cpu_cores'))} "
+                       f"on average during the run; load average "
+                       f"{_fmt_load(settings.get('loadavg_start'))} at start, "
+                       f"{_fmt_load(settings.get('loadavg_end'))} at end"],
     ]
     return _table(["machine", ""], rows, right=[])
 
@@ -910,7 +984,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "Median over the runs; IQR = 25th-75th percentile; GB/s counts bytes read + written; "
         "t/memcpy and t/numpy are medians of per-round time ratios (below 1 = faster than "
-        "memcpy / np.copyto). numpy and memcpy always run on one thread.",
+        "memcpy / np.copyto). numpy and memcpy always run on one thread. bg: CPU cores other "
+        "processes used meanwhile (above ~0.1, the timings of that row are disturbed).",
         "",
         results_table(report),
         "",
@@ -1036,10 +1111,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     select_cases(args.cases, quick=args.quick)  # report a bad option before anything runs
     _thread_list(args.threads)
-    load = _loadavg()
-    if load is not None and load[0] > 0.5:
-        print(f"mpslayout bench: warning: the machine is busy (load average {load[0]:.2f}); "
-              "timings, multi-threaded ones most, will be noisy", file=sys.stderr)
+    start, t0 = _cpu_seconds(), time.perf_counter()
+    time.sleep(0.5)
+    busy = _other_cpu(start, time.perf_counter() - t0)
+    if busy is not None and busy > 0.2:
+        print(f"mpslayout bench: warning: the machine is busy (other processes use {busy:.1f} "
+              "cores); timings, multi-threaded ones most, will be noisy", file=sys.stderr)
     report = run_benchmark(cases=args.cases, quick=args.quick, repeats=args.repeats,
                            threads=args.threads, use_torch=not args.no_torch)
     text = render_markdown(report)
