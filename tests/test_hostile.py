@@ -1167,27 +1167,11 @@ def _mps_calls() -> list[tuple[str, Callable[..., Any], tuple[int, ...]]]:
 # The MPS weight converters take their strides from the byte-swapped array and then run the
 # engine on the native copy that resolve_dtype made (mps._move): any input whose copy has
 # other strides is refused with the engine's internal IndexError, or converted WRONGLY.
-_STRIDES_BEFORE_SWAP = {
-    "conv_weights", "conv_weights_hwio", "conv_transpose", "conv_transpose_g2", "depthwise",
-    "depthwise_hwcm", "expand_depthwise", "expand_depthwise_hwcm", "fc", "fc_io", "dense_rows",
-    "dense_ct",
-}  # fmt: skip
-_SWAP_BUG = (
-    "bug: mps._move computes strides before resolve_dtype swaps non-native bytes into a "
-    "fresh array (IndexError 'internal error', or wrong values for overlapping views)"
-)
-
-
 def _mps_swapped_params() -> list[Any]:
     params = []
     for name, call, shape in _mps_calls():
         for form in ["contiguous", "fortran", "strided", "negative"]:
-            marks = []
-            # a contiguous (or F-ordered, kept by astype) input gets a copy with the same
-            # strides; anything else hits the bug
-            if name in _STRIDES_BEFORE_SWAP and form in ("strided", "negative"):
-                marks.append(pytest.mark.xfail(strict=True, reason=_SWAP_BUG))
-            params.append(pytest.param(call, shape, form, id=f"{name}-{form}", marks=marks))
+            params.append(pytest.param(call, shape, form, id=f"{name}-{form}"))
     return params
 
 
@@ -1210,7 +1194,6 @@ def test_byteswapped_mps_converters(
     assert "byte" in refusal or "order" in refusal, refusal
 
 
-@pytest.mark.xfail(strict=True, reason=_SWAP_BUG)
 def test_byteswapped_overlapping_window_is_not_silently_wrong() -> None:
     """Minimal reproducer: fc_weights of a byte-swapped sliding window returns wrong rows."""
     v = np.arange(10, dtype=">f4")

@@ -32,6 +32,10 @@ def _weights(w: Any, ndim: int, name: str, layout: str) -> np.ndarray:
     a = engine.as_input(w, name)
     if a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D for layout={layout!r}, got shape {a.shape}")
+    if not a.dtype.isnative and a.dtype.itemsize > 1:
+        # MPS reads native (little-endian) values: swap first, so that every stride the
+        # converters take below belongs to the array that is actually read
+        a = a.astype(a.dtype.newbyteorder("="))
     return a
 
 
