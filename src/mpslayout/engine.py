@@ -18,6 +18,7 @@ from . import _core
 __all__ = ["get_threads", "permute", "set_threads"]
 
 MAX_NDIM = 8
+MAX_THREADS = 1024  # the pool caps workers at 256; this bound keeps C ints safe
 
 _F2 = np.dtype(np.float16)
 _F4 = np.dtype(np.float32)
@@ -116,8 +117,8 @@ def resolve_threads(threads: Any) -> int:
 def _check_threads(n: Any, name: str = "threads") -> int:
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"{name} must be a positive int or None, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {n}")
+    if n < 1 or n > MAX_THREADS:
+        raise ValueError(f"{name} must be an int from 1 to {MAX_THREADS} or None, got {n}")
     return int(n)
 
 
