@@ -42,23 +42,6 @@ inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r
 
 constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
-// One 8x8 block: src rows are d (8 consecutive a's each), dst rows are a.
-// Returns false when the block must take the scalar path (a signalling NaN lane).
-template <Op OP, bool NT> inline void store_lane(char* d, __m256 v) {
-  if constexpr (OP == kF32F16) {
-    const __m128i h = _mm256_cvtps_ph(v, kRound);
-    if (NT && (reinterpret_cast<uintptr_t>(d) & 15) == 0)
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d), h);
-    else
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(d), h);
-  } else {
-    if (NT && (reinterpret_cast<uintptr_t>(d) & 31) == 0)
-      _mm256_stream_ps(reinterpret_cast<float*>(d), v);
-    else
-      _mm256_storeu_ps(reinterpret_cast<float*>(d), v);
-  }
-}
-
 // True if any lane of a or b is NaN (one compare covers two vectors). NaNs are rare in
 // weights, so a block holding one takes the scalar path, which follows numpy exactly.
 inline __m256 nan_pair(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_UNORD_Q); }
@@ -74,9 +57,17 @@ inline __m256 load_halves(const char* lo, const char* hi) {
                               _mm_loadu_ps(reinterpret_cast<const float*>(hi)), 1);
 }
 
+// Stores 8 float32 lanes, or (fused cast) the 8 float16 lanes they round to.
+template <Op OP> inline void store8(char* d, __m256 v) {
+  if constexpr (OP == kF32F16)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm256_cvtps_ph(v, kRound));
+  else
+    _mm256_storeu_ps(reinterpret_cast<float*>(d), v);
+}
+
 // One 8x8 block: src rows are d (8 consecutive a's each), dst rows are a.
 // Returns false when the block must take the scalar path (a NaN lane in a fused cast).
-template <Op OP, bool NT> inline bool block8(const char* s, int64_t ssd, char* d, int64_t dsa) {
+template <Op OP> inline bool block8(const char* s, int64_t ssd, char* d, int64_t dsa) {
   __m256 c0, c1, c2, c3, c4, c5, c6, c7;  // destination rows (source columns)
   if constexpr (OP == kF16F32) {
     __m256 r0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
@@ -105,14 +96,14 @@ template <Op OP, bool NT> inline bool block8(const char* s, int64_t ssd, char* d
     transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
     c0 = r0; c1 = r1; c2 = r2; c3 = r3; c4 = r4; c5 = r5; c6 = r6; c7 = r7;
   }
-  store_lane<OP, NT>(d, c0);
-  store_lane<OP, NT>(d + dsa, c1);
-  store_lane<OP, NT>(d + 2 * dsa, c2);
-  store_lane<OP, NT>(d + 3 * dsa, c3);
-  store_lane<OP, NT>(d + 4 * dsa, c4);
-  store_lane<OP, NT>(d + 5 * dsa, c5);
-  store_lane<OP, NT>(d + 6 * dsa, c6);
-  store_lane<OP, NT>(d + 7 * dsa, c7);
+  store8<OP>(d, c0);
+  store8<OP>(d + dsa, c1);
+  store8<OP>(d + 2 * dsa, c2);
+  store8<OP>(d + 3 * dsa, c3);
+  store8<OP>(d + 4 * dsa, c4);
+  store8<OP>(d + 5 * dsa, c5);
+  store8<OP>(d + 6 * dsa, c6);
+  store8<OP>(d + 7 * dsa, c7);
   return true;
 }
 
@@ -133,7 +124,7 @@ template <Op OP> inline bool row8(const char* s, int64_t ssd, char* d) {
     const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
     if (!_mm256_testz_ps(nan, nan)) return false;
   }
-  store_lane<OP, false>(d, v);
+  store8<OP>(d, v);
   return true;
 }
 
@@ -142,13 +133,6 @@ template <> struct OpTraits<kCopy4> { using K = Copy<uint32_t>; };
 template <> struct OpTraits<kF32F16> { using K = Convert<Cast::F32toF16>; };
 template <> struct OpTraits<kF16F32> { using K = Convert<Cast::F16toF32>; };
 
-// Stores 8 float32 lanes, or (fused cast) the 8 float16 lanes they round to.
-template <Op OP> inline void store8(char* d, __m256 v) {
-  if constexpr (OP == kF32F16)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm256_cvtps_ph(v, kRound));
-  else
-    _mm256_storeu_ps(reinterpret_cast<float*>(d), v);
-}
 
 // Four source streams interleaved into packed rows of 4 (MPSImage slices, NC4HW4):
 // 8 rows of a per step, 4x8 transpose in registers, 4 full-width stores.
@@ -259,13 +243,13 @@ template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, in
   auto move = [&](int64_t a0, int64_t dd, char* d, int64_t stride) {
     const char* s = src + dd * ssd + a0 * es;
     if (a0 + 8 <= na) {
-      if (!block8<OP, false>(s, ssd, d, stride)) scalar::tile<K>(s, ssd, d, stride, 8, 8);
+      if (!block8<OP>(s, ssd, d, stride)) scalar::tile<K>(s, ssd, d, stride, 8, 8);
     } else if (a0 + 1 == na) {
       // one row left (3x3, 5x5, 7x7 kernels): gather its 8 values instead of redoing 8 rows
       if (!row8<OP>(s, ssd, d)) scalar::tile<K>(s, ssd, d, stride, 1, 8);
     } else {
       const int64_t back = a0 - (na - 8);
-      if (!block8<OP, false>(s - back * es, ssd, d - back * stride, stride))
+      if (!block8<OP>(s - back * es, ssd, d - back * stride, stride))
         scalar::tile<K>(s - back * es, ssd, d - back * stride, stride, 8, 8);
     }
   };
@@ -296,7 +280,7 @@ template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, in
           const int64_t back = 8 - n;
           const char* s = src + dd * ssd + (na - 8) * es;
           alignas(32) char tmp[8 * 32];
-          if (!block8<OP, false>(s, ssd, tmp, 32)) scalar::tile<K>(s, ssd, tmp, 32, 8, 8);
+          if (!block8<OP>(s, ssd, tmp, 32)) scalar::tile<K>(s, ssd, tmp, 32, 8, 8);
           for (int64_t r = back; r < 8; ++r) std::memcpy(rows + (r - back) * row_bytes + dd * ed, tmp + r * 32, 8 * ed);
         }
       } else {
