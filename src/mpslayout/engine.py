@@ -160,6 +160,13 @@ def as_input(x: Any, name: str) -> np.ndarray:
     return a
 
 
+def _same_dtype(dtype: Any, src: np.dtype) -> bool:
+    try:
+        return np.dtype(dtype) == src
+    except TypeError:
+        return False  # reported below, with the message for a bad dtype
+
+
 def resolve_dtype(
     a: np.ndarray, dtype: Any, name: str, *, mps: bool
 ) -> tuple[np.ndarray, np.dtype, int]:
@@ -174,6 +181,8 @@ def resolve_dtype(
     if not src.isnative and src.itemsize > 1:
         if dtype is None and not mps:
             return a, src, _core.CAST_NONE  # bytes move unchanged, as numpy's transpose does
+        if dtype is not None and _same_dtype(dtype, src):
+            return a, src, _core.CAST_NONE  # asked for its own byte order: nothing to cast
         a = a.astype(src.newbyteorder("="))
         src = a.dtype
     if dtype is None:
@@ -198,6 +207,11 @@ def resolve_dtype(
     except TypeError:
         raise TypeError(f"dtype must be a numpy dtype, got {dtype!r}") from None
     code = _cast_code(src, out_dt)
+    if code is None and not out_dt.isnative and out_dt.itemsize > 1:
+        raise TypeError(
+            f"cannot convert {name} from {src} to {out_dt}: the engine writes native byte "
+            f"order; pass dtype={out_dt.newbyteorder('=')} and call .byteswap() on the result"
+        )
     if code is None:
         raise TypeError(
             f"cannot convert {name} from {src} to {out_dt}: supported casts are {SUPPORTED_CASTS}"

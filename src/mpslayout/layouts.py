@@ -7,6 +7,7 @@ lowercase letter of the axis it splits (oneDNN's notation): "NCHW4c" is the arra
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,11 +43,19 @@ class Layout:
         return 0
 
 
-@lru_cache(maxsize=256)
+# Beyond this a block alone would overflow numpy's array size (int64 bytes).
+_MAX_BLOCK = 2**62
+
+
 def parse_layout(text: str, name: str = "layout") -> Layout:
     """Parse a layout string; ValueError names the argument and what is wrong."""
-    if not isinstance(text, str):
+    if not isinstance(text, str):  # checked before the cache, which needs a hashable key
         raise TypeError(f"{name} must be a layout string such as 'NCHW', got {type(text).__name__}")
+    return _parse_layout(text, name)
+
+
+@lru_cache(maxsize=256)
+def _parse_layout(text: str, name: str) -> Layout:
     m = _GRAMMAR.fullmatch(text)
     if m is None:
         raise ValueError(
@@ -63,8 +72,10 @@ def parse_layout(text: str, name: str = "layout") -> Layout:
         size = int(size_text)
         if letter not in letters:
             raise ValueError(f"{name}={text!r} blocks axis {letter!r}, which it does not have")
-        if size < 1:
-            raise ValueError(f"{name}={text!r} has block size {size} for {letter!r}; must be >= 1")
+        if not 1 <= size <= _MAX_BLOCK:
+            raise ValueError(
+                f"{name}={text!r} has block size {size} for {letter!r}; must be in [1, 2**62]"
+            )
         if any(letter == b for b, _ in blocks):
             raise ValueError(f"{name}={text!r} blocks axis {letter!r} twice")
         blocks.append((letter, size))
@@ -85,7 +96,12 @@ def _logical_extents(
         )
     given: dict[str, int] = {}
     if sizes is not None:
-        for k, v in dict(sizes).items():
+        if not isinstance(sizes, Mapping):
+            raise TypeError(
+                f"sizes must be a mapping of axis letter to size such as {{'C': 3}}, "
+                f"got {type(sizes).__name__}"
+            )
+        for k, v in sizes.items():
             if not isinstance(k, str) or k not in lay.letters:
                 raise ValueError(f"sizes names axis {k!r}, which src={lay.text!r} does not have")
             given[k] = _as_size(v, f"sizes[{k!r}]")
@@ -196,6 +212,10 @@ def convert(
         return convert(a, mid, dst, sizes=ext, dtype=dtype, out=out, threads=threads)
     a, out_dt, cast = engine.resolve_dtype(a, dtype, "x", mps=False)
     shape = physical_shape(d_lay, ext)
+    if math.prod(shape) * out_dt.itemsize >= 2**63:
+        raise ValueError(
+            f"dst={dst!r} makes an array of shape {shape} ({out_dt}), beyond numpy's 2**63 bytes"
+        )
     result = engine.prepare_out(out, shape, out_dt, a)
     run_layouts(a, s_lay, result, d_lay, ext, cast=cast, threads=threads)
     return result

@@ -45,15 +45,15 @@ def _choice(value: Any, options: Sequence[str], name: str) -> str:
     return value
 
 
-def _groups(groups: Any, total: int, what: str) -> int:
+def _groups(groups: Any, total: int, what: str, name: str = "groups") -> int:
     if groups == 1 and type(groups) is int:
         return 1
     if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
-        raise TypeError(f"groups must be a positive int, got {type(groups).__name__}")
+        raise TypeError(f"{name} must be a positive int, got {type(groups).__name__}")
     if groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups}")
+        raise ValueError(f"{name} must be a positive int, got {groups}")
     if total % groups:
-        raise ValueError(f"groups={groups} does not divide the {what} ({total})")
+        raise ValueError(f"{name}={groups} does not divide the {what} ({total})")
     return int(groups)
 
 
@@ -153,7 +153,7 @@ def depthwise_weights(
             )
         c = a.shape[0]
         if in_channels is not None:
-            cin = _groups(in_channels, c, "output channels")
+            cin = _groups(in_channels, c, "output channels", "in_channels")
             if c != cin:
                 raise ValueError(
                     f"channel multiplier {c // cin} (w has {c} outputs for in_channels={cin}): "
@@ -202,7 +202,7 @@ def expand_depthwise(
                 "in_channels= is required with layout='OIHW': the weight alone does not tell "
                 "the channel multiplier"
             )
-        c = _groups(in_channels, a.shape[0], "output channels")
+        c = _groups(in_channels, a.shape[0], "output channels", "in_channels")
         m = a.shape[0] // c if c else 0
         kh, kw = a.shape[2], a.shape[3]
         s_c, s_j, s_h, s_w = a.strides[0] * m, a.strides[0], a.strides[2], a.strides[3]

@@ -285,12 +285,7 @@ def _known(x: np.ndarray, dtype: Any, threads: Any) -> bool:
     tests/test_hostile.py, so that fuzzing goes on past them."""
     if type(threads) is int and threads > 1024:  # refused by design: engine.MAX_THREADS
         return True
-    try:
-        target = np.dtype(dtype) if dtype is not None else None
-    except TypeError:
-        return False
-    # dtype= equal to a byte-swapped input's own dtype (test_byteswapped_identity_dtype)
-    return target is not None and not x.dtype.isnative and target == x.dtype
+    return False
 
 
 def _padded_size(dst: str, sizes: dict[str, int]) -> int:
