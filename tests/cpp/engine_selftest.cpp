@@ -1,6 +1,7 @@
 // A C++-only check of the engine (no Python): used to prove the portable build on other
-// architectures (.ci/cross-arm64 compiles it for aarch64 and runs it under qemu).
-// Compares transposes, a blocked destination and the float16 cast with loops over indices.
+// architectures and CPUs (.ci/portability runs it for aarch64 and on an x86-64 without AVX,
+// both under qemu). Compares transposes, a blocked destination and the float16 cast with
+// loops over indices. `engine_selftest ISA` also fails unless dispatch picked ISA.
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -56,12 +57,16 @@ static int cast_case() {  // every float16 pattern -> float32 -> float16 is the 
   return bad;
 }
 
-int main() {
+int main(int argc, char** argv) {
   int bad = 0;
   for (int rows : {1, 3, 8, 9, 33, 200})
     for (int cols : {1, 4, 7, 16, 49, 300}) bad += transpose_case(rows, cols, 2);
   bad += blocked_case();
   bad += cast_case();
   std::printf("engine self-test on %s: %s\n", kernels().isa, bad ? "FAILED" : "ok");
+  if (argc > 1 && std::strcmp(argv[1], kernels().isa) != 0) {
+    std::printf("engine self-test: expected dispatch to pick %s\n", argv[1]);
+    return 1;
+  }
   return bad ? 1 : 0;
 }

@@ -290,20 +290,7 @@ def _workdir() -> Path:
 # Findings already reported, each with a strict-xfail regression test in
 # tests/fuzz/test_fuzz_export.py: (exception, file, function) where it is raised. Remove an
 # entry when its bug is fixed, so that the fuzzer watches that spot again.
-KNOWN = {
-    ("IndexError", "onnx_reader.py", "_dense"),  # test_onnx_gemm_with_one_input
-    ("TypeError", "onnx_reader.py", "_dense"),  # test_onnx_int_attribute_given_as_ints
-    ("TypeError", "onnx_reader.py", "_kernel_attrs"),
-    ("TypeError", "onnx_reader.py", "flatten_source"),
-    ("TypeError", "onnx_reader.py", "_pair"),  # test_onnx_ints_attribute_given_as_int
-    ("ZeroDivisionError", "manifest.py", "conv_out"),  # test_onnx_zero_stride
-    ("ZeroDivisionError", "manifest.py", "same_pads"),  # test_keras_zero_stride
-    ("KeyError", "keras_reader.py", "_pair"),  # test_keras_malformed_pair
-    ("IndexError", "keras_reader.py", "_pair"),
-    ("TypeError", "keras_reader.py", "_pair"),
-    ("TypeError", "writer.py", "write_all"),  # test_onnx_op_type_not_utf8
-    ("TypeError", "onnx_reader.py", "pads"),  # test_onnx_attribute_without_type
-}
+KNOWN: set[tuple[str, str, str]] = set()  # none open now
 
 
 def _known(e: BaseException) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as mf
+from .attrs import as_float, as_int, as_pair
 from .layers import (
     Layer,
     Overrides,
@@ -68,12 +69,13 @@ def snake_case(name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _pair(v: Any, default: int = 1) -> tuple[int, int]:
+def _pair(n: _Node, key: str, default: int = 1, *, minimum: int = 1,
+          value: Any = None) -> tuple[int, int]:
+    """A layer's (height, width) hyper-parameter, one int or two in the config."""
+    v = n.cfg.get(key) if value is None else value
     if v is None:
         return default, default
-    if isinstance(v, int):
-        return v, v
-    return int(v[0]), int(v[1])
+    return as_pair(v, f"layer {n.name!r}: {key}", minimum=minimum, scalar=True)
 
 
 def _activation(cfg: dict[str, Any]) -> str:
@@ -169,9 +171,9 @@ def _out_shape(n: _Node, shape: list[Any] | None) -> list[Any] | None:
         hwc = _hwc(shape, fmt)
         if hwc is None:
             return None
-        k = _pair(c.get("kernel_size", c.get("pool_size", 2)))
-        s = _pair(c.get("strides") or (k if "pool_size" in c else 1))
-        d = _pair(c.get("dilation_rate"))
+        k = _pair(n, "kernel_size" if "kernel_size" in c else "pool_size", 2)
+        s = _pair(n, "strides", value=c.get("strides") or (k if "pool_size" in c else 1))
+        d = _pair(n, "dilation_rate")
         out = []
         for i in range(2):
             size = hwc[i]
@@ -180,15 +182,16 @@ def _out_shape(n: _Node, shape: list[Any] | None) -> list[Any] | None:
                 continue
             if cls == "Conv2DTranspose":
                 pb, pe = _transposed_pads(c.get("padding", "valid"), k[i], s[i], d[i],
-                                               _pair(c["output_padding"])[i]
+                                               _pair(n, "output_padding", minimum=0)[i]
                                                if c.get("output_padding") else None)
                 out.append(mf.transposed_out(size, k[i], s[i], d[i], (pb, pe), 0))
             else:
                 pads = _conv_pads(c.get("padding", "valid"), size, k[i], s[i], d[i])
                 out.append(None if pads is None else mf.conv_out(size, k[i], s[i], d[i], pads))
         ch = {"Conv2D": c.get("filters"), "Conv2DTranspose": c.get("filters"),
-              "DepthwiseConv2D": None if hwc[2] is None
-              else hwc[2] * int(c.get("depth_multiplier", 1))}.get(cls, hwc[2])
+              "DepthwiseConv2D": None if hwc[2] is None else hwc[2] * as_int(
+                  c.get("depth_multiplier", 1), f"layer {n.name!r}: depth_multiplier",
+                  minimum=1)}.get(cls, hwc[2])
         return [shape[0], out[0], out[1], ch] if fmt != "channels_first" else \
             [shape[0], ch, out[0], out[1]]
     if cls == "Flatten":
@@ -429,7 +432,8 @@ class _Reader:
             v["gamma"].load() if "gamma" in v else np.ones(o),
             v["beta"].load() if "beta" in v else np.zeros(o),
             v["moving_mean"].load(), v["moving_variance"].load(),
-            eps=float(bn.cfg.get("epsilon", 1e-3)))
+            eps=as_float(bn.cfg.get("epsilon", 1e-3), f"layer {bn.name!r}: epsilon"),
+            where=f"layer {bn.name!r}")
         self.folded.add(bn.name)
         return bn, scale, shift
 
@@ -459,7 +463,7 @@ class _Reader:
         if "kernel" not in refs or len(refs["kernel"].shape) != 4:
             raise SkipLayer("no 4-D kernel found")
         kh, kw, a, b = refs["kernel"].shape
-        s, d = _pair(c.get("strides")), _pair(c.get("dilation_rate"))
+        s, d = _pair(n, "strides"), _pair(n, "dilation_rate")
         hwc = _hwc(n.in_shape, fmt)
         size = (None, None) if hwc is None else (hwc[0], hwc[1])
         py = _conv_pads(c.get("padding", "valid"), size[0], kh, s[0], d[0])
@@ -471,7 +475,7 @@ class _Reader:
             cin, m = a, b
             o, groups = cin * m, cin
         else:
-            groups = int(c.get("groups", 1))
+            groups = as_int(c.get("groups", 1), f"layer {n.name!r}: groups", minimum=1)
             cin, o = a * groups, b
         last, scale, shift = self.fold(n, o)
         out_hwc = _hwc(n.out_shape, fmt)
@@ -505,8 +509,9 @@ class _Reader:
         if "kernel" not in refs or len(refs["kernel"].shape) != 4:
             raise SkipLayer("no 4-D kernel found")
         kh, kw, o, cin = refs["kernel"].shape
-        s, d = _pair(c.get("strides")), _pair(c.get("dilation_rate"))
-        op = _pair(c["output_padding"]) if c.get("output_padding") is not None else (None, None)
+        s, d = _pair(n, "strides"), _pair(n, "dilation_rate")
+        op = _pair(n, "output_padding", minimum=0) if c.get("output_padding") is not None \
+            else (None, None)
         padding = c.get("padding", "valid")
         pt, pb = _transposed_pads(padding, kh, s[0], d[0], op[0])
         pl, pr = _transposed_pads(padding, kw, s[1], d[1], op[1])
@@ -619,7 +624,7 @@ class _Reader:
         hwc = _hwc(n.in_shape, "channels_last")
         h, w = (1, 1) if rank == 2 else ((None, None) if hwc is None else hwc[:2])
         geo = {"input_channels": c, "output_channels": c,
-               "epsilon": float(n.cfg.get("epsilon", 1e-3)),
+               "epsilon": as_float(n.cfg.get("epsilon", 1e-3), f"layer {n.name!r}: epsilon"),
                "input_shape": mf.image(h, w, c), "output_shape": mf.image(h, w, c)}
         source = {"format": "keras", "layer": n.name, "op": n.cls, "weights": None,
                   "bias": None, "tensors": {k: v.name for k, v in tensors.items()}}

@@ -121,11 +121,20 @@ class SkipLayer(Exception):
         self.unsupported = unsupported
 
 
-def batch_norm_fold(gamma: Any, beta: Any, mean: Any, var: Any,
-                    eps: float) -> tuple[np.ndarray, np.ndarray]:
+def batch_norm_fold(gamma: Any, beta: Any, mean: Any, var: Any, eps: float,
+                    where: str) -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift), float64, with BN(x) = scale*x + shift per channel: the multiplier
-    of the previous layer's weights and what its bias becomes (bias*scale + shift)."""
-    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    of the previous layer's weights and what its bias becomes (bias*scale + shift).
+    A variance + epsilon that is not positive has no square root: the file is refused
+    rather than folded into NaN weights."""
+    denom = np.asarray(var, np.float64) + eps
+    bad = np.flatnonzero(~(denom > 0))  # NaN counts as bad too
+    if bad.size:
+        raise ValueError(
+            f"{where}: batch normalization channel {int(bad[0])} has variance + epsilon "
+            f"= {denom[bad[0]]!r}, not positive: it cannot be folded (a corrupt model?)"
+        )
+    scale = np.asarray(gamma, np.float64) / np.sqrt(denom)
     return scale, np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as mf
+from .attrs import as_float, as_int, as_pair, as_text
 from .layers import (
     Layer,
     Overrides,
@@ -201,22 +202,58 @@ def tensor_ref(t: Any, model_dir: str) -> TensorRef:
 # ----------------------------------------------------------------------- the graph
 
 
-def _attrs(node: Any) -> dict[str, Any]:
-    onnx = _onnx()
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+# AttributeProto.AttributeType values this reader reads, and their names for messages
+_FLOAT, _INT, _STRING, _INTS = 1, 2, 3, 7
+_TYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "INT", 3: "STRING", 4: "TENSOR", 5: "GRAPH",
+               6: "FLOATS", 7: "INTS", 8: "STRINGS"}
+
+# inputs each op this reader looks into must have (it reads them by position)
+_MIN_INPUTS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "MatMul": 2,
+               "BatchNormalization": 5, "Flatten": 1, "Reshape": 2, "DepthToSpace": 1,
+               "Transpose": 1, "Gather": 1, **{op: 1 for op in POINTWISE}}
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+class _Attrs:
+    """A node's attributes, each read with the type ONNX defines for it; a file that stores
+    another type (or none) is refused, naming the node and the attribute."""
 
+    def __init__(self, node: Any, name: str) -> None:
+        self.where = f"node {name!r}"
+        self.raw = {a.name: a for a in node.attribute}
 
-def _pair(v: Any, default: int, what: str, node: str) -> tuple[int, int]:
-    if v is None:
-        return default, default
-    v = [int(x) for x in v]
-    if len(v) != 2:
-        raise ValueError(f"node {node!r}: {what} {v} is not 2-D")
-    return v[0], v[1]
+    def __contains__(self, key: str) -> bool:
+        return key in self.raw
+
+    def _get(self, key: str, kind: int) -> Any:
+        a = self.raw.get(key)
+        if a is None:
+            return None
+        if a.type != kind:
+            raise ValueError(f"{self.where}: attribute {key!r} has type "
+                             f"{_TYPE_NAMES.get(a.type, a.type)}, ONNX defines it as "
+                             f"{_TYPE_NAMES[kind]} (a malformed model)")
+        return {_FLOAT: a.f, _INT: a.i, _STRING: a.s, _INTS: list(a.ints)}[kind]
+
+    def int(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        v = self._get(key, _INT)
+        return default if v is None else as_int(v, f"{self.where}: {key}", minimum=minimum)
+
+    def ints(self, key: str) -> list[int] | None:
+        return self._get(key, _INTS)
+
+    def pair(self, key: str, default: int, *, minimum: int | None = None) -> tuple[int, int]:
+        v = self._get(key, _INTS)
+        if v is None:
+            return default, default
+        return as_pair(v, f"{self.where}: {key}", minimum=minimum)
+
+    def float(self, key: str, default: float) -> float:
+        v = self._get(key, _FLOAT)
+        return default if v is None else as_float(v, f"{self.where}: {key}")
+
+    def text(self, key: str, default: str) -> str:
+        v = self._get(key, _STRING)
+        return default if v is None else as_text(v, f"{self.where}: {key}")
 
 
 class _Reader:
@@ -258,6 +295,20 @@ class _Reader:
                              "empty file?)")
         if not self.nodes:
             raise ValueError("the ONNX graph has no nodes (an empty or truncated model?)")
+        for i, node in enumerate(self.nodes):
+            for field in (node.op_type, node.name, node.domain, *node.input, *node.output,
+                          *(a.name for a in node.attribute)):
+                as_text(field, f"node {i} ({node.name!r})")  # bytes when not UTF-8
+            need = _MIN_INPUTS.get(node.op_type, 0)
+            if len(node.input) < need or not all(node.input[:need]) or not node.output \
+                    or not node.output[0]:
+                raise ValueError(
+                    f"node {self.name(node)!r}: {node.op_type} has {len(node.input)} input(s) "
+                    f"and {len(node.output)} output(s); it needs at least {need} and 1 "
+                    "(a malformed model)"
+                )
+        for vi in (*g.initializer, *g.input, *g.output):
+            as_text(vi.name, "a graph input, output or initializer name")
         defined = set(self.protos) | {i.name for i in g.input}
         for node in self.nodes:
             for inp in node.input:
@@ -306,6 +357,9 @@ class _Reader:
 
     def name(self, node: Any) -> str:
         return self.names[id(node)]
+
+    def attrs(self, node: Any) -> _Attrs:
+        return _Attrs(node, self.name(node))
 
     def const(self, name: str) -> TensorRef | None:
         """The constant tensor behind ``name`` (through Identity nodes), else None."""
@@ -408,7 +462,8 @@ class _Reader:
         if any(v is None for v in vecs):
             return out, None, None, None
         scale, shift = batch_norm_fold(*(v.load() for v in vecs),
-                                       eps=float(_attrs(bn).get("epsilon", 1e-5)))
+                                       eps=self.attrs(bn).float("epsilon", 1e-5),
+                                       where=f"node {self.name(bn)!r}")
         self.consumed.add(id(bn))
         return bn.output[0], bn, scale, shift
 
@@ -421,10 +476,10 @@ class _Reader:
             layer.source["through"] = through
         self.plan.layers.append(layer)
 
-    def pads(self, node: Any, attrs: dict[str, Any], in_hw: tuple[int | None, ...],
+    def pads(self, node: Any, attrs: _Attrs, in_hw: tuple[int | None, ...],
              k: tuple[int, int], stride: tuple[int, int],
              dilation: tuple[int, int]) -> tuple[int, int, int, int]:
-        auto = _text(attrs.get("auto_pad", "NOTSET"))
+        auto = attrs.text("auto_pad", "NOTSET")
         if auto in ("SAME_UPPER", "SAME_LOWER"):
             ys = mf.same_pads(in_hw[0], k[0], stride[0], dilation[0], auto == "SAME_UPPER")
             xs = mf.same_pads(in_hw[1], k[1], stride[1], dilation[1], auto == "SAME_UPPER")
@@ -434,7 +489,7 @@ class _Reader:
             return ys[0], xs[0], ys[1], xs[1]
         if auto == "VALID":
             return 0, 0, 0, 0
-        p = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
+        p = attrs.ints("pads") or [0, 0, 0, 0]
         if len(p) != 4:
             raise SkipLayer(f"pads {p} are not those of a 2-D convolution")
         return p[0], p[1], p[2], p[3]
@@ -454,44 +509,44 @@ class _Reader:
             else:
                 self.plan.skip(self.name(node), node.op_type, str(e))
 
-    def _kernel_attrs(self, node: Any, ndim: int) -> dict[str, Any]:
+    def _kernel_attrs(self, node: Any, ndim: int
+                      ) -> tuple[_Attrs, tuple[int, int], tuple[int, int], int]:
+        """(attributes, strides, dilations, group) of a convolution."""
         if ndim != 4:
             raise SkipLayer(f"its weight is {ndim}-D: MPS convolutions are 2-D (4-D weights)")
-        attrs = _attrs(node)
-        name = self.name(node)
-        attrs["_stride"] = _pair(attrs.get("strides"), 1, "strides", name)
-        attrs["_dilation"] = _pair(attrs.get("dilations"), 1, "dilations", name)
-        attrs["_group"] = int(attrs.get("group", 1))
-        return attrs
+        attrs = self.attrs(node)
+        return (attrs, attrs.pair("strides", 1, minimum=1),
+                attrs.pair("dilations", 1, minimum=1), attrs.int("group", 1, minimum=1))
 
     def _conv(self, node: Any) -> None:
         name = self.name(node)
         w = self.weight(node, 1, "weight")
         if w is None:
             raise SkipLayer("it has no weight input", unsupported=True)
-        a = self._kernel_attrs(node, len(w.shape))
+        a, stride, dil, g = self._kernel_attrs(node, len(w.shape))
         o, ig, kh, kw = w.shape
-        g = a["_group"]
+        if o % g:
+            raise ValueError(f"node {name!r}: group={g} does not divide its {o} output channels")
         cin = ig * g
         b = self.vector(node, 2, o, "bias")
         in_hw = self.spatial(node.input[0])
-        pads = self.pads(node, a, in_hw, (kh, kw), a["_stride"], a["_dilation"])
+        pads = self.pads(node, a, in_hw, (kh, kw), stride, dil)
         out, bn, scale, shift = self.fold(node.output[0], o)
         end, nxt, through = self.follow(out)
         source = {"format": "onnx", "node": name, "op": "Conv", "weights": w.name,
                   "bias": b.name if b is not None else None, "input": node.input[0],
                   "output": end}
-        geo = mf.conv_geometry(kh=kh, kw=kw, cin=cin, cout=o, groups=g, stride=a["_stride"],
-                               dilation=a["_dilation"], pads=pads, in_hw=in_hw,
+        geo = mf.conv_geometry(kh=kh, kw=kw, cin=cin, cout=o, groups=g, stride=stride,
+                               dilation=dil, pads=pads, in_hw=in_hw,
                                out_hw=self.spatial(node.output[0]))
         bias = folded_bias(b, o, name, scale, shift)
         w_scale = None if scale is None else scale.reshape(o, 1, 1, 1)
         layer = Layer(name, "convolution", "conv", source, w, bias,
                       {"layout": "OIHW", "groups": g}, geo, w_scale)
         if nxt is not None and nxt.op_type == "DepthToSpace" and g == 1:
-            da = _attrs(nxt)
-            r = int(da.get("blocksize", 0))
-            mode = _text(da.get("mode", "DCR"))
+            da = self.attrs(nxt)
+            r = da.int("blocksize", 0)
+            mode = da.text("mode", "DCR")
             if r > 0 and o % (r * r) == 0:
                 c = o // (r * r)
                 layer.kind = "subpixel"
@@ -530,27 +585,30 @@ class _Reader:
         w = self.weight(node, 1, "weight")
         if w is None:
             raise SkipLayer("it has no weight input", unsupported=True)
-        a = self._kernel_attrs(node, len(w.shape))
+        a, stride, dil, g = self._kernel_attrs(node, len(w.shape))
         cin, og, kh, kw = w.shape
-        g = a["_group"]
+        if cin % g:
+            raise ValueError(f"node {name!r}: group={g} does not divide its {cin} input channels")
         o = og * g
         b = self.vector(node, 2, o, "bias")
-        stride, dil = a["_stride"], a["_dilation"]
-        op = _pair(a.get("output_padding"), 0, "output_padding", name)
+        op = a.pair("output_padding", 0, minimum=0)
         in_hw = self.spatial(node.input[0])
-        auto = _text(a.get("auto_pad", "NOTSET"))
-        if "output_shape" in a or auto in ("SAME_UPPER", "SAME_LOWER"):
+        auto = a.text("auto_pad", "NOTSET")
+        out_shape = a.ints("output_shape")
+        if out_shape is not None and len(out_shape) < 2:
+            raise ValueError(f"node {name!r}: output_shape {out_shape} is not 2-D")
+        if out_shape is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
             # ONNX: total = stride*(in - 1) + output_padding + (k-1)*d + 1 - out, where
             # out is output_shape, or in*stride for SAME (then in cancels out)
             p = []
             for i, k in enumerate((kh, kw)):
                 total = op[i] + (k - 1) * dil[i] + 1
-                if "output_shape" in a:
+                if out_shape is not None:
                     size = in_hw[i]
                     if size is None:
                         raise SkipLayer("output_shape needs the input size, which shape "
                                     "inference did not give")
-                    total += stride[i] * (size - 1) - int(a["output_shape"][-2 + i])
+                    total += stride[i] * (size - 1) - out_shape[-2 + i]
                 else:
                     total -= stride[i]
                 begin = total // 2 if auto == "SAME_UPPER" else total - total // 2
@@ -590,7 +648,7 @@ class _Reader:
         node = self.producer.get(t)
         src = None
         if node is not None and node.op_type == "Flatten":
-            if int(_attrs(node).get("axis", 1)) == 1:
+            if self.attrs(node).int("axis", 1) == 1:
                 src = node.input[0]
         elif node is not None and node.op_type == "Reshape":
             s = self.shape(t)
@@ -610,7 +668,7 @@ class _Reader:
             return src, None, "CHW", "unknown"
         t_node = self.producer.get(src)
         if t_node is not None and t_node.op_type == "Transpose" and \
-                [int(v) for v in _attrs(t_node).get("perm", [])] == [0, 2, 3, 1]:
+                self.attrs(t_node).ints("perm") == [0, 2, 3, 1]:
             return t_node.input[0], (s[1], s[2], s[3]), "HWC", "image"  # NHWC flattened
         return src, (s[2], s[3], s[1]), "CHW", "image"
 
@@ -633,14 +691,14 @@ class _Reader:
             return None
         nxt = self.sole_consumer(node.output[0])
         if nxt is not None and nxt.op_type == "Transpose" and \
-                [int(v) for v in _attrs(nxt).get("perm", [])] == [0, 3, 1, 2]:
+                self.attrs(nxt).ints("perm") == [0, 3, 1, 2]:
             return (d1, d2, d3), "HWC", nxt.output[0]  # reshaped NHWC, then to NCHW
         return (d2, d3, d1), "CHW", node.output[0]
 
     def _dense(self, node: Any) -> None:
         name = self.name(node)
         op = node.op_type
-        a = _attrs(node)
+        a = self.attrs(node)
         w = self.const(node.input[1])
         if w is None:
             raise SkipLayer("its second operand is computed, not a constant: a product of two "
@@ -649,11 +707,11 @@ class _Reader:
         assert w is not None
         if len(w.shape) != 2:
             raise SkipLayer(f"its weight is {len(w.shape)}-D, not a 2-D matrix", unsupported=True)
-        if int(a.get("transA", 0)):
+        if a.int("transA", 0):
             raise SkipLayer("transA=1 (a transposed activation) has no MPS layer", unsupported=True)
-        layout = "OI" if int(a.get("transB", 0)) else "IO"
+        layout = "OI" if a.int("transB", 0) else "IO"
         o, n = (w.shape[0], w.shape[1]) if layout == "OI" else (w.shape[1], w.shape[0])
-        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        alpha, beta = a.float("alpha", 1.0), a.float("beta", 1.0)
         out = node.output[0]
         b = None
         if op == "Gemm":
@@ -735,7 +793,7 @@ class _Reader:
             if r is None:
                 raise SkipLayer(f"its {role} input is missing", unsupported=True)
             refs[role] = r
-        eps = float(_attrs(node).get("epsilon", 1e-5))
+        eps = self.attrs(node).float("epsilon", 1e-5)
         in_hw = (1, 1) if s is not None and len(s) == 2 else self.spatial(node.input[0])
         geo = {"input_channels": c, "output_channels": c, "epsilon": eps,
                "input_shape": mf.image(in_hw[0], in_hw[1], c),
