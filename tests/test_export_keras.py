@@ -328,3 +328,49 @@ def test_keras_unsupported_and_broken(tmp_path):
     with pytest.raises(ValueError, match="no model_config"):
         export(tmp_path / "weights.h5", tmp_path / "cut", progress=False)
     assert not (tmp_path / "cut").exists()
+
+
+def _recompress_h5(src, dst):
+    """Copy of an HDF5 file whose non-scalar datasets are chunked and gzip compressed."""
+    with h5py.File(src, "r") as s, h5py.File(dst, "w") as d:
+        d.attrs.update(s.attrs)
+
+        def copy(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                kw = {"compression": "gzip", "chunks": True} if obj.ndim and obj.size else {}
+                d.create_dataset(name, data=obj[()], **kw).attrs.update(obj.attrs)
+            else:
+                d.require_group(name).attrs.update(obj.attrs)
+
+        s.visititems(copy)
+
+
+@pytest.mark.parametrize("fmt", ["keras3", "keras2"])
+def test_keras_compressed_storage_exports_the_same(tmp_path, fmt):
+    """Weights are memory-mapped when stored plainly; deflated zips and chunked, compressed
+    datasets go through libhdf5 instead, with the same result."""
+    spec = layers_spec()
+    if fmt == "keras3":
+        plain, packed = tmp_path / "m.keras", tmp_path / "z.keras"
+        write_keras3(plain, spec)
+        with zipfile.ZipFile(plain) as s, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as d:
+            for n in s.namelist():
+                d.writestr(n, s.read(n))
+    else:
+        plain, packed = tmp_path / "m.h5", tmp_path / "z.h5"
+        write_keras2(plain, spec)
+        _recompress_h5(plain, packed)
+        with h5py.File(packed, "r") as f:
+            assert any(d.compression == "gzip" for d in _datasets(f))
+    a = export(plain, tmp_path / "a", progress=False)
+    b = export(packed, tmp_path / "b", progress=False)
+    assert [e["name"] for e in a["layers"]] == [e["name"] for e in b["layers"]]
+    for f in sorted((tmp_path / "a").glob("*.bin")):
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes(), f.name
+    check(tmp_path / "b", spec, "float32")
+
+
+def _datasets(f):
+    found = []
+    f.visititems(lambda _, o: found.append(o) if isinstance(o, h5py.Dataset) else None)
+    return found

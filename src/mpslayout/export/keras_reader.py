@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import struct
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,7 +221,8 @@ def _out_shape(n: _Node, shape: list[Any] | None) -> list[Any] | None:
 
 
 class _Source:
-    """Where the config and the weight datasets are (opened afresh for each tensor)."""
+    """The config and where each weight dataset is. libhdf5 runs only in a child process
+    (h5probe.py) with a timeout; weights are then memory-mapped from the file's bytes."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -224,6 +230,7 @@ class _Source:
         with open(path, "rb") as f:
             head = f.read(4)
         self.zipped = head.startswith(b"PK") or path.lower().endswith(".keras")
+        self.base: int | None = 0  # file offset of the HDF5 data (None: compressed in a zip)
         if self.zipped:
             try:
                 with zipfile.ZipFile(path) as zf:
@@ -236,84 +243,118 @@ class _Source:
                         raise ValueError(f"{path}: config.json is {info.file_size} bytes, "
                                          "too large for a model config")
                     self.config = json.loads(zf.read("config.json").decode("utf-8"))
+                    self.base = _stored_member_offset(path, zf.getinfo(_WEIGHTS_MEMBER))
             except (zipfile.BadZipFile, OSError, UnicodeDecodeError, json.JSONDecodeError,
                     KeyError) as e:
                 raise ValueError(f"cannot read {path} as a .keras archive: {e}") from None
+            self.meta = _probe(path, _WEIGHTS_MEMBER)
         else:
+            self.meta = _probe(path)
+            raw = self.meta["config"]
+            if raw is None:
+                raise ValueError(
+                    f"{path} has no model_config: a weights-only file has no graph to "
+                    "export from (save the whole model, model.save('m.keras'))"
+                )
             try:
-                with self.h5py.File(path, "r") as f:
-                    raw = f.attrs.get("model_config")
-                    if raw is None:
-                        raise ValueError(
-                            f"{path} has no model_config: a weights-only file has no graph to "
-                            "export from (save the whole model, model.save('m.keras'))"
-                        )
-                    if isinstance(raw, bytes):
-                        raw = raw.decode("utf-8")
-                    self.config = json.loads(str(raw))
-            except OSError as e:
-                raise ValueError(f"cannot read {path} as HDF5 (truncated or not a Keras "
-                                 f"file?): {e}") from None
-
-    def _open(self) -> Any:
-        if self.zipped:
-            zf = zipfile.ZipFile(self.path)
-            return zf, self.h5py.File(zf.open(_WEIGHTS_MEMBER), "r")
-        return None, self.h5py.File(self.path, "r")
+                self.config = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: model_config is not JSON: {e}") from None
 
     def datasets(self, node: _Node) -> list[tuple[str, tuple[int, ...], np.dtype]]:
         """(h5 path, shape, dtype) of a layer's variables, in the layer's weight order."""
-        zf, f = self._open()
-        try:
-            if self.zipped:
-                group = f.get(f"{node.var_path}/vars")
-                if group is None:
-                    return []
-                keys = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)
-                paths = [f"{node.var_path}/vars/{k}" for k in keys]
-            else:
-                mw = f.get("model_weights")
-                g = None if mw is None else mw.get(node.name)
-                if g is None:
-                    return []
-                names = _attr_list(g, "weight_names")
-                paths = [f"model_weights/{node.name}/{n}" for n in names]
-            out = []
-            for p in paths:
-                ds = f.get(p)
-                if ds is None or not hasattr(ds, "shape"):
-                    raise ValueError(f"{self.path}: weight {p!r} of layer {node.name!r} is "
-                                     "missing")
-                out.append((p, tuple(int(v) for v in ds.shape), np.dtype(ds.dtype)))
-            return out
-        finally:
-            f.close()
-            if zf is not None:
-                zf.close()
+        table = self.meta["datasets"]
+        if self.zipped:
+            prefix = f"{node.var_path}/vars/"
+            keys = [p[len(prefix):] for p in table if p.startswith(prefix)]
+            keys = sorted((k for k in keys if "/" not in k),
+                          key=lambda k: int(k) if k.isdigit() else 1 << 30)
+            paths = [prefix + k for k in keys]
+        else:
+            names = self.meta["weight_names"].get(node.name)
+            if names is None:
+                return []
+            paths = [f"model_weights/{node.name}/{n}" for n in names]
+        out = []
+        for p in paths:
+            if p not in table:
+                raise ValueError(f"{self.path}: weight {p!r} of layer {node.name!r} is "
+                                 "missing")
+            shape, dt, _ = table[p]
+            try:
+                dtype = np.dtype(dt)
+            except TypeError:
+                raise ValueError(f"{self.path}: weight {p!r} has dtype {dt!r}") from None
+            out.append((p, tuple(shape), dtype))
+        return out
 
     def ref(self, h5_path: str, shape: tuple[int, ...], dtype: np.dtype) -> TensorRef:
-        def opener() -> np.ndarray:
-            zf, f = self._open()
+        offset = self.meta["datasets"][h5_path][2]
+        n = math.prod(shape)
+        if n == 0:
+            return TensorRef(h5_path, shape, dtype, lambda: np.empty(shape, dtype))
+        if offset is not None and self.base is not None:
+            start, size = self.base + offset, os.path.getsize(self.path)
+            if start + n * dtype.itemsize > size:
+                raise ValueError(f"{self.path}: weight {h5_path!r} needs bytes {start}.."
+                                 f"{start + n * dtype.itemsize}, past the end of the file "
+                                 f"({size} bytes): truncated?")
+            return TensorRef(h5_path, shape, dtype, lambda: np.memmap(
+                self.path, dtype=dtype, mode="r", offset=start, shape=shape))
+
+        def opener() -> np.ndarray:  # chunked, filtered or compressed: libhdf5 must decode
+            zf = zipfile.ZipFile(self.path) if self.zipped else None
             try:
-                return np.asarray(f[h5_path][()])
+                src = zf.open(_WEIGHTS_MEMBER) if zf is not None else self.path
+                with self.h5py.File(src, "r") as f:
+                    return np.asarray(f[h5_path][()])
             finally:
-                f.close()
                 if zf is not None:
                     zf.close()
 
         return TensorRef(h5_path, shape, dtype, opener)
 
 
-def _attr_list(g: Any, name: str) -> list[str]:
-    """A Keras h5 list attribute, possibly split into name0, name1, ... chunks."""
-    if name in g.attrs:
-        values = list(g.attrs[name])
-    else:
-        values, i = [], 0
-        while f"{name}{i}" in g.attrs:
-            values.extend(g.attrs[f"{name}{i}"])
-            i += 1
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+def _stored_member_offset(path: str, info: zipfile.ZipInfo) -> int | None:
+    """File offset of a zip member's bytes when it is stored uncompressed, else None."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise ValueError(f"{path}: the local header of {info.filename} is corrupt")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _probe(path: str, member: str | None = None) -> dict[str, Any]:
+    """h5probe.py's answer for ``path`` (a zip member of it), run in a child process."""
+    timeout = float(os.environ.get("MPSLAYOUT_HDF5_TIMEOUT", "30"))
+    cmd = [sys.executable, "-c", _PROBE_SOURCE, path, *([member] if member else [])]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ValueError(
+            f"reading the HDF5 structure of {path} did not finish in {timeout:g} s "
+            "(libhdf5 loops on some corrupt files; MPSLAYOUT_HDF5_TIMEOUT sets the limit)"
+        ) from None
+    what = f"{path} ({member})" if member else path
+    if proc.returncode != 0:
+        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+        raise ValueError(f"reading the HDF5 structure of {what} failed (exit status "
+                         f"{proc.returncode}{': ' + tail[0] if tail else ''}): a corrupt file?")
+    try:
+        meta = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise ValueError(f"reading the HDF5 structure of {what} gave no answer") from None
+    if "error" in meta:
+        raise ValueError(f"cannot read {what} as HDF5 (truncated or not a Keras file?): "
+                         f"{meta['error']}")
+    return meta
+
+
+_PROBE_SOURCE = (Path(__file__).with_name("h5probe.py")).read_text(encoding="utf-8")
 
 
 # ----------------------------------------------------------------------- the model
