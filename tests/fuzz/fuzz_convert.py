@@ -393,25 +393,47 @@ def check_one(p: Picker) -> str:
     return label + "-ok"
 
 
-def fuzz_one_input(data: bytes) -> None:
-    import atheris
-
-    check_one(BytesPicker(atheris.FuzzedDataProvider(data)))
-
-
-def random_run(seconds: float, seed: int = 0) -> dict[str, int]:
+def random_run(seconds: float, seed: int = 0,
+               check: Callable[[Picker], str] | None = None) -> dict[str, int]:
+    """Runs ``check`` (default: this file's check_one) on seeded pseudo-random choices."""
+    check = check or check_one
     stats: dict[str, int] = {}
     stop = time.monotonic() + seconds
     i = 0
     while time.monotonic() < stop:
         case = seed * 1_000_003 + i
         try:
-            label = check_one(RandomPicker(case))
+            label = check(RandomPicker(case))
         except Finding as e:
             raise Finding(f"{e}\n  reproduce: check_one(RandomPicker({case}))") from e
         stats[label] = stats.get(label, 0) + 1
         i += 1
     return stats
+
+
+def hypothesis_run(check: Callable[[Picker], str], seconds: float,
+                   max_examples: int) -> tuple[dict[str, int], int]:
+    """Batches of hypothesis examples of ``check`` until ``seconds`` have passed (at least
+    one batch): the outcome counts and the number of batches."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    counts: dict[str, int] = {}
+
+    @settings(max_examples=max_examples, deadline=None, database=None,
+              phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def batch(data: st.DataObject) -> None:
+        label = check(HypothesisPicker(data))
+        counts[label] = counts.get(label, 0) + 1
+
+    stop = time.monotonic() + seconds
+    batches = 0
+    while time.monotonic() < stop or batches == 0:
+        batch()
+        batches += 1
+    return counts, batches
+
 
 
 def instrument(atheris: Any) -> None:
@@ -429,18 +451,19 @@ def instrument(atheris: Any) -> None:
                 atheris.instrument_func(f)
 
 
-def main() -> None:
+def fuzz_main(check: Callable[[Picker], str]) -> None:
+    """The command line of a fuzz target: ``--random [SECONDS]``, or atheris's arguments."""
     if len(sys.argv) >= 2 and sys.argv[1] == "--random":
         seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 60.0
-        stats = random_run(seconds, seed=int(time.time()))
+        stats = random_run(seconds, seed=int(time.time()), check=check)
         print(f"{sum(stats.values())} executions: {stats}")
         return
     import atheris
 
     instrument(atheris)
-    atheris.Setup(sys.argv, fuzz_one_input)
+    atheris.Setup(sys.argv, lambda data: check(BytesPicker(atheris.FuzzedDataProvider(data))))
     atheris.Fuzz()
 
 
 if __name__ == "__main__":
-    main()
+    fuzz_main(check_one)

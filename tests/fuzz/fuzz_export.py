@@ -26,15 +26,13 @@ import os
 import random
 import resource
 import shutil
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fuzz_convert import BytesPicker, Finding, Picker, RandomPicker
+from fuzz_convert import Finding, Picker, fuzz_main
 
 from mpslayout.export import export
 
@@ -373,42 +371,7 @@ def limit_memory() -> None:
             resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
 
 
-def fuzz_one_input(data: bytes) -> None:
-    import atheris
-
-    check_one(BytesPicker(atheris.FuzzedDataProvider(data)))
-
-
-def random_run(seconds: float, seed: int = 0) -> dict[str, int]:
-    stats: dict[str, int] = {}
-    stop = time.monotonic() + seconds
-    i = 0
-    while time.monotonic() < stop:
-        case = seed * 1_000_003 + i
-        try:
-            label = check_one(RandomPicker(case))
-        except Finding as e:
-            raise Finding(f"{e}\n  reproduce: check_one(RandomPicker({case}))") from e
-        stats[label] = stats.get(label, 0) + 1
-        i += 1
-    return stats
-
-
-def main() -> None:
-    limit_memory()
-    if len(sys.argv) >= 2 and sys.argv[1] == "--random":
-        seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 60.0
-        stats = random_run(seconds, seed=int(time.time()))
-        print(f"{sum(stats.values())} executions: {stats}")
-        return
-    import atheris
-    from fuzz_convert import instrument
-
-    instrument(atheris)
-    atheris.Setup(sys.argv, fuzz_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
     random.seed(0)
-    main()
+    limit_memory()
+    fuzz_main(check_one)

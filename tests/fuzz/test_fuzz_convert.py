@@ -8,37 +8,15 @@ becomes a regression test in tests/test_hostile.py.
 from __future__ import annotations
 
 import os
-import time
 
-from fuzz_convert import HypothesisPicker, RandomPicker, check_one
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
+from fuzz_convert import RandomPicker, check_one, hypothesis_run
 
 SECONDS = float(os.environ.get("MPSLAYOUT_FUZZ_SECONDS", "20"))
-
-BATCH = settings(
-    max_examples=300,
-    deadline=None,
-    database=None,
-    phases=[Phase.generate, Phase.shrink],
-    suppress_health_check=list(HealthCheck),
-)
+MAX_EXAMPLES = 300  # per batch
 
 
 def test_fuzz_convert_and_permute(record_property) -> None:
-    counts: dict[str, int] = {}
-
-    @BATCH
-    @given(st.data())
-    def batch(data: st.DataObject) -> None:
-        label = check_one(HypothesisPicker(data))
-        counts[label] = counts.get(label, 0) + 1
-
-    stop = time.monotonic() + SECONDS
-    batches = 0
-    while time.monotonic() < stop or batches == 0:
-        batch()
-        batches += 1
+    counts, batches = hypothesis_run(check_one, SECONDS, MAX_EXAMPLES)
     total = sum(counts.values())
     record_property("fuzz_executions", total)
     print(f"hypothesis fuzz: {total} executions in {batches} batches: {counts}")

@@ -11,45 +11,23 @@ import json
 import os
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzz_convert import HypothesisPicker
+from fuzz_convert import hypothesis_run
 from fuzz_export import EXAMPLE_ONNX, KERAS_LAYERS, check_one, keras2_bytes
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
 
 from mpslayout.export import export
 
 SECONDS = float(os.environ.get("MPSLAYOUT_FUZZ_EXPORT_SECONDS", "10"))
+MAX_EXAMPLES = 100  # per batch
 REGRESSIONS = Path(__file__).parent / "regressions"
-
-BATCH = settings(
-    max_examples=100,
-    deadline=None,
-    database=None,
-    phases=[Phase.generate, Phase.shrink],
-    suppress_health_check=list(HealthCheck),
-)
 
 
 def test_fuzz_export(record_property) -> None:
-    counts: dict[str, int] = {}
-
-    @BATCH
-    @given(st.data())
-    def batch(data: st.DataObject) -> None:
-        label = check_one(HypothesisPicker(data))
-        counts[label] = counts.get(label, 0) + 1
-
-    stop = time.monotonic() + SECONDS
-    batches = 0
-    while time.monotonic() < stop or batches == 0:
-        batch()
-        batches += 1
+    counts, batches = hypothesis_run(check_one, SECONDS, MAX_EXAMPLES)
     total = sum(counts.values())
     record_property("fuzz_executions", total)
     print(f"export fuzz: {total} executions in {batches} batches: {counts}")
