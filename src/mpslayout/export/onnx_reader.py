@@ -509,21 +509,22 @@ class _Reader:
             else:
                 self.plan.skip(self.name(node), node.op_type, str(e))
 
-    def _kernel_attrs(self, node: Any, ndim: int
-                      ) -> tuple[_Attrs, tuple[int, int], tuple[int, int], int]:
-        """(attributes, strides, dilations, group) of a convolution."""
-        if ndim != 4:
-            raise SkipLayer(f"its weight is {ndim}-D: MPS convolutions are 2-D (4-D weights)")
+    def _kernel(self, node: Any
+                ) -> tuple[TensorRef, _Attrs, tuple[int, int], tuple[int, int], int]:
+        """(weight, attributes, strides, dilations, group) of a convolution."""
+        w = self.weight(node, 1, "weight")
+        if w is None:
+            raise SkipLayer("it has no weight input", unsupported=True)
+        if len(w.shape) != 4:
+            raise SkipLayer(f"its weight is {len(w.shape)}-D: MPS convolutions are 2-D "
+                            "(4-D weights)")
         attrs = self.attrs(node)
-        return (attrs, attrs.pair("strides", 1, minimum=1),
+        return (w, attrs, attrs.pair("strides", 1, minimum=1),
                 attrs.pair("dilations", 1, minimum=1), attrs.int("group", 1, minimum=1))
 
     def _conv(self, node: Any) -> None:
         name = self.name(node)
-        w = self.weight(node, 1, "weight")
-        if w is None:
-            raise SkipLayer("it has no weight input", unsupported=True)
-        a, stride, dil, g = self._kernel_attrs(node, len(w.shape))
+        w, a, stride, dil, g = self._kernel(node)
         o, ig, kh, kw = w.shape
         if o % g:
             raise ValueError(f"node {name!r}: group={g} does not divide its {o} output channels")
@@ -582,10 +583,7 @@ class _Reader:
 
     def _conv_transpose(self, node: Any) -> None:
         name = self.name(node)
-        w = self.weight(node, 1, "weight")
-        if w is None:
-            raise SkipLayer("it has no weight input", unsupported=True)
-        a, stride, dil, g = self._kernel_attrs(node, len(w.shape))
+        w, a, stride, dil, g = self._kernel(node)
         cin, og, kh, kw = w.shape
         if cin % g:
             raise ValueError(f"node {name!r}: group={g} does not divide its {cin} input channels")
