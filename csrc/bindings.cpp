@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <stdexcept>
@@ -39,6 +40,16 @@ void check_inside(const std::vector<Dim>& dims, bool source, int64_t offset, int
 }
 
 using BoundTuple = std::tuple<int, int, int64_t, int64_t, bool>;
+
+void run_boxes(const Request& req, const std::vector<Box>& boxes, int threads);
+
+// True if the memory spans of two arrays overlap (what np.may_share_memory checks).
+bool spans_overlap(const py::array& src, const py::array& dst) {
+  const Range sr = array_range(src), dr = array_range(dst);
+  if (sr.hi <= sr.lo || dr.hi <= dr.lo) return false;
+  const auto s0 = reinterpret_cast<uintptr_t>(src.data()), d0 = reinterpret_cast<uintptr_t>(dst.data());
+  return s0 + sr.lo < d0 + dr.hi && d0 + dr.lo < s0 + sr.hi;
+}
 
 Request make_request(const py::array& src, py::array& dst, const std::vector<int64_t>& shape,
                      const std::vector<int64_t>& src_strides, std::vector<int64_t> dst_strides,
@@ -96,13 +107,9 @@ void copy(const py::array& src, py::array& dst, const std::vector<int64_t>& shap
     const Range sr = array_range(src), dr = array_range(dst);
     const char* s0 = static_cast<const char*>(src.data());
     char* d0 = static_cast<char*>(dst.mutable_data());
-    // Refuse any overlap of the two arrays' memory spans (what np.may_share_memory checks):
-    // the engine reads and writes in no particular order.
-    if (sr.hi > sr.lo && dr.hi > dr.lo) {
-      const auto s_lo = reinterpret_cast<uintptr_t>(s0) + sr.lo, s_hi = reinterpret_cast<uintptr_t>(s0) + sr.hi;
-      const auto d_lo = reinterpret_cast<uintptr_t>(d0) + dr.lo, d_hi = reinterpret_cast<uintptr_t>(d0) + dr.hi;
-      if (s_lo < d_hi && d_lo < s_hi) throw py::value_error("out overlaps the input; pass a separate array");
-    }
+    // Refuse any overlap of the two arrays' memory spans: the engine reads and writes in no
+    // particular order.
+    if (spans_overlap(src, dst)) throw py::value_error("out overlaps the input; pass a separate array");
     for (const Box& b : boxes) {
       if (!b.zero) check_inside(b.dims, true, b.src - s0, req.esrc, sr, "source");
       check_inside(b.dims, false, b.dst - d0, req.edst, dr, "destination");
@@ -112,8 +119,13 @@ void copy(const py::array& src, py::array& dst, const std::vector<int64_t>& shap
   } catch (const std::overflow_error& e) {
     throw py::value_error(e.what());
   }
-  // Ctrl-C: every 50 ms the calling thread takes the GIL back for a moment and lets Python
-  // run its signal handlers; a KeyboardInterrupt stops the conversion within one chunk.
+  run_boxes(req, boxes, threads);
+}
+
+// Runs checked boxes with the GIL released. Ctrl-C: every 50 ms the calling thread takes
+// the GIL back for a moment and lets Python run its signal handlers; a KeyboardInterrupt
+// stops the conversion within one chunk.
+void run_boxes(const Request& req, const std::vector<Box>& boxes, int threads) {
   auto last = std::chrono::steady_clock::now();
   std::function<bool()> cancelled = [&last]() {
     const auto now = std::chrono::steady_clock::now();
@@ -143,6 +155,92 @@ std::string plan(const py::array& src, py::array& dst, const std::vector<int64_t
   }
 }
 
+// Default thread count for fast_permute's threads=None; 0 until Python has resolved it.
+std::atomic<int> g_default_threads{0};
+
+bool native_order(char byteorder) {
+  const uint16_t probe = 1;
+  const bool little = *reinterpret_cast<const char*>(&probe) == 1;
+  return byteorder == '=' || byteorder == '|' || byteorder == (little ? '<' : '>');
+}
+
+// numpy type numbers fast_permute moves as they are (bool, integers, float16/32/64,
+// complex64), and the subset MPS weights keep (uint8, float16, float32).
+bool plain_type(int num, bool mps) {
+  constexpr int kUByte = 2, kFloat = 11, kHalf = 23, kCFloat = 14;
+  if (mps) return num == kFloat || num == kHalf || num == kUByte;
+  return (num >= 0 && num <= 12) || num == kCFloat || num == kHalf;
+}
+
+// The common call of permute/conv_weights in one step, for small tensors whose time is
+// mostly interpreter overhead: an exact ndarray of a plain native dtype, axes a tuple or
+// list of ints, out None or an exactly matching array, threads None or an int. Anything
+// else returns None, and the caller takes the full path, which checks and explains.
+py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handle threads, bool mps) {
+  auto& api = py::detail::npy_api::get();
+  if (Py_TYPE(x.ptr()) != api.PyArray_Type_) return py::none();
+  const auto a = py::reinterpret_borrow<py::array>(x);
+  const py::ssize_t nd = a.ndim();
+  PyObject* ax = axes.ptr();
+  const bool tuple = PyTuple_CheckExact(ax);
+  if (nd > 8 || !(tuple || PyList_CheckExact(ax)) || PySequence_Fast_GET_SIZE(ax) != nd)
+    return py::none();
+  const py::dtype dt = a.dtype();
+  const int64_t esize = dt.itemsize();
+  if (!plain_type(dt.num(), mps) || !native_order(dt.byteorder()) ||
+      (esize != 1 && esize != 2 && esize != 4 && esize != 8))
+    return py::none();
+  int64_t n_threads;
+  if (threads.is_none()) {
+    n_threads = g_default_threads.load(std::memory_order_relaxed);
+    if (n_threads == 0) return py::none();
+  } else {
+    if (!PyLong_CheckExact(threads.ptr())) return py::none();
+    int overflow = 0;
+    n_threads = PyLong_AsLongLongAndOverflow(threads.ptr(), &overflow);
+    if (overflow || n_threads < 1 || n_threads > 1024) return py::none();
+  }
+  std::vector<py::ssize_t> shape(static_cast<size_t>(nd));
+  Request req{static_cast<const char*>(a.data()), nullptr, static_cast<int>(esize),
+              static_cast<int>(esize), Cast::None, {}, {}};
+  unsigned seen = 0;
+  for (py::ssize_t i = 0; i < nd; ++i) {
+    PyObject* item = PySequence_Fast_GET_ITEM(ax, i);
+    if (!PyLong_CheckExact(item)) return py::none();
+    const long p = PyLong_AsLong(item);
+    if (p < 0 || p >= nd || (seen >> p) & 1u) {
+      PyErr_Clear();
+      return py::none();
+    }
+    seen |= 1u << p;
+    shape[static_cast<size_t>(i)] = a.shape(p);
+    req.dims.push_back({a.shape(p), a.strides(p), 0});
+  }
+  py::array result;
+  if (out.is_none()) {
+    result = py::array(dt, shape);
+  } else {
+    if (Py_TYPE(out.ptr()) != api.PyArray_Type_) return py::none();
+    result = py::reinterpret_borrow<py::array>(out);
+    constexpr int kCContiguous = 0x1, kWriteable = 0x400;
+    const int flags = py::detail::array_proxy(result.ptr())->flags;
+    if (!(flags & kCContiguous) || !(flags & kWriteable) || result.ndim() != nd ||
+        !api.PyArray_EquivTypes_(dt.ptr(), result.dtype().ptr()))
+      return py::none();
+    for (py::ssize_t i = 0; i < nd; ++i)
+      if (result.shape(i) != shape[static_cast<size_t>(i)]) return py::none();
+    if (spans_overlap(a, result)) return py::none();
+  }
+  req.dst = static_cast<char*>(result.mutable_data());
+  int64_t step = esize;  // C-contiguous destination strides
+  for (size_t i = req.dims.size(); i-- > 0;) {
+    req.dims[i].ds = step;
+    step *= std::max<int64_t>(req.dims[i].n, 1);
+  }
+  run_boxes(req, decompose(req), static_cast<int>(n_threads));
+  return std::move(result);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -155,6 +253,12 @@ PYBIND11_MODULE(_core, m) {
         py::arg("dst_strides"), py::arg("src_offset") = 0, py::arg("dst_offset") = 0,
         py::arg("bounds") = std::vector<BoundTuple>{}, py::arg("cast") = 0,
         "Name of the kernel shape the planner picks: 'row', 'tile', 'strided' or 'empty'.");
+  m.def("fast_permute", &fast_permute, py::arg("x"), py::arg("axes"), py::arg("out"),
+        py::arg("threads"), py::arg("mps"),
+        "np.ascontiguousarray(x.transpose(axes)) for the common call, else None (take the "
+        "full path).");
+  m.def("set_default_threads", [](int n) { g_default_threads.store(n < 0 ? 0 : n); },
+        py::arg("n"), "threads=None for fast_permute (0: unknown, fast path off).");
   m.def("isa", [] { return std::string(kernels().isa); }, "Instruction set in use.");
   m.def("available_isas", [] {
     int n = 0;

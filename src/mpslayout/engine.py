@@ -77,6 +77,8 @@ def set_threads(n: int | None) -> None:
         n = _check_threads(n, "n")
     with _lock:
         _threads = n
+        # the C++ fast path's threads=None; 0 sends it to the full path, which resolves it
+        _core.set_default_threads(n if n is not None else _env_threads or 0)
 
 
 def get_threads() -> int:
@@ -90,6 +92,9 @@ def get_threads() -> int:
     global _env_threads
     if _env_threads is None:
         _env_threads = _threads_from_env()
+        with _lock:
+            if _threads is None:
+                _core.set_default_threads(_env_threads)
     return _env_threads
 
 
@@ -271,27 +276,7 @@ def run(
     return out
 
 
-_INT_ONLY = {int}
 _IDENTITY = [list(range(n)) for n in range(MAX_NDIM + 1)]
-
-
-def fast_run(
-    a: np.ndarray,
-    shape: tuple[int, ...],
-    src_strides: tuple[int, ...],
-    out: Any,
-    threads: Any,
-) -> np.ndarray:
-    """:func:`run` for the common call (dtype kept, ``a`` already valid), with the fewest
-    Python steps: a conversion of a small tensor is dominated by interpreter overhead, and
-    more so with cold caches."""
-    result = np.empty(shape, a.dtype) if out is None else prepare_out(out, shape, a.dtype, a)
-    if threads is None:
-        n = _threads if _threads is not None else get_threads()
-    else:
-        n = _check_threads(threads)
-    _core.copy(a, result, shape, src_strides, (), 0, 0, (), 0, n)
-    return result
 
 
 def normalize_axes(axes: Any, ndim: int, name: str = "axes") -> tuple[int, ...]:
@@ -332,16 +317,10 @@ def permute(
     Equals ``np.ascontiguousarray(np.transpose(x, axes)).astype(dtype)``, bit for bit
     (casts round as numpy's ``astype``). ``axes`` is a permutation of ``range(x.ndim)``.
     """
-    if type(x) is np.ndarray and dtype is None and x.dtype in _PLAIN and type(axes) is tuple:
-        if (
-            len(axes) == x.ndim <= MAX_NDIM
-            and sorted(axes) == _IDENTITY[x.ndim]
-            and set(map(type, axes)) == _INT_ONLY
-        ):  # the common call
-            sh, st = x.shape, x.strides
-            return fast_run(
-                x, tuple([sh[p] for p in axes]), tuple([st[p] for p in axes]), out, threads
-            )
+    if dtype is None:  # the common call in one C++ step; None: take the full path
+        result = _core.fast_permute(x, axes, out, threads, False)
+        if result is not None:
+            return result
     a = as_input(x, "x")
     perm = normalize_axes(axes, a.ndim)
     a, out_dt, cast = resolve_dtype(a, dtype, "x", mps=False)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import engine
+from . import _core, engine
 
 __all__ = [
     "MPSLayoutWarning",
@@ -87,6 +87,9 @@ def _move(
     return result
 
 
+_CONV_AXES = {"OIHW": (0, 2, 3, 1), "HWIO": (3, 0, 1, 2)}
+
+
 def conv_weights(
     w: Any,
     *,
@@ -103,17 +106,12 @@ def conv_weights(
     ``groups`` only checks the shape: MPS wants I/g and O/g multiples of 4 (a
     :class:`MPSLayoutWarning` otherwise).
     """
-    if type(w) is np.ndarray and dtype is None and type(groups) is int and groups == 1:
-        if w.ndim == 4 and w.dtype in engine.MPS_KEEP:  # the common call, fewest steps
-            sh, st = w.shape, w.strides
-            if layout == "OIHW":
-                return engine.fast_run(
-                    w, (sh[0], sh[2], sh[3], sh[1]), (st[0], st[2], st[3], st[1]), out, threads
-                )
-            if layout == "HWIO":
-                return engine.fast_run(
-                    w, (sh[3], sh[0], sh[1], sh[2]), (st[3], st[0], st[1], st[2]), out, threads
-                )
+    if dtype is None and type(groups) is int and groups == 1 and type(layout) is str:
+        axes = _CONV_AXES.get(layout)
+        if axes is not None:  # the common call in one C++ step; None: take the full path
+            result = _core.fast_permute(w, axes, out, threads, True)
+            if result is not None:
+                return result
     _choice(layout, ("OIHW", "HWIO"), "layout")
     a = _weights(w, 4, "w", layout)
     sh, st = a.shape, a.strides

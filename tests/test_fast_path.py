@@ -1,0 +1,140 @@
+"""The one-step C++ path of permute/conv_weights (``_core.fast_permute``): it must give
+numpy's bits when it takes a call, and hand every other call (returning None) to the full
+path, which checks and explains. Both halves are checked here against numpy."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import mpslayout
+from mpslayout import _core
+
+RNG = np.random.default_rng(7)
+PLAIN = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.float16, np.int32, np.uint32,
+         np.float32, np.int64, np.uint64, np.float64, np.complex64]
+
+
+def _array(shape, dtype) -> np.ndarray:
+    return np.asarray(RNG.standard_normal(shape) * 100).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", PLAIN)
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 1, 4, 9), (0, 3, 2), (6,), ()])
+def test_taken_calls_equal_numpy(dtype, shape) -> None:
+    x = _array(shape, dtype)
+    for axes in itertools.permutations(range(x.ndim)):
+        want = np.ascontiguousarray(x.transpose(axes))
+        for ax in (axes, list(axes)):
+            got = _core.fast_permute(x, ax, None, 1, False)
+            assert got is not None, (dtype, shape, ax)
+            assert got.flags.c_contiguous
+            assert got.dtype == x.dtype
+            np.testing.assert_array_equal(got, want)
+            assert got.tobytes() == want.tobytes()
+
+
+def test_taken_with_out_and_views() -> None:
+    base = _array((6, 8, 10), np.float32)
+    for x in (base[::2], base[:, ::-1], base.transpose(2, 0, 1), base[1:, 2:, 3:]):
+        axes = (2, 0, 1)
+        want = np.ascontiguousarray(x.transpose(axes))
+        out = np.full(want.shape, np.nan, np.float32)
+        got = _core.fast_permute(x, axes, out, 2, False)
+        assert got is out
+        np.testing.assert_array_equal(out, want)
+
+
+def test_mps_flag_keeps_only_mps_dtypes() -> None:
+    for dtype, taken in [(np.float32, True), (np.float16, True), (np.uint8, True),
+                         (np.float64, False), (np.int32, False), (np.bool_, False)]:
+        x = _array((4, 3, 2, 2), dtype)
+        got = _core.fast_permute(x, (0, 2, 3, 1), None, 1, True)
+        assert (got is not None) == taken, dtype
+
+
+@pytest.mark.parametrize(
+    ("case", "call"),
+    [
+        ("subclass", lambda x: (x.view(_Sub), (0, 2, 1), None, 1)),
+        ("byteswapped", lambda x: (x.astype(">f4"), (0, 2, 1), None, 1)),
+        ("numpy int axes", lambda x: (x, (np.int64(0), 2, 1), None, 1)),
+        ("repeated axes", lambda x: (x, (0, 0, 1), None, 1)),
+        ("negative axes", lambda x: (x, (0, -1, 1), None, 1)),
+        ("short axes", lambda x: (x, (0, 1), None, 1)),
+        ("axes not a sequence", lambda x: (x, 3, None, 1)),
+        ("axes a generator", lambda x: (x, (i for i in (0, 2, 1)), None, 1)),
+        ("huge axis", lambda x: (x, (0, 2**70, 1), None, 1)),
+        ("threads 0", lambda x: (x, (0, 2, 1), None, 0)),
+        ("threads too many", lambda x: (x, (0, 2, 1), None, 1025)),
+        ("threads bool", lambda x: (x, (0, 2, 1), None, True)),
+        ("threads float", lambda x: (x, (0, 2, 1), None, 2.0)),
+        ("out wrong shape", lambda x: (x, (0, 2, 1), np.empty((2, 3, 4), np.float32), 1)),
+        ("out wrong dtype", lambda x: (x, (0, 2, 1), np.empty((2, 4, 3), np.float64), 1)),
+        ("out read-only", lambda x: (x, (0, 2, 1), _readonly((2, 4, 3)), 1)),
+        ("out not contiguous",
+         lambda x: (x, (0, 2, 1), np.empty((2, 4, 6), np.float32)[..., ::2], 1)),
+        ("out is the input", lambda x: (x, (0, 1, 2), x, 1)),
+        ("out a list", lambda x: (x, (0, 2, 1), [], 1)),
+        ("object dtype", lambda x: (x.astype(object), (0, 2, 1), None, 1)),
+        ("strings", lambda x: (x.astype("U3"), (0, 2, 1), None, 1)),
+        ("complex128", lambda x: (x.astype(np.complex128), (0, 2, 1), None, 1)),
+        ("a list", lambda x: (x.tolist(), (0, 2, 1), None, 1)),
+        ("nine axes", lambda x: (np.zeros((1,) * 9, np.float32), tuple(range(9)), None, 1)),
+    ],
+)
+def test_other_calls_go_to_the_full_path(case, call) -> None:
+    x = _array((2, 3, 4), np.float32)
+    args = call(x)
+    assert _core.fast_permute(*args, False) is None, case
+    # and the public function still answers as numpy does, or refuses clearly
+    arr, axes, out, threads = args
+    try:
+        want = np.ascontiguousarray(np.transpose(np.asarray(arr), tuple(axes)))
+    except Exception:  # numpy refuses too: mpslayout must refuse with a clear error
+        want = None
+    try:
+        got = mpslayout.permute(arr, axes, out=out, threads=threads)
+    except (ValueError, TypeError):
+        return
+    assert want is not None, case
+    np.testing.assert_array_equal(got, want)
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+def _readonly(shape) -> np.ndarray:
+    a = np.empty(shape, np.float32)
+    a.flags.writeable = False
+    return a
+
+
+def test_default_threads_follow_set_threads() -> None:
+    x = _array((3, 4), np.float32)
+    before = mpslayout.get_threads()
+    try:
+        mpslayout.set_threads(1)
+        assert _core.fast_permute(x, (1, 0), None, None, False) is not None
+        mpslayout.set_threads(None)
+        np.testing.assert_array_equal(mpslayout.permute(x, (1, 0)), x.T)
+        assert mpslayout.get_threads() == before
+        assert _core.fast_permute(x, (1, 0), None, None, False) is not None
+    finally:
+        mpslayout.set_threads(None)
+
+
+def test_conv_weights_fast_and_full_paths_agree() -> None:
+    w = _array((16, 8, 3, 3), np.float32)
+    want = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(mpslayout.conv_weights(w), want)  # fast
+    np.testing.assert_array_equal(mpslayout.conv_weights(w.astype(">f4")), want)  # full
+    hwio = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(mpslayout.conv_weights(hwio, layout="HWIO"), want)
+    with pytest.raises(ValueError, match="layout"):
+        mpslayout.conv_weights(w, layout="OHWI")
+    with pytest.raises((TypeError, ValueError), match="layout"):
+        mpslayout.conv_weights(w, layout=["OIHW"])
