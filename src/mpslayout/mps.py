@@ -141,6 +141,15 @@ def depthwise_weights(
     ``np.ascontiguousarray(w[:, :, :, 0].transpose(2, 0, 1))``.
     A channel multiplier above 1 raises ValueError: use :func:`expand_depthwise`.
     """
+    if dtype is None and in_channels is None and type(w) is np.ndarray and w.ndim == 4:
+        # the common call in one C++ step (None: take the full path)
+        result = None
+        if layout == "OIHW" and w.shape[1] == 1:
+            result = _core.fast_permute(w[:, 0], (0, 1, 2), out, threads, True)
+        elif layout == "HWCM" and w.shape[3] == 1:
+            result = _core.fast_permute(w[:, :, :, 0], (2, 0, 1), out, threads, True)
+        if result is not None:
+            return result
     _choice(layout, ("OIHW", "HWCM"), "layout")
     a = _weights(w, 4, "w", layout)
     if layout == "OIHW":
