@@ -138,3 +138,18 @@ def test_conv_weights_fast_and_full_paths_agree() -> None:
         mpslayout.conv_weights(w, layout="OHWI")
     with pytest.raises((TypeError, ValueError), match="layout"):
         mpslayout.conv_weights(w, layout=["OIHW"])
+
+
+def test_depthwise_fast_and_full_paths_agree() -> None:
+    w = _array((12, 1, 3, 3), np.float16)
+    want = np.ascontiguousarray(w[:, 0])
+    np.testing.assert_array_equal(mpslayout.depthwise_weights(w), want)  # fast
+    np.testing.assert_array_equal(mpslayout.depthwise_weights(w.astype(">f2")), want)  # full
+    np.testing.assert_array_equal(mpslayout.depthwise_weights(w, in_channels=12), want)  # full
+    k = np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # HWCM
+    np.testing.assert_array_equal(mpslayout.depthwise_weights(k, layout="HWCM"), want)
+    out = np.empty_like(want)
+    assert mpslayout.depthwise_weights(w[::-1], out=out) is out
+    np.testing.assert_array_equal(out, want[::-1])
+    with pytest.raises(ValueError, match="expand_depthwise"):
+        mpslayout.depthwise_weights(np.zeros((3, 3, 4, 2), np.float32), layout="HWCM")
