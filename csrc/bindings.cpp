@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 #include <thread>
@@ -166,17 +167,29 @@ bool native_order(char byteorder) {
 
 // numpy type numbers fast_permute moves as they are (bool, integers, float16/32/64,
 // complex64), and the subset MPS weights keep (uint8, float16, float32).
+constexpr int kUByte = 2, kFloat = 11, kDouble = 12, kCFloat = 14, kHalf = 23;
 bool plain_type(int num, bool mps) {
-  constexpr int kUByte = 2, kFloat = 11, kHalf = 23, kCFloat = 14;
   if (mps) return num == kFloat || num == kHalf || num == kUByte;
-  return (num >= 0 && num <= 12) || num == kCFloat || num == kHalf;
+  return (num >= 0 && num <= kDouble) || num == kCFloat || num == kHalf;
 }
 
-// The common call of permute/conv_weights in one step, for small tensors whose time is
-// mostly interpreter overhead: an exact ndarray of a plain native dtype, axes a tuple or
-// list of ints, out None or an exactly matching array, threads None or an int. Anything
-// else returns None, and the caller takes the full path, which checks and explains.
-py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handle threads, bool mps) {
+// The fused cast from type number `from` to `to` fast_permute runs, if it is one.
+bool fast_cast(int from, int to, Cast& cast) {
+  if (from == kFloat && to == kHalf) cast = Cast::F32toF16;
+  else if (from == kHalf && to == kFloat) cast = Cast::F16toF32;
+  else if (from == kDouble && to == kFloat) cast = Cast::F64toF32;
+  else return false;
+  return true;
+}
+
+// The common call of permute and the MPS converters in one step, for small tensors whose
+// time is mostly interpreter overhead: an exact ndarray of a plain native dtype, axes a
+// tuple or list of ints, dtype None, the input's own or a fused-cast target, out None or
+// an exactly matching array, threads None or an int. Anything else returns None, and the
+// caller takes the full path, which checks and explains. `mps`: the MPS converters'
+// dtypes only, float64 becoming float32 when dtype is None.
+py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handle threads,
+                        bool mps, py::handle dtype) {
   auto& api = py::detail::npy_api::get();
   if (Py_TYPE(x.ptr()) != api.PyArray_Type_) return py::none();
   const auto a = py::reinterpret_borrow<py::array>(x);
@@ -187,9 +200,30 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
     return py::none();
   const py::dtype dt = a.dtype();
   const int64_t esize = dt.itemsize();
-  if (!plain_type(dt.num(), mps) || !native_order(dt.byteorder()) ||
-      (esize != 1 && esize != 2 && esize != 4 && esize != 8))
+  const int num = dt.num();
+  if (!native_order(dt.byteorder()) || (esize != 1 && esize != 2 && esize != 4 && esize != 8))
     return py::none();
+  Cast cast = Cast::None;
+  py::dtype out_dt = dt;
+  if (dtype.is_none()) {
+    if (mps && num == kDouble) {
+      cast = Cast::F64toF32;
+      out_dt = py::dtype(kFloat);
+    } else if (!plain_type(num, mps)) {
+      return py::none();
+    }
+  } else {
+    if (!plain_type(num, mps) && !(mps && num == kDouble)) return py::none();
+    PyObject* descr = nullptr;  // any spelling numpy takes: np.float16, "float16", a dtype
+    if (!api.PyArray_DescrConverter_(dtype.ptr(), &descr) || descr == nullptr) {
+      PyErr_Clear();
+      return py::none();
+    }
+    out_dt = py::reinterpret_steal<py::dtype>(descr);
+    if (!native_order(out_dt.byteorder())) return py::none();
+    if (!api.PyArray_EquivTypes_(dt.ptr(), out_dt.ptr()) && !fast_cast(num, out_dt.num(), cast))
+      return py::none();
+  }
   int64_t n_threads;
   if (threads.is_none()) {
     n_threads = g_default_threads.load(std::memory_order_relaxed);
@@ -200,9 +234,10 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
     n_threads = PyLong_AsLongLongAndOverflow(threads.ptr(), &overflow);
     if (overflow || n_threads < 1 || n_threads > 1024) return py::none();
   }
+  const int64_t edst = cast == Cast::None ? esize : cast_dst_size(cast);
   std::vector<py::ssize_t> shape(static_cast<size_t>(nd));
   Request req{static_cast<const char*>(a.data()), nullptr, static_cast<int>(esize),
-              static_cast<int>(esize), Cast::None, {}, {}};
+              static_cast<int>(edst), cast, {}, {}};
   unsigned seen = 0;
   for (py::ssize_t i = 0; i < nd; ++i) {
     PyObject* item = PySequence_Fast_GET_ITEM(ax, i);
@@ -218,26 +253,39 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
   }
   py::array result;
   if (out.is_none()) {
-    result = py::array(dt, shape);
+    result = py::array(out_dt, shape);
   } else {
     if (Py_TYPE(out.ptr()) != api.PyArray_Type_) return py::none();
     result = py::reinterpret_borrow<py::array>(out);
     constexpr int kCContiguous = 0x1, kWriteable = 0x400;
     const int flags = py::detail::array_proxy(result.ptr())->flags;
     if (!(flags & kCContiguous) || !(flags & kWriteable) || result.ndim() != nd ||
-        !api.PyArray_EquivTypes_(dt.ptr(), result.dtype().ptr()))
+        !api.PyArray_EquivTypes_(out_dt.ptr(), result.dtype().ptr()))
       return py::none();
     for (py::ssize_t i = 0; i < nd; ++i)
       if (result.shape(i) != shape[static_cast<size_t>(i)]) return py::none();
     if (spans_overlap(a, result)) return py::none();
   }
   req.dst = static_cast<char*>(result.mutable_data());
-  int64_t step = esize;  // C-contiguous destination strides
+  // C-contiguous destination strides; `in_order`: the source already is in that order
+  // (a 1x1 or depthwise kernel, a permutation of unit axes), a straight copy
+  int64_t step = edst, src_step = esize;
+  bool in_order = cast == Cast::None;
   for (size_t i = req.dims.size(); i-- > 0;) {
-    req.dims[i].ds = step;
-    step *= std::max<int64_t>(req.dims[i].n, 1);
+    Dim& d = req.dims[i];
+    d.ds = step;
+    step *= std::max<int64_t>(d.n, 1);
+    if (d.n != 1) {
+      in_order = in_order && d.ss == src_step;
+      src_step *= d.n;
+    }
   }
-  run_boxes(req, decompose(req), static_cast<int>(n_threads));
+  const int64_t bytes = a.size() * esize;
+  if (in_order && bytes <= (int64_t(1) << 20)) {  // small: no thread would help
+    if (bytes > 0) std::memcpy(req.dst, req.src, static_cast<size_t>(bytes));
+  } else {
+    run_boxes(req, decompose(req), static_cast<int>(n_threads));
+  }
   return std::move(result);
 }
 
@@ -254,7 +302,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bounds") = std::vector<BoundTuple>{}, py::arg("cast") = 0,
         "Name of the kernel shape the planner picks: 'row', 'tile', 'strided' or 'empty'.");
   m.def("fast_permute", &fast_permute, py::arg("x"), py::arg("axes"), py::arg("out"),
-        py::arg("threads"), py::arg("mps"),
+        py::arg("threads"), py::arg("mps"), py::arg("dtype"),
         "np.ascontiguousarray(x.transpose(axes)) for the common call, else None (take the "
         "full path).");
   m.def("set_default_threads", [](int n) { g_default_threads.store(n < 0 ? 0 : n); },

@@ -28,7 +28,7 @@ def test_taken_calls_equal_numpy(dtype, shape) -> None:
     for axes in itertools.permutations(range(x.ndim)):
         want = np.ascontiguousarray(x.transpose(axes))
         for ax in (axes, list(axes)):
-            got = _core.fast_permute(x, ax, None, 1, False)
+            got = _core.fast_permute(x, ax, None, 1, False, None)
             assert got is not None, (dtype, shape, ax)
             assert got.flags.c_contiguous
             assert got.dtype == x.dtype
@@ -42,17 +42,55 @@ def test_taken_with_out_and_views() -> None:
         axes = (2, 0, 1)
         want = np.ascontiguousarray(x.transpose(axes))
         out = np.full(want.shape, np.nan, np.float32)
-        got = _core.fast_permute(x, axes, out, 2, False)
+        got = _core.fast_permute(x, axes, out, 2, False, None)
         assert got is out
         np.testing.assert_array_equal(out, want)
 
 
 def test_mps_flag_keeps_only_mps_dtypes() -> None:
     for dtype, taken in [(np.float32, True), (np.float16, True), (np.uint8, True),
-                         (np.float64, False), (np.int32, False), (np.bool_, False)]:
+                         (np.float64, True), (np.int32, False), (np.bool_, False)]:
         x = _array((4, 3, 2, 2), dtype)
-        got = _core.fast_permute(x, (0, 2, 3, 1), None, 1, True)
+        got = _core.fast_permute(x, (0, 2, 3, 1), None, 1, True, None)
         assert (got is not None) == taken, dtype
+        if got is not None:  # MPS keeps float32/float16/uint8; float64 becomes float32
+            want = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            want = want.astype(np.float32) if dtype == np.float64 else want
+            assert got.dtype == want.dtype
+            assert got.tobytes() == want.tobytes()
+
+
+SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 65504.0, 65520.0, 1e-8, 6e-8,
+                    -3.0e-5, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 1e300, -1e-300])
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [(np.float32, np.float16), (np.float16, np.float32), (np.float64, np.float32)],
+)
+@pytest.mark.parametrize("spelling", ["type", "str", "dtype"])
+def test_fused_casts_round_as_numpy(src, dst, spelling) -> None:
+    with np.errstate(over="ignore"):
+        x = np.concatenate([SPECIAL, RNG.standard_normal(226) * 1e3]).astype(src)
+    x = x.reshape(3, 4, 5, 4)
+    dtype = {"type": dst, "str": np.dtype(dst).name, "dtype": np.dtype(dst)}[spelling]
+    with np.errstate(over="ignore"):
+        want = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).astype(dst)
+    got = _core.fast_permute(x, (0, 2, 3, 1), None, 1, False, dtype)
+    assert got is not None
+    assert got.dtype == want.dtype
+    assert got.tobytes() == want.tobytes()
+    out = np.empty_like(want)
+    assert _core.fast_permute(x, (0, 2, 3, 1), out, 1, True, dtype) is out
+    assert out.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.int32, ">f2", "bfloat16", "no such type", object, [1], np.float64]
+)
+def test_casts_it_does_not_run_go_to_the_full_path(dtype) -> None:
+    x = _array((3, 4, 5), np.float32)
+    assert _core.fast_permute(x, (2, 0, 1), None, 1, False, dtype) is None
 
 
 @pytest.mark.parametrize(
@@ -88,7 +126,7 @@ def test_mps_flag_keeps_only_mps_dtypes() -> None:
 def test_other_calls_go_to_the_full_path(case, call) -> None:
     x = _array((2, 3, 4), np.float32)
     args = call(x)
-    assert _core.fast_permute(*args, False) is None, case
+    assert _core.fast_permute(*args, False, None) is None, case
     # and the public function still answers as numpy does, or refuses clearly
     arr, axes, out, threads = args
     try:
@@ -118,11 +156,11 @@ def test_default_threads_follow_set_threads() -> None:
     before = mpslayout.get_threads()
     try:
         mpslayout.set_threads(1)
-        assert _core.fast_permute(x, (1, 0), None, None, False) is not None
+        assert _core.fast_permute(x, (1, 0), None, None, False, None) is not None
         mpslayout.set_threads(None)
         np.testing.assert_array_equal(mpslayout.permute(x, (1, 0)), x.T)
         assert mpslayout.get_threads() == before
-        assert _core.fast_permute(x, (1, 0), None, None, False) is not None
+        assert _core.fast_permute(x, (1, 0), None, None, False, None) is not None
     finally:
         mpslayout.set_threads(None)
 

@@ -317,10 +317,10 @@ def permute(
     Equals ``np.ascontiguousarray(np.transpose(x, axes)).astype(dtype)``, bit for bit
     (casts round as numpy's ``astype``). ``axes`` is a permutation of ``range(x.ndim)``.
     """
-    if dtype is None:  # the common call in one C++ step; None: take the full path
-        result = _core.fast_permute(x, axes, out, threads, False)
-        if result is not None:
-            return result
+    # the common call in one C++ step; None: take the full path
+    result = _core.fast_permute(x, axes, out, threads, False, dtype)
+    if result is not None:
+        return result
     a = as_input(x, "x")
     perm = normalize_axes(axes, a.ndim)
     a, out_dt, cast = resolve_dtype(a, dtype, "x", mps=False)
