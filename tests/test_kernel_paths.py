@@ -3,7 +3,8 @@
 Each instruction set is forced in a subprocess with MPSLAYOUT_ISA, since the engine picks its
 kernels once per process; MPSLAYOUT_STREAM_BYTES=0 sends even small arrays through the
 non-temporal store path. The sweep covers block edges on both axes (sizes around 4, 8, 16,
-32 and 64), narrow destinations (1-4 columns, packed and not), every element size and cast.
+32 and 64), narrow destinations (1-4 columns, packed and not), every element size and cast,
+and rows of every length with a fused cast (partial vector groups at their ends).
 """
 
 import os
@@ -59,6 +60,12 @@ with np.errstate(all="ignore"):
                 out = empty_at((na, nd), d, offset)
                 if not same(mpslayout.permute(x, (1, 0), dtype=d, out=out), ref):
                     fails.append(("cast", na, nd, np.dtype(s).name, np.dtype(d).name, offset))
+    # rows of every length with a fused cast (a gap after each row keeps them apart)
+    for n in sizes + [100, 101]:
+        for s, d in casts:
+            x = bits((3, n + 3), s)[:, :n]
+            if not same(mpslayout.permute(x, (0, 1), dtype=d), x.astype(d)):
+                fails.append(("rows", n, np.dtype(s).name, np.dtype(d).name))
     # outer axes, strided and flipped sources, narrow packed destinations (RGB, slices)
     for shape in [(3, 5, 9, 9), (2, 4, 37, 3), (5, 3, 7, 7), (2, 8, 16, 16), (3, 12, 5, 11)]:
         for dt in (np.float32, np.float16, np.float64):

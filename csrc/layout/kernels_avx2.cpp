@@ -330,32 +330,35 @@ void tile8_avx(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na,
   macro_tile<Copy<uint64_t>, 4>(src, ssd, dst, dsa, na, nd, block4x4_64);
 }
 
+// Rows with a fused float16 cast: 8 lanes at a time; a row's last partial group reuses a
+// full group shifted back over values already written (the scalar conversion, exact in
+// software, costs more than the vector for a handful of lanes: dense rows of 100, say).
+inline void f32_f16_8(const char* src, char* dst) {
+  const __m256 v = _mm256_loadu_ps(reinterpret_cast<const float*>(src));
+  const __m256 nan = nan_pair(v, v);
+  if (!_mm256_testz_ps(nan, nan)) return scalar::row<Convert<Cast::F32toF16>>(src, dst, 8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_cvtps_ph(v, kRound));
+}
+
 void row_f32_f16(const char* src, char* dst, int64_t n) {
+  if (n < 8) return scalar::row<Convert<Cast::F32toF16>>(src, dst, n);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(reinterpret_cast<const float*>(src + 4 * i));
-    const __m256 nan = nan_pair(v, v);
-    if (!_mm256_testz_ps(nan, nan)) {
-      scalar::row<Convert<Cast::F32toF16>>(src + 4 * i, dst + 2 * i, 8);
-      continue;
-    }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i), _mm256_cvtps_ph(v, kRound));
-  }
-  scalar::row<Convert<Cast::F32toF16>>(src + 4 * i, dst + 2 * i, n - i);
+  for (; i + 8 <= n; i += 8) f32_f16_8(src + 4 * i, dst + 2 * i);
+  if (i < n) f32_f16_8(src + 4 * (n - 8), dst + 2 * (n - 8));
+}
+
+inline void f16_f32_8(const char* src, char* dst) {
+  const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  const __m256 nan = nan_pair(v, v);
+  if (!_mm256_testz_ps(nan, nan)) return scalar::row<Convert<Cast::F16toF32>>(src, dst, 8);
+  _mm256_storeu_ps(reinterpret_cast<float*>(dst), v);
 }
 
 void row_f16_f32(const char* src, char* dst, int64_t n) {
+  if (n < 8) return scalar::row<Convert<Cast::F16toF32>>(src, dst, n);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i)));
-    const __m256 nan = nan_pair(v, v);
-    if (!_mm256_testz_ps(nan, nan)) {
-      scalar::row<Convert<Cast::F16toF32>>(src + 2 * i, dst + 4 * i, 8);
-      continue;
-    }
-    _mm256_storeu_ps(reinterpret_cast<float*>(dst + 4 * i), v);
-  }
-  scalar::row<Convert<Cast::F16toF32>>(src + 2 * i, dst + 4 * i, n - i);
+  for (; i + 8 <= n; i += 8) f16_f32_8(src + 2 * i, dst + 4 * i);
+  if (i < n) f16_f32_8(src + 2 * (n - 8), dst + 4 * (n - 8));
 }
 
 void row_f64_f32(const char* src, char* dst, int64_t n) {
