@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import engine
+from . import _core, engine
 
 __all__ = ["Layout", "convert", "parse_layout"]
 
@@ -80,6 +80,18 @@ def _parse_layout(text: str, name: str) -> Layout:
             raise ValueError(f"{name}={text!r} blocks axis {letter!r} twice")
         blocks.append((letter, size))
     return Layout(text, letters, tuple(blocks))
+
+
+@lru_cache(maxsize=256)
+def _unblocked_axes(src: str, dst: str) -> tuple[int, ...] | None:
+    """The transpose axes between two valid unblocked layouts, else None (full path)."""
+    try:
+        s_lay, d_lay = _parse_layout(src, "src"), _parse_layout(dst, "dst")
+    except ValueError:
+        return None
+    if s_lay.blocks or d_lay.blocks or sorted(s_lay.letters) != sorted(d_lay.letters):
+        return None
+    return tuple(s_lay.letters.index(c) for c in d_lay.letters)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -191,6 +203,12 @@ def convert(
     source drops the padding and needs the unblocked size: ``channels=C`` when the source
     has one blocked axis, else ``sizes={"C": C, ...}``.
     """
+    if channels is None and sizes is None and type(src) is str and type(dst) is str:
+        axes = _unblocked_axes(src, dst)
+        if axes is not None:  # the common call in one C++ step; None: take the full path
+            result = _core.fast_permute(x, axes, out, threads, False, dtype)
+            if result is not None:
+                return result
     a = engine.as_input(x, "x")
     s_lay = parse_layout(src, "src")
     d_lay = parse_layout(dst, "dst")
