@@ -334,6 +334,8 @@ def _probe(path: str, member: str | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-c", _PROBE_SOURCE, path, *([member] if member else [])]
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    except OSError:  # no interpreter to start (an embedded Python): read it here, unguarded
+        return _probe_here(path, member)
     except subprocess.TimeoutExpired:
         raise ValueError(
             f"reading the HDF5 structure of {path} did not finish in {timeout:g} s "
@@ -351,6 +353,23 @@ def _probe(path: str, member: str | None = None) -> dict[str, Any]:
     if "error" in meta:
         raise ValueError(f"cannot read {what} as HDF5 (truncated or not a Keras file?): "
                          f"{meta['error']}")
+    return meta
+
+
+def _probe_here(path: str, member: str | None) -> dict[str, Any]:
+    from . import h5probe
+
+    h5py = _h5py()
+    try:
+        if member:
+            with zipfile.ZipFile(path) as zf, zf.open(member) as m, h5py.File(m, "r") as f:
+                meta = h5probe.probe(f)
+        else:
+            with h5py.File(path, "r") as f:
+                meta = h5probe.probe(f)
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {path} as HDF5 (truncated or not a Keras file?): "
+                         f"{type(e).__name__}: {e}") from None
     return meta
 
 
