@@ -289,6 +289,34 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
   return std::move(result);
 }
 
+// fast_permute as a plain METH_FASTCALL function: its whole point is a short path from
+// Python, and pybind11's general dispatcher is a large share of a cold small call.
+PyObject* fast_permute_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 6) {
+    PyErr_SetString(PyExc_TypeError, "fast_permute(x, axes, out, threads, mps, dtype)");
+    return nullptr;
+  }
+  try {
+    return fast_permute(args[0], args[1], args[2], args[3], PyObject_IsTrue(args[4]) == 1,
+                        args[5]).release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (py::builtin_exception& e) {
+    e.set_error();
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  }
+  return nullptr;
+}
+
+PyMethodDef fast_permute_def = {
+    "fast_permute", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fast_permute_raw)),
+    METH_FASTCALL,
+    "fast_permute(x, axes, out, threads, mps, dtype): np.ascontiguousarray(x.transpose(axes)) "
+    "for the common call, else None (take the full path)."};
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -301,10 +329,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("dst_strides"), py::arg("src_offset") = 0, py::arg("dst_offset") = 0,
         py::arg("bounds") = std::vector<BoundTuple>{}, py::arg("cast") = 0,
         "Name of the kernel shape the planner picks: 'row', 'tile', 'strided' or 'empty'.");
-  m.def("fast_permute", &fast_permute, py::arg("x"), py::arg("axes"), py::arg("out"),
-        py::arg("threads"), py::arg("mps"), py::arg("dtype"),
-        "np.ascontiguousarray(x.transpose(axes)) for the common call, else None (take the "
-        "full path).");
+  m.add_object("fast_permute", py::reinterpret_steal<py::object>(
+                                   PyCFunction_NewEx(&fast_permute_def, nullptr, m.attr("__name__").ptr())));
   m.def("set_default_threads", [](int n) { g_default_threads.store(n < 0 ? 0 : n); },
         py::arg("n"), "threads=None for fast_permute (0: unknown, fast path off).");
   m.def("isa", [] { return std::string(kernels().isa); }, "Instruction set in use.");
