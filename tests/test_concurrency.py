@@ -226,7 +226,7 @@ buf = np.ones((n - 1) * (s1 + s2) + 1, dt)  # exactly what the view reaches (< 6
 e = buf.itemsize
 v = as_strided(buf, shape=(n, n), strides=(s1 * e, s2 * e), writeable=False)
 kw = {"dtype": np.float16} if cast else {}
-small = np.ascontiguousarray(v[:1024, :1024])
+small = np.ascontiguousarray(v[:2048, :2048])  # big enough to start the pool
 mpslayout.permute(small, (1, 0), threads=threads, **kw)  # warm the pool up
 before = tasks()
 print("ready", before, flush=True)

@@ -39,7 +39,7 @@ struct Box {
 // Splits a request into plain boxes. Throws std::invalid_argument on inconsistent bounds.
 std::vector<Box> decompose(const Request& req);
 
-// Runs boxes on up to `threads` threads (tensors under 1 MiB stay on the caller). The calling
+// Runs boxes on up to `threads` threads (tensors under 4 MiB stay on the caller). The calling
 // thread polls `cancelled` (if set) between chunks of a few MiB; returns false if it said
 // stop, in which case the destination is partly written.
 bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int threads,
