@@ -186,18 +186,24 @@ bool fast_cast(int from, int to, Cast& cast) {
 // time is mostly interpreter overhead: an exact ndarray of a plain native dtype, axes a
 // tuple or list of ints, dtype None, the input's own or a fused-cast target, out None or
 // an exactly matching array, threads None or an int. Anything else returns None, and the
-// caller takes the full path, which checks and explains. `mps`: the MPS converters'
-// dtypes only, float64 becoming float32 when dtype is None.
+// caller takes the full path, which checks and explains. `mode` bit 1: the MPS
+// converters' dtypes only, float64 becoming float32 when dtype is None; bit 2: axes may
+// leave out axes of extent 1 (squeezed away, as depthwise_weights does).
+constexpr long kMpsDtypes = 1, kSqueeze = 2;  // fast_permute's mode bits
+
 py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handle threads,
-                        bool mps, py::handle dtype) {
+                        long mode, py::handle dtype) {
+  const bool mps = mode & kMpsDtypes;
   auto& api = py::detail::npy_api::get();
   if (Py_TYPE(x.ptr()) != api.PyArray_Type_) return py::none();
   const auto a = py::reinterpret_borrow<py::array>(x);
   const py::ssize_t nd = a.ndim();
   PyObject* ax = axes.ptr();
   const bool tuple = PyTuple_CheckExact(ax);
-  if (nd > 8 || !(tuple || PyList_CheckExact(ax)) || PySequence_Fast_GET_SIZE(ax) != nd)
-    return py::none();
+  if (nd > 8 || !(tuple || PyList_CheckExact(ax))) return py::none();
+  // the MPS converters may leave unit axes out (depthwise: (C, 1, kH, kW) -> (C, kH, kW))
+  const py::ssize_t nout = PySequence_Fast_GET_SIZE(ax);
+  if (nout != nd && !((mode & kSqueeze) && nout < nd)) return py::none();
   const py::dtype dt = a.dtype();
   const int64_t esize = dt.itemsize();
   const int num = dt.num();
@@ -235,11 +241,11 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
     if (overflow || n_threads < 1 || n_threads > 1024) return py::none();
   }
   const int64_t edst = cast == Cast::None ? esize : cast_dst_size(cast);
-  std::vector<py::ssize_t> shape(static_cast<size_t>(nd));
+  std::vector<py::ssize_t> shape(static_cast<size_t>(nout));
   Request req{static_cast<const char*>(a.data()), nullptr, static_cast<int>(esize),
               static_cast<int>(edst), cast, {}, {}};
   unsigned seen = 0;
-  for (py::ssize_t i = 0; i < nd; ++i) {
+  for (py::ssize_t i = 0; i < nout; ++i) {
     PyObject* item = PySequence_Fast_GET_ITEM(ax, i);
     if (!PyLong_CheckExact(item)) return py::none();
     const long p = PyLong_AsLong(item);
@@ -251,6 +257,8 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
     shape[static_cast<size_t>(i)] = a.shape(p);
     req.dims.push_back({a.shape(p), a.strides(p), 0});
   }
+  for (py::ssize_t p = 0; p < nd; ++p)
+    if (!((seen >> p) & 1u) && a.shape(p) != 1) return py::none();  // only unit axes drop
   py::array result;
   if (out.is_none()) {
     result = py::array(out_dt, shape);
@@ -259,10 +267,10 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
     result = py::reinterpret_borrow<py::array>(out);
     constexpr int kCContiguous = 0x1, kWriteable = 0x400;
     const int flags = py::detail::array_proxy(result.ptr())->flags;
-    if (!(flags & kCContiguous) || !(flags & kWriteable) || result.ndim() != nd ||
+    if (!(flags & kCContiguous) || !(flags & kWriteable) || result.ndim() != nout ||
         !api.PyArray_EquivTypes_(out_dt.ptr(), result.dtype().ptr()))
       return py::none();
-    for (py::ssize_t i = 0; i < nd; ++i)
+    for (py::ssize_t i = 0; i < nout; ++i)
       if (result.shape(i) != shape[static_cast<size_t>(i)]) return py::none();
     if (spans_overlap(a, result)) return py::none();
   }
@@ -293,12 +301,13 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
 // Python, and pybind11's general dispatcher is a large share of a cold small call.
 PyObject* fast_permute_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 6) {
-    PyErr_SetString(PyExc_TypeError, "fast_permute(x, axes, out, threads, mps, dtype)");
+    PyErr_SetString(PyExc_TypeError, "fast_permute(x, axes, out, threads, mode, dtype)");
     return nullptr;
   }
   try {
-    return fast_permute(args[0], args[1], args[2], args[3], PyObject_IsTrue(args[4]) == 1,
-                        args[5]).release().ptr();
+    const long mode = PyLong_AsLong(args[4]);
+    if (mode == -1 && PyErr_Occurred()) return nullptr;
+    return fast_permute(args[0], args[1], args[2], args[3], mode, args[5]).release().ptr();
   } catch (py::error_already_set& e) {
     e.restore();
   } catch (py::builtin_exception& e) {
@@ -314,8 +323,9 @@ PyObject* fast_permute_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 PyMethodDef fast_permute_def = {
     "fast_permute", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fast_permute_raw)),
     METH_FASTCALL,
-    "fast_permute(x, axes, out, threads, mps, dtype): np.ascontiguousarray(x.transpose(axes)) "
-    "for the common call, else None (take the full path)."};
+    "fast_permute(x, axes, out, threads, mode, dtype): np.ascontiguousarray(x.transpose(axes)) "
+    "for the common call, else None (take the full path). mode: 0 any plain dtype, 1 MPS "
+    "weight dtypes, 3 MPS dtypes and unit axes may be left out of axes."};
 
 }  // namespace
 

@@ -28,7 +28,7 @@ def test_taken_calls_equal_numpy(dtype, shape) -> None:
     for axes in itertools.permutations(range(x.ndim)):
         want = np.ascontiguousarray(x.transpose(axes))
         for ax in (axes, list(axes)):
-            got = _core.fast_permute(x, ax, None, 1, False, None)
+            got = _core.fast_permute(x, ax, None, 1, 0, None)
             assert got is not None, (dtype, shape, ax)
             assert got.flags.c_contiguous
             assert got.dtype == x.dtype
@@ -42,7 +42,7 @@ def test_taken_with_out_and_views() -> None:
         axes = (2, 0, 1)
         want = np.ascontiguousarray(x.transpose(axes))
         out = np.full(want.shape, np.nan, np.float32)
-        got = _core.fast_permute(x, axes, out, 2, False, None)
+        got = _core.fast_permute(x, axes, out, 2, 0, None)
         assert got is out
         np.testing.assert_array_equal(out, want)
 
@@ -51,7 +51,7 @@ def test_mps_flag_keeps_only_mps_dtypes() -> None:
     for dtype, taken in [(np.float32, True), (np.float16, True), (np.uint8, True),
                          (np.float64, True), (np.int32, False), (np.bool_, False)]:
         x = _array((4, 3, 2, 2), dtype)
-        got = _core.fast_permute(x, (0, 2, 3, 1), None, 1, True, None)
+        got = _core.fast_permute(x, (0, 2, 3, 1), None, 1, 1, None)
         assert (got is not None) == taken, dtype
         if got is not None:  # MPS keeps float32/float16/uint8; float64 becomes float32
             want = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
@@ -76,12 +76,12 @@ def test_fused_casts_round_as_numpy(src, dst, spelling) -> None:
     dtype = {"type": dst, "str": np.dtype(dst).name, "dtype": np.dtype(dst)}[spelling]
     with np.errstate(over="ignore"):
         want = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).astype(dst)
-    got = _core.fast_permute(x, (0, 2, 3, 1), None, 1, False, dtype)
+    got = _core.fast_permute(x, (0, 2, 3, 1), None, 1, 0, dtype)
     assert got is not None
     assert got.dtype == want.dtype
     assert got.tobytes() == want.tobytes()
     out = np.empty_like(want)
-    assert _core.fast_permute(x, (0, 2, 3, 1), out, 1, True, dtype) is out
+    assert _core.fast_permute(x, (0, 2, 3, 1), out, 1, 1, dtype) is out
     assert out.tobytes() == want.tobytes()
 
 
@@ -90,7 +90,7 @@ def test_fused_casts_round_as_numpy(src, dst, spelling) -> None:
 )
 def test_casts_it_does_not_run_go_to_the_full_path(dtype) -> None:
     x = _array((3, 4, 5), np.float32)
-    assert _core.fast_permute(x, (2, 0, 1), None, 1, False, dtype) is None
+    assert _core.fast_permute(x, (2, 0, 1), None, 1, 0, dtype) is None
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ def test_casts_it_does_not_run_go_to_the_full_path(dtype) -> None:
 def test_other_calls_go_to_the_full_path(case, call) -> None:
     x = _array((2, 3, 4), np.float32)
     args = call(x)
-    assert _core.fast_permute(*args, False, None) is None, case
+    assert _core.fast_permute(*args, 0, None) is None, case
     # and the public function still answers as numpy does, or refuses clearly
     arr, axes, out, threads = args
     try:
@@ -156,11 +156,11 @@ def test_default_threads_follow_set_threads() -> None:
     before = mpslayout.get_threads()
     try:
         mpslayout.set_threads(1)
-        assert _core.fast_permute(x, (1, 0), None, None, False, None) is not None
+        assert _core.fast_permute(x, (1, 0), None, None, 0, None) is not None
         mpslayout.set_threads(None)
         np.testing.assert_array_equal(mpslayout.permute(x, (1, 0)), x.T)
         assert mpslayout.get_threads() == before
-        assert _core.fast_permute(x, (1, 0), None, None, False, None) is not None
+        assert _core.fast_permute(x, (1, 0), None, None, 0, None) is not None
     finally:
         mpslayout.set_threads(None)
 
@@ -191,3 +191,18 @@ def test_depthwise_fast_and_full_paths_agree() -> None:
     np.testing.assert_array_equal(out, want[::-1])
     with pytest.raises(ValueError, match="expand_depthwise"):
         mpslayout.depthwise_weights(np.zeros((3, 3, 4, 2), np.float32), layout="HWCM")
+
+
+def test_mps_calls_may_squeeze_unit_axes_only() -> None:
+    w = _array((6, 1, 3, 3), np.float32)
+    assert _core.fast_permute(w, (0, 2, 3), None, 1, 1, None) is None  # conv_weights: never
+    got = _core.fast_permute(w, (0, 2, 3), None, 1, 3, None)
+    assert got is not None
+    assert got.tobytes() == np.ascontiguousarray(w[:, 0]).tobytes()
+    assert got.shape == (6, 3, 3)
+    assert _core.fast_permute(w, (0, 2, 3), None, 1, 0, None) is None  # permute: never
+    w2 = _array((6, 2, 3, 3), np.float32)
+    assert _core.fast_permute(w2, (0, 2, 3), None, 1, 3, None) is None  # not a unit axis
+    assert _core.fast_permute(w, (0, 2, 2), None, 1, 3, None) is None  # repeated
+    with pytest.raises(ValueError, match="expand_depthwise"):
+        mpslayout.depthwise_weights(w2.reshape(12, 1, 3, 3), in_channels=6)

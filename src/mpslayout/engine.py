@@ -318,7 +318,7 @@ def permute(
     (casts round as numpy's ``astype``). ``axes`` is a permutation of ``range(x.ndim)``.
     """
     # the common call in one C++ step; None: take the full path
-    result = _core.fast_permute(x, axes, out, threads, False, dtype)
+    result = _core.fast_permute(x, axes, out, threads, 0, dtype)
     if result is not None:
         return result
     a = as_input(x, "x")

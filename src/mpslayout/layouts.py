@@ -206,7 +206,7 @@ def convert(
     if channels is None and sizes is None and type(src) is str and type(dst) is str:
         axes = _unblocked_axes(src, dst)
         if axes is not None:  # the common call in one C++ step; None: take the full path
-            result = _core.fast_permute(x, axes, out, threads, False, dtype)
+            result = _core.fast_permute(x, axes, out, threads, 0, dtype)
             if result is not None:
                 return result
     a = engine.as_input(x, "x")

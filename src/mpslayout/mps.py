@@ -109,7 +109,7 @@ def conv_weights(
     if type(groups) is int and groups == 1 and type(layout) is str:
         axes = _CONV_AXES.get(layout)
         if axes is not None:  # the common call in one C++ step; None: take the full path
-            result = _core.fast_permute(w, axes, out, threads, True, dtype)
+            result = _core.fast_permute(w, axes, out, threads, 1, dtype)
             if result is not None:
                 return result
     _choice(layout, ("OIHW", "HWIO"), "layout")
@@ -141,13 +141,13 @@ def depthwise_weights(
     ``np.ascontiguousarray(w[:, :, :, 0].transpose(2, 0, 1))``.
     A channel multiplier above 1 raises ValueError: use :func:`expand_depthwise`.
     """
-    if in_channels is None and type(w) is np.ndarray and w.ndim == 4:
+    if in_channels is None:
         # the common call in one C++ step (None: take the full path)
         result = None
-        if layout == "OIHW" and w.shape[1] == 1:
-            result = _core.fast_permute(w[:, 0], (0, 1, 2), out, threads, True, dtype)
-        elif layout == "HWCM" and w.shape[3] == 1:
-            result = _core.fast_permute(w[:, :, :, 0], (2, 0, 1), out, threads, True, dtype)
+        if layout == "OIHW":  # axis 1 (extent 1, else None) is squeezed away
+            result = _core.fast_permute(w, (0, 2, 3), out, threads, 3, dtype)
+        elif layout == "HWCM":
+            result = _core.fast_permute(w, (2, 0, 1), out, threads, 3, dtype)
         if result is not None:
             return result
     _choice(layout, ("OIHW", "HWCM"), "layout")
