@@ -107,22 +107,19 @@ template <Op OP> inline bool block8(const char* s, int64_t ssd, char* d, int64_t
   return true;
 }
 
-// Lane 7 of eight rows as one vector: s points 7 elements before the wanted one in each
-// row (rows ssd apart), so each load stays inside its row: the last column of a transpose
-// whose rows are 8k+1 long (3x3, 5x5, 7x7 kernels). Returns false for the scalar path (a
-// NaN lane in a fused cast). Measured faster than 8 scalar loads through memory.
-template <Op OP> inline bool last8(const char* s, int64_t ssd, char* d) {
-  __m256 r[8];
-  for (int k = 0; k < 8; ++k) {
-    if constexpr (OP == kF16F32)
-      r[k] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + k * ssd)));
-    else
-      r[k] = _mm256_loadu_ps(reinterpret_cast<const float*>(s + k * ssd));
+// One destination row of 8: element k read at s + k*ssd. Returns false for the scalar
+// path (a NaN lane in a fused cast).
+template <Op OP> inline bool row8(const char* s, int64_t ssd, char* d) {
+  __m256 v;
+  if constexpr (OP == kF16F32) {
+    uint16_t h[8];
+    for (int k = 0; k < 8; ++k) std::memcpy(&h[k], s + k * ssd, 2);
+    v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+  } else {
+    float f[8];
+    for (int k = 0; k < 8; ++k) std::memcpy(&f[k], s + k * ssd, 4);
+    v = _mm256_loadu_ps(f);
   }
-  const __m256 t0 = _mm256_unpackhi_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t2 = _mm256_unpackhi_ps(r[4], r[5]), t3 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t1, 0xEE), u1 = _mm256_shuffle_ps(t2, t3, 0xEE);
-  const __m256 v = _mm256_permute2f128_ps(u0, u1, 0x31);
   if constexpr (OP != kCopy4) {
     const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
     if (!_mm256_testz_ps(nan, nan)) return false;
@@ -248,8 +245,8 @@ template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, in
     if (a0 + 8 <= na) {
       if (!block8<OP>(s, ssd, d, stride)) scalar::tile<K>(s, ssd, d, stride, 8, 8);
     } else if (a0 + 1 == na) {
-      // one row left (3x3, 5x5, 7x7 kernels): its 8 values as lane 7 of 8 row loads
-      if (!last8<OP>(s - 7 * es, ssd, d)) scalar::tile<K>(s, ssd, d, stride, 1, 8);
+      // one row left (3x3, 5x5, 7x7 kernels): gather its 8 values instead of redoing 8 rows
+      if (!row8<OP>(s, ssd, d)) scalar::tile<K>(s, ssd, d, stride, 1, 8);
     } else {
       const int64_t back = a0 - (na - 8);
       if (!block8<OP>(s - back * es, ssd, d - back * stride, stride))
