@@ -44,9 +44,9 @@ using BoundTuple = std::tuple<int, int, int64_t, int64_t, bool>;
 
 void run_boxes(const Request& req, const std::vector<Box>& boxes, int threads);
 
-// True if the memory spans of two arrays overlap (what np.may_share_memory checks).
-bool spans_overlap(const py::array& src, const py::array& dst) {
-  const Range sr = array_range(src), dr = array_range(dst);
+// True if the memory spans of two arrays overlap (what np.may_share_memory checks), given
+// their byte ranges from array_range.
+bool spans_overlap(const py::array& src, const Range& sr, const py::array& dst, const Range& dr) {
   if (sr.hi <= sr.lo || dr.hi <= dr.lo) return false;
   const auto s0 = reinterpret_cast<uintptr_t>(src.data()), d0 = reinterpret_cast<uintptr_t>(dst.data());
   return s0 + sr.lo < d0 + dr.hi && d0 + dr.lo < s0 + sr.hi;
@@ -110,7 +110,7 @@ void copy(const py::array& src, py::array& dst, const std::vector<int64_t>& shap
     char* d0 = static_cast<char*>(dst.mutable_data());
     // Refuse any overlap of the two arrays' memory spans: the engine reads and writes in no
     // particular order.
-    if (spans_overlap(src, dst)) throw py::value_error("out overlaps the input; pass a separate array");
+    if (spans_overlap(src, sr, dst, dr)) throw py::value_error("out overlaps the input; pass a separate array");
     for (const Box& b : boxes) {
       if (!b.zero) check_inside(b.dims, true, b.src - s0, req.esrc, sr, "source");
       check_inside(b.dims, false, b.dst - d0, req.edst, dr, "destination");
@@ -272,7 +272,7 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
       return py::none();
     for (py::ssize_t i = 0; i < nout; ++i)
       if (result.shape(i) != shape[static_cast<size_t>(i)]) return py::none();
-    if (spans_overlap(a, result)) return py::none();
+    if (spans_overlap(a, array_range(a), result, array_range(result))) return py::none();
   }
   req.dst = static_cast<char*>(result.mutable_data());
   // C-contiguous destination strides; `in_order`: the source already is in that order
@@ -289,7 +289,7 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
     }
   }
   const int64_t bytes = a.size() * esize;
-  if (in_order && bytes <= (int64_t(1) << 20)) {  // small: no thread would help
+  if (in_order && 2 * bytes < kParallelBytes) {  // small enough for one thread: a memcpy
     if (bytes > 0) std::memcpy(req.dst, req.src, static_cast<size_t>(bytes));
   } else {
     run_boxes(req, decompose(req), static_cast<int>(n_threads));

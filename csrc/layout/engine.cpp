@@ -18,9 +18,6 @@ namespace mpslayout {
 
 namespace {
 
-// Bytes moved below which threads cost more than they give: waking a pool thread took
-// ~50-80 us on the 2-core VM measured, about what 1.6 MB of cold transpose takes.
-constexpr int64_t kParallelBytes = 4 << 20;
 constexpr int64_t kItemElements = 16 * 1024;    // elements per work item (about L1..L2)
 // Destinations past the last-level cache get non-temporal stores. MPSLAYOUT_STREAM_BYTES
 // overrides the threshold (for benchmarking the two store paths against each other).

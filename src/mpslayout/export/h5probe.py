@@ -59,20 +59,22 @@ def probe(f):
     return out
 
 
-def main(argv):
+def probe_file(path, member=None):
+    """probe() of the HDF5 file at ``path``, or of its zip member ``member``."""
     import h5py
 
-    path = argv[1]
-    try:
-        if len(argv) > 2:
-            import zipfile
+    if member:
+        import zipfile
 
-            with zipfile.ZipFile(path) as zf, zf.open(argv[2]) as member, \
-                    h5py.File(member, "r") as f:
-                result = probe(f)
-        else:
-            with h5py.File(path, "r") as f:
-                result = probe(f)
+        with zipfile.ZipFile(path) as zf, zf.open(member) as m, h5py.File(m, "r") as f:
+            return probe(f)
+    with h5py.File(path, "r") as f:
+        return probe(f)
+
+
+def main(argv):
+    try:
+        result = probe_file(argv[1], argv[2] if len(argv) > 2 else None)
     except Exception as e:  # any failure of a malformed file is reported, not raised
         result = {"error": f"{type(e).__name__}: {e}"}
     sys.stdout.write(json.dumps(result))

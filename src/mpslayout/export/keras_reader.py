@@ -359,14 +359,8 @@ def _probe(path: str, member: str | None = None) -> dict[str, Any]:
 def _probe_here(path: str, member: str | None) -> dict[str, Any]:
     from . import h5probe
 
-    h5py = _h5py()
     try:
-        if member:
-            with zipfile.ZipFile(path) as zf, zf.open(member) as m, h5py.File(m, "r") as f:
-                meta = h5probe.probe(f)
-        else:
-            with h5py.File(path, "r") as f:
-                meta = h5probe.probe(f)
+        meta = h5probe.probe_file(path, member)
     except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read {path} as HDF5 (truncated or not a Keras file?): "
                          f"{type(e).__name__}: {e}") from None

@@ -221,9 +221,6 @@ class _Attrs:
         self.where = f"node {name!r}"
         self.raw = {a.name: a for a in node.attribute}
 
-    def __contains__(self, key: str) -> bool:
-        return key in self.raw
-
     def _get(self, key: str, kind: int) -> Any:
         a = self.raw.get(key)
         if a is None:
