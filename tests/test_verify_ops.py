@@ -64,7 +64,11 @@ def _export_verify(path: Path, tmp: Path, dtype: str = "float32", **kw: Any) -> 
 
 
 def _ops(report: Any) -> dict[str, str]:
-    return {r.name: r.kind for r in report.rows if not r.layer}
+    """Operator name -> MPS kernel; an exported arithmetic layer is MPSCNNAdd etc."""
+    mps = {"Add": "MPSCNNAdd", "Sub": "MPSCNNSubtract", "Mul": "MPSCNNMultiply",
+           "Div": "MPSCNNDivide"}
+    return {r.name: (mps[r.op] if r.kind == "arithmetic" else r.kind) for r in report.rows
+            if not r.layer or r.kind == "arithmetic"}
 
 
 # ----------------------------------------------------------------------- neurons

@@ -42,6 +42,12 @@ class Executor:
         self.done: set[int] = set()
         self.tensor_layers = {str(x.entry.get("source", {}).get("node")): x for x in layers
                               if x.kind == "tensor"}
+        # raw tensors stand in for the model's constants, so a kernel checks the export's
+        self.exported: dict[str, np.ndarray] = {}
+        for x in layers:
+            names = x.entry.get("source", {}).get("tensors") or []
+            if x.kind == "tensor" and len(names) == 1 and "tensor" in x.arrays:
+                self.exported[str(names[0])] = x.arrays["tensor"]
         self.segments, unmapped = map_layers(g, [x for x in layers if x.kind != "tensor"])
         self.unmapped = unmapped
 
@@ -192,7 +198,13 @@ class Executor:
     # -- weightless operators
 
     def _kernel(self, i: int) -> Kernel | None:
-        return build(NodeView(self.g, i, self.values))
+        return build(NodeView(self.g, i, self.values, self.exported))
+
+    def _has_kernel(self, i: int) -> bool:
+        try:
+            return self._kernel(i) is not None
+        except NotExpressible:
+            return False
 
     def _run_op(self, i: int) -> None:
         g = self.g
@@ -200,7 +212,7 @@ class Executor:
         op, name = n.op_type, g.names[i]
         out = n.output[0] if n.output else ""
         like = self.values.get(out)
-        if name in self.tensor_layers:
+        if name in self.tensor_layers and not self._has_kernel(i):
             self._borrow(i, f"exported as a raw tensor (layer "
                             f"{self.tensor_layers[name].name!r}) for a custom kernel: no "
                             "MPSCNN kernel")

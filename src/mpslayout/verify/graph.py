@@ -112,15 +112,20 @@ class NodeView:
     """One node as :mod:`mpslayout.reference.onnx_ops` sees it: attributes, constants,
     and shapes (the oracle's value when it gave one, else inference)."""
 
-    def __init__(self, graph: Graph, i: int, values: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, graph: Graph, i: int, values: Mapping[str, np.ndarray],
+                 exported: Mapping[str, np.ndarray] | None = None) -> None:
         n = graph.nodes[i]
         self.op, self.name = n.op_type, graph.names[i]
         self.inputs, self.outputs = list(n.input), list(n.output)
         self.attrs = graph.attrs(i)
         self.opset = graph.opset
         self._graph, self._values = graph, values
+        self._exported = exported or {}
 
     def const(self, tensor: str) -> np.ndarray | None:
+        """The constant, as the export wrote it when it did (a raw ``tensor`` layer)."""
+        if tensor in self._exported:
+            return self._exported[tensor]
         return self._graph.const(tensor)
 
     def shape(self, tensor: str) -> tuple[int, ...] | None:

@@ -96,7 +96,16 @@ def input_feeds(g: Graph, given: np.ndarray | None, recorded: Mapping[str, Any],
             if len(want) != len(shape):
                 raise VerifyError(f"{label} give {vi.name!r} {len(want)} dims; the model has "
                                   f"{len(shape)}")
-            shape = [int(w) if w is not None else d for w, d in zip(want, shape)]
+            clash = [k for k, (w, d) in enumerate(zip(want, shape))
+                     if w is not None and d is not None and int(w) != d]
+            if clash and table is dims:
+                raise VerifyError(f"--input-dims {vi.name}={want} but the model fixes "
+                                  f"{[d or '?' for d in shape]}")
+            if clash:  # recorded for another model: the model's own dims win
+                how.append(f"{vi.name}: the export recorded {want}, the model fixes "
+                           f"{[d or '?' for d in shape]}")
+            shape = [d if d is not None else (None if w is None else int(w))
+                     for w, d in zip(want, shape)]
             source = label
             break
         if len(shape) > 0 and shape[0] is None:
