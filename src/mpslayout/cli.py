@@ -171,10 +171,17 @@ def _verify(args: argparse.Namespace) -> int:
 
     from .verify import verify  # imported here: only this command needs onnx/onnxruntime
 
+    given: dict[str | None, str] = {}
+    for text in args.input:
+        name, sep, path = text.partition("=")
+        if sep and not name.endswith(".npy"):
+            given[name] = path
+        else:
+            given[None] = text
     report = verify(
         args.outdir,
         args.model,
-        input=args.input,
+        input=given or None,
         input_dims=dict(args.input_dims),
         atol=args.atol,
         rtol=args.rtol,
@@ -328,9 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--input",
-        metavar="X.npy",
-        help="the model's input, NCHW (default: a seeded standard normal sample of the dims "
-        "recorded at export or fixed in the model; a symbolic height or width is refused)",
+        action="append",
+        default=[],
+        metavar="[NAME=]X.npy",
+        help="the model's input, NCHW; NAME= for a model with several inputs (repeatable; "
+        "default: a seeded standard normal sample of the dims recorded at export or fixed "
+        "in the model; a symbolic height or width is refused)",
     )
     p.add_argument(
         "--input-dims",
