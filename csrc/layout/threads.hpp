@@ -8,7 +8,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#if !defined(_WIN32)
 #include <pthread.h>
+#endif
 #include <thread>
 #include <vector>
 
@@ -35,8 +37,10 @@ class ThreadPool {
   static ThreadPool& instance() {
     static const bool registered = [] {
       // A forked child has none of the parent's workers (and maybe a locked mutex): it
-      // starts with a fresh pool. The old one is leaked on purpose.
+      // starts with a fresh pool. The old one is leaked on purpose. (Windows cannot fork.)
+#if !defined(_WIN32)
       pthread_atfork(nullptr, nullptr, [] { current() = new ThreadPool(); });
+#endif
       return true;
     }();
     (void)registered;
