@@ -6,8 +6,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
+#include <new>
 #include "kernels_scalar.hpp"
 
 // Everything below, and only that, may use AVX2/F16C/FMA: headers above keep the baseline
@@ -230,7 +230,7 @@ constexpr int64_t kScratchBytes = 192 * 1024;
 // initial-exec: a single %fs-relative load.
 struct Scratch {
   char* p = nullptr;
-  ~Scratch() { std::free(p); }
+  ~Scratch() { ::operator delete[](p, std::align_val_t(64)); }
 };
 #if defined(__GNUC__)
 #define MPSL_TLS_INITIAL_EXEC __attribute__((tls_model("initial-exec")))
@@ -239,7 +239,8 @@ struct Scratch {
 #endif
 inline char* scratch_buffer() {
   static thread_local Scratch s MPSL_TLS_INITIAL_EXEC;
-  if (s.p == nullptr) s.p = static_cast<char*>(std::aligned_alloc(64, kScratchBytes));
+  if (s.p == nullptr)
+    s.p = static_cast<char*>(::operator new[](kScratchBytes, std::align_val_t(64), std::nothrow));
   return s.p;
 }
 
