@@ -153,6 +153,19 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=D0,D1,... as (NAME, (D0, D1, ...)), every dim >= 1: for verify --input-dims."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        values = tuple(int(v) for v in dims.split(","))
+    except ValueError:
+        values = ()
+    if not sep or not name or not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=D0,D1,... with positive integers, got {text!r}")
+    return name, values
+
+
 def _verify(args: argparse.Namespace) -> int:
     import json
 
@@ -162,6 +175,7 @@ def _verify(args: argparse.Namespace) -> int:
         args.outdir,
         args.model,
         input=args.input,
+        input_dims=dict(args.input_dims),
         atol=args.atol,
         rtol=args.rtol,
         storage=args.storage,
@@ -313,7 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, metavar="MODEL.onnx", help="the ONNX model the export came from"
     )
     p.add_argument(
-        "--input", metavar="X.npy", help="the model's input (default: seeded standard normal)"
+        "--input",
+        metavar="X.npy",
+        help="the model's input, NCHW (default: a seeded standard normal sample of the dims "
+        "recorded at export or fixed in the model; a symbolic height or width is refused)",
+    )
+    p.add_argument(
+        "--input-dims",
+        type=_name_dims,
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="dims of a random input NAME, when the model leaves them symbolic (repeatable)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
