@@ -2,7 +2,7 @@
 
 ``export(model, outdir)`` reads an ONNX model, a safetensors or PyTorch ``state_dict``
 file, or a Keras ``.keras``/``.h5`` file, converts every supported layer with the public
-converters of :mod:`mpslayout` (MPS_LAYOUTS.md), and writes ``NAME.weights.bin`` (raw
+converters of :mod:`mpslayout` (docs/layouts.md), and writes ``NAME.weights.bin`` (raw
 little-endian, MPS layout), ``NAME.bias.bin`` (float32) and ``manifest.json`` (the MPS
 geometry of every layer, byte sizes and SHA-256 of every file; schema in
 ``docs/manifest.schema.json``). Writes are atomic: a failure leaves no OUTDIR.

@@ -626,8 +626,8 @@ class _Reader:
                       {"layout": "IOHW", "groups": g}, geo, w_scale)
         if dil != (1, 1):
             layer.notes.append("kernel_offset with dilation uses (k/2)*d - (k-1)*d + pad, "
-                               "extended from MPS_LAYOUTS.md section 3 (not documented by "
-                               "Apple)")
+                               "extended from docs/layouts.md section 3, Transposed "
+                               "convolution (not documented by Apple)")
         self.add_layer(layer, node, bn, [])
 
     def flatten_source(self, a: str) -> tuple[str, tuple[int, int, int] | None, str, str]:

@@ -1,5 +1,5 @@
 """The MPSCNN kernels of the reference executor, written from MPS's definitions as
-MPS_LAYOUTS.md states them (geometry conventions in :mod:`mpslayout.reference`).
+docs/layouts.md states them (geometry conventions in :mod:`mpslayout.reference`).
 
 Each kernel reads its source image(s) as float64, forms every sum in float64, adds the
 bias and rounds once to the destination's storage type (``out_dtype``, by default the
