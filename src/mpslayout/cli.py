@@ -122,6 +122,10 @@ def _export(args: argparse.Namespace) -> int:
             print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
         for x in doc["unsupported"] + doc["skipped"]:
             print(f"not exported: {x['name']} ({x['op']}): {x['reason']}")
+        for layer in doc["layers"]:  # exported, but MPS computes another function
+            for note in layer["notes"]:
+                if note.startswith("not exact: "):
+                    print(f"not exact on MPS: {layer['name']}: {note[11:]}")
         print(
             f"exported {len(doc['layers'])} layers ({doc['total_bytes']} bytes, "
             f"{doc['weights_dtype']} weights) to {args.output}"

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as mf
+from . import onnx_rnn
 from .attrs import as_float, as_int, as_pair, as_text
 from .layers import (
     Layer,
@@ -407,6 +408,8 @@ class _Reader:
                 self.guard(node, self._dense)
             elif op == "BatchNormalization":
                 self.guard(node, self._batch_norm)
+            elif op in onnx_rnn.OPS:
+                self.guard(node, lambda n: onnx_rnn.read_node(self, n))
             elif op == "DepthToSpace":
                 self.plan.refuse(name, op, "DepthToSpace not directly after a convolution "
                                  "mpslayout can export as a sub-pixel convolution")
