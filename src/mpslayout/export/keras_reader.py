@@ -46,6 +46,28 @@ from .layers import (
 )
 
 
+def _input_dims(nodes: list[Node]) -> dict[str, list[int]]:
+    """The model's inputs with their NHWC dims (an unknown batch is 1), for verify; none
+    when some input has an unknown dim other than the batch."""
+    found = {}
+    for n in nodes:
+        if n.cls == "InputLayer" or (n is nodes[0] and not n.inputs and n.in_shape):
+            dims = n.in_shape
+            if not isinstance(dims, list) or not dims or not all(
+                    isinstance(v, int) and v > 0 for v in dims[1:]):
+                return {}
+            found[n.name] = [dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 1,
+                             *dims[1:]]
+    return found
+
+
+def _unread_reason(n: Node, paths: list[str]) -> str:
+    if all("seed_generator" in p for p in paths):
+        return f"the state of a random seed generator of {n.cls} (training only)"
+    return (f"{len(paths)} variable(s) of this {n.cls} that the exporter does not read "
+            "(not in the layer's known weights)")
+
+
 class _Reader:
     def __init__(self, src: Source, fold_bn: bool, over: Overrides, plan: Plan) -> None:
         self.src, self.fold_bn, self.over, self.plan = src, fold_bn, over, plan
@@ -88,6 +110,42 @@ class _Reader:
                 self.plan.refuse(n.name, n.cls, "a nested model: export it on its own")
             elif n.cls not in WEIGHTLESS:
                 self.plan.refuse(n.name, n.cls, "no MPS layer mapping known to mpslayout")
+        self.account()
+
+    def account(self) -> None:
+        """Every array in the file is carried by an exported layer (``source.tensors``) or
+        listed with the reason: skipped and unsupported layers list theirs, and arrays
+        nothing read (a variable the exporter does not know, optimizer state) are listed
+        too. A learned tensor can be left out of the export, never out of the manifest."""
+        arrays = self.src.arrays()
+        claimed = {t for layer in self.plan.layers for t in layer.source.get("tensors", ())}
+        groups = {n.name: (n, self.src.group(n.name, n.var_path)) for n in self.nodes}
+        for entry in self.plan.skipped + self.plan.unsupported:
+            if entry["name"] in groups:
+                prefix = groups[entry["name"]][1]
+                entry["tensors"] = [p for p in arrays if p.startswith(prefix)
+                                    and p not in claimed]
+                claimed.update(entry["tensors"])
+        left = [p for p in arrays if p not in claimed]
+        for n, prefix in groups.values():
+            mine = [p for p in left if p.startswith(prefix)]
+            if mine:
+                self.plan.skip(n.name, n.cls, _unread_reason(n, mine))
+                self.plan.skipped[-1]["tensors"] = mine
+                claimed.update(mine)
+        by_top: dict[str, list[str]] = {}
+        for p in left:
+            if p not in claimed:
+                by_top.setdefault(p.split("/", 1)[0], []).append(p)
+        for top, mine in by_top.items():
+            training = top in ("optimizer", "optimizer_weights")
+            self.plan.training_state.append({
+                "name": top, "op": "training state", "tensors": mine,
+                "reason": "optimizer state: used in training, not a model weight" if training
+                else "arrays outside every layer of the model config"})
+            if not training:  # not known to be harmless: a learned tensor may hide here
+                self.plan.skip(top, "", self.plan.training_state.pop()["reason"])
+                self.plan.skipped[-1]["tensors"] = mine
 
     def sole_consumer(self, n: Node) -> Node | None:
         return n.consumers[0] if len(n.consumers) == 1 else None
@@ -114,12 +172,15 @@ class _Reader:
         return bn, scale, shift
 
     def source(self, n: Node, refs: dict[str, TensorRef], last: Node) -> dict[str, Any]:
+        carried = [r.name for r in refs.values()]
         s: dict[str, Any] = {"format": "keras", "layer": n.name, "op": n.cls,
                              "weights": refs["kernel"].name,
                              "bias": refs["bias"].name if "bias" in refs else None,
                              "activation": activation(n.cfg)}
         if last is not n:
             s["folded_batch_norm"] = last.name
+            carried += [r.name for r in self.vars(last).values()]
+        s["tensors"] = carried
         return s
 
     def finish(self, layer: Layer, n: Node, last: Node) -> None:
@@ -303,7 +364,7 @@ class _Reader:
                "epsilon": as_float(n.cfg.get("epsilon", 1e-3), f"layer {n.name!r}: epsilon"),
                "input_shape": mf.image(h, w, c), "output_shape": mf.image(h, w, c)}
         source = {"format": "keras", "layer": n.name, "op": n.cls, "weights": None,
-                  "bias": None, "tensors": {k: v.name for k, v in tensors.items()}}
+                  "bias": None, "tensors": [r.name for r in refs.values()]}
         layer = Layer(n.name, "batch_normalization", "batch_norm", source, geometry=geo,
                       tensors=tensors)
         if self.fold_bn:
@@ -318,6 +379,7 @@ def read(path: str, *, fold_bn: bool, overrides: Overrides) -> Plan:
     plan.assumptions.append("Keras semantics: kernels HWIO / HWOI / HWCM, TF 'same' padding, "
                             "Flatten in H, W, C order, Reshape targets in H, W, C order")
     reader = _Reader(src, fold_bn, overrides, plan)
+    plan.inputs = _input_dims(reader.nodes)
     try:
         reader.run()
     except OSError as e:

@@ -335,6 +335,10 @@ class Plan:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
+    # arrays that are not model weights (optimizer slots): listed, never exported
+    training_state: list[dict[str, Any]] = field(default_factory=list)
+    # the model's input dims (its own layout), where the file gives them all
+    inputs: dict[str, list[int]] = field(default_factory=dict)
 
     def skip(self, name: str, op: str, reason: str) -> None:
         self.skipped.append({"name": name, "op": op, "reason": reason})

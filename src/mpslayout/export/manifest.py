@@ -172,7 +172,9 @@ def layer_entry(layer: Any, files: dict[str, dict[str, Any]], dtype: str) -> dic
 def build(*, source: dict[str, Any], dtype: str, options: dict[str, Any],
           layers: list[dict[str, Any]], skipped: list[dict[str, Any]],
           unsupported: list[dict[str, Any]], assumptions: list[str],
-          version: str) -> dict[str, Any]:
+          version: str, **optional: Any) -> dict[str, Any]:
+    """The manifest document; ``optional`` fields (``inputs``, ``training_state``) go in
+    only when given."""
     total = sum(f["bytes"] for entry in layers for f in entry["files"].values())
     return {
         "format": FORMAT,
@@ -186,5 +188,6 @@ def build(*, source: dict[str, Any], dtype: str, options: dict[str, Any],
         "skipped": skipped,
         "unsupported": unsupported,
         "assumptions": assumptions,
+        **optional,
         "total_bytes": total,
     }
