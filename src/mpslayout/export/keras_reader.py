@@ -181,6 +181,7 @@ class _Reader:
             s["folded_batch_norm"] = last.name
             carried += [r.name for r in self.vars(last).values()]
         s["tensors"] = carried
+        s["output"] = last.name  # the Keras output this layer's result equals
         return s
 
     def finish(self, layer: Layer, n: Node, last: Node) -> None:
@@ -341,6 +342,8 @@ class _Reader:
         else:
             layer = reshape_layer(n.name, src, refs["kernel"], bias, params, geo,
                                   reshape, "HWC", node_name, w_scale)
+            if node_name is not None:
+                src["output"] = node_name
         self.finish(layer, n, last)
 
     def batch_norm(self, n: Node) -> None:
@@ -364,7 +367,8 @@ class _Reader:
                "epsilon": as_float(n.cfg.get("epsilon", 1e-3), f"layer {n.name!r}: epsilon"),
                "input_shape": mf.image(h, w, c), "output_shape": mf.image(h, w, c)}
         source = {"format": "keras", "layer": n.name, "op": n.cls, "weights": None,
-                  "bias": None, "tensors": [r.name for r in refs.values()]}
+                  "bias": None, "tensors": [r.name for r in refs.values()],
+                  "output": n.name}
         layer = Layer(n.name, "batch_normalization", "batch_norm", source, geometry=geo,
                       tensors=tensors)
         if self.fold_bn:
