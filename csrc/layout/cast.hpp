@@ -16,6 +16,16 @@ enum class Cast : int {
   BF16toF32 = 5,
 };
 
+// Inline functions and templates in headers are compiled into every file that includes
+// them, with that file's flags; the linker then keeps one copy. Where a whole file is built
+// for a wider instruction set (MSVC's /arch:AVX2 on kernels_avx2.cpp) that copy could be
+// the AVX2 one and run on any CPU. Such a file defines MPSLAYOUT_ISA_NS before including
+// anything, so its copies get their own names (as PyTorch's CPU_CAPABILITY namespaces do).
+#if !defined(MPSLAYOUT_ISA_NS)
+#define MPSLAYOUT_ISA_NS baseline
+#endif
+inline namespace MPSLAYOUT_ISA_NS {
+
 inline int cast_src_size(Cast c) {
   switch (c) {
     case Cast::F32toF16: case Cast::F32toBF16: return 4;
@@ -118,5 +128,7 @@ template <typename T> struct Copy {
   using S = T; using D = T;
   static D apply(S s) { return s; }
 };
+
+}  // inline namespace MPSLAYOUT_ISA_NS
 
 }  // namespace mpslayout

@@ -1,5 +1,5 @@
 // Picks the instruction set once, at run time (cpuid), never at compile time: the same
-// wheel runs on any x86-64 and builds on arm64 with the portable kernels.
+// wheel runs on any x86-64; on AArch64 NEON is baseline and always chosen.
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -8,6 +8,11 @@
 #include "kernels_scalar.hpp"
 #if defined(MPSLAYOUT_X86)
 #include <emmintrin.h>
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+#else
+#include <cpuid.h>
+#endif
 #endif
 
 namespace mpslayout {
@@ -94,10 +99,45 @@ void fill_sse2(KernelSet& ks) {
   ks.tile[kCopy2] = ks.stream_tile[kCopy2] = tile2_sse2;
 }
 
+// cpuid leaf `leaf`, subleaf `sub` into r = {eax, ebx, ecx, edx}; the compiler-specific
+// part is only this and xcr0() (MSVC has no GCC builtins, GCC's _xgetbv needs -mxsave).
+static void cpuid(unsigned leaf, unsigned sub, unsigned r[4]) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  int regs[4];
+  __cpuidex(regs, static_cast<int>(leaf), static_cast<int>(sub));
+  for (int i = 0; i < 4; ++i) r[i] = static_cast<unsigned>(regs[i]);
+#else
+  __cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
+#endif
+}
+
+// XCR0: which register states the OS saves on a context switch. Only call with OSXSAVE set.
+static unsigned long long xcr0() {
+#if defined(_MSC_VER) && !defined(__clang__)
+  return _xgetbv(0);
+#else
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (static_cast<unsigned long long>(hi) << 32) | lo;
+#endif
+}
+
+// AVX2, F16C and FMA in the CPU, and YMM state saved by the OS (without that, as under some
+// hypervisors, AVX instructions fault even where cpuid lists them).
 static bool cpu_has_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
-         __builtin_cpu_supports("fma");
+  static const bool has = [] {
+    unsigned r[4];
+    cpuid(0, 0, r);
+    if (r[0] < 7) return false;
+    cpuid(1, 0, r);
+    const bool fma = r[2] & (1u << 12), osxsave = r[2] & (1u << 27), avx = r[2] & (1u << 28),
+               f16c = r[2] & (1u << 29);
+    if (!(fma && osxsave && avx && f16c)) return false;
+    if ((xcr0() & 0x6) != 0x6) return false;  // XMM and YMM state
+    cpuid(7, 0, r);
+    return (r[1] & (1u << 5)) != 0;  // AVX2
+  }();
+  return has;
 }
 #endif
 
@@ -118,6 +158,8 @@ bool fill_by_name(KernelSet& ks, const char* name) {
     if (cpu_has_avx2()) fill_avx2(ks); else fill_sse2(ks);
     return true;
   }
+#elif defined(MPSLAYOUT_NEON)
+  if (std::strcmp(name, "neon") == 0 || std::strcmp(name, "auto") == 0) { fill_neon(ks); return true; }
 #else
   if (std::strcmp(name, "auto") == 0) { fill_scalar(ks); return true; }
 #endif
@@ -150,6 +192,10 @@ const char* const* available_isas(int* count) {
   if (cpu_has_avx2()) { *count = 3; return with_avx2; }
   *count = 2;
   return without;
+#elif defined(MPSLAYOUT_NEON)
+  static const char* const with_neon[] = {"scalar", "neon"};
+  *count = 2;
+  return with_neon;
 #else
   static const char* const only[] = {"scalar"};
   *count = 1;

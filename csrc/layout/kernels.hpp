@@ -4,6 +4,15 @@
 #include <cstdint>
 #include "cast.hpp"
 
+// The target architecture, from the compiler (not the build system), so that one source list
+// serves single-arch builds and macOS universal2 alike: each SIMD file compiles to nothing
+// for an architecture it does not serve.
+#if defined(__x86_64__) || defined(_M_X64)
+#define MPSLAYOUT_X86 1
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#define MPSLAYOUT_NEON 1  // Advanced SIMD (with FCVTN/FCVTL) is baseline on AArch64
+#endif
+
 namespace mpslayout {
 
 enum Op : int { kCopy1, kCopy2, kCopy4, kCopy8, kF32F16, kF16F32, kF64F32, kF32BF16, kBF16F32, kNumOps };
@@ -25,6 +34,7 @@ struct KernelSet {
   TileFn stream_tile[kNumOps];  // tile variant with non-temporal stores (big destinations)
 };
 
+inline namespace MPSLAYOUT_ISA_NS {  // see cast.hpp
 inline Op op_for(Cast cast, int elem_size) {
   switch (cast) {
     case Cast::F32toF16: return kF32F16;
@@ -41,18 +51,22 @@ inline Op op_for(Cast cast, int elem_size) {
     default: return kCopy8;
   }
 }
+}  // inline namespace MPSLAYOUT_ISA_NS
 
 // The active table (chosen on first use from cpuid, overridable by MPSLAYOUT_ISA).
 const KernelSet& kernels();
 // Names of the instruction sets this build and this CPU can run, best last.
 const char* const* available_isas(int* count);
-// Select by name ("scalar", "sse2", "avx2", or "auto"); returns false if unsupported.
+// Select by name ("scalar", "sse2", "avx2", "neon", or "auto"); returns false if unsupported.
 bool select_isa(const char* name);  // not thread-safe: tests and tools only
 
 void fill_scalar(KernelSet& ks);
 #if defined(MPSLAYOUT_X86)
 void fill_sse2(KernelSet& ks);
 void fill_avx2(KernelSet& ks);
+#endif
+#if defined(MPSLAYOUT_NEON)
+void fill_neon(KernelSet& ks);
 #endif
 
 }  // namespace mpslayout

@@ -1,17 +1,20 @@
 // AVX2 + F16C micro-kernels, reached only through the table that dispatch.cpp fills after a
-// cpuid check.
+// cpuid check. Compiles to nothing for other architectures (macOS universal2 builds).
+#define MPSLAYOUT_ISA_NS avx2  // own names for header code built with AVX2 (see cast.hpp)
+#include "kernels.hpp"
+#if defined(MPSLAYOUT_X86)
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
-#include "kernels.hpp"
 #include "kernels_scalar.hpp"
 
 // Everything below, and only that, may use AVX2/F16C/FMA: headers above keep the baseline
-// instruction set, so inline functions they share with other files stay portable.
+// instruction set, so inline functions they share with other files stay portable. MSVC has
+// no such pragma (and needs none for intrinsics): CMake compiles this file with /arch:AVX2.
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,f16c,fma"))), apply_to = function)
-#else
+#elif defined(__GNUC__)
 #pragma GCC target("avx2,f16c,fma")
 #endif
 
@@ -425,3 +428,4 @@ void fill_avx2(KernelSet& ks) {
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif
+#endif  // MPSLAYOUT_X86

@@ -6,6 +6,7 @@
 #include "kernels.hpp"
 
 namespace mpslayout {
+inline namespace MPSLAYOUT_ISA_NS {  // see cast.hpp
 namespace scalar {
 
 template <typename T> inline T load(const char* p) { T v; std::memcpy(&v, p, sizeof(T)); return v; }
@@ -65,5 +66,6 @@ template <class K> void strided(const char* src, int64_t ssa, int64_t ssd, char*
 }
 
 }  // namespace scalar
+}  // inline namespace MPSLAYOUT_ISA_NS
 }  // namespace mpslayout
 

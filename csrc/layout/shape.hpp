@@ -15,6 +15,19 @@ struct Dim {
   int64_t ds;  // destination stride, bytes
 };
 
+#if defined(_MSC_VER) && !defined(__clang__)
+// MSVC has no overflow builtins: check against the limits first.
+inline int64_t checked_mul(int64_t a, int64_t b) {
+  constexpr int64_t hi = INT64_MAX, lo = INT64_MIN;
+  const bool over = a > 0 ? (b > 0 ? a > hi / b : b < lo / a) : (b > 0 ? a < lo / b : a != 0 && b < hi / a);
+  if (over) throw std::overflow_error("size overflows 64 bits");
+  return a * b;
+}
+inline int64_t checked_add(int64_t a, int64_t b) {
+  if (b > 0 ? a > INT64_MAX - b : a < INT64_MIN - b) throw std::overflow_error("size overflows 64 bits");
+  return a + b;
+}
+#else
 inline int64_t checked_mul(int64_t a, int64_t b) {
   int64_t r;
   if (__builtin_mul_overflow(a, b, &r)) throw std::overflow_error("size overflows 64 bits");
@@ -25,6 +38,7 @@ inline int64_t checked_add(int64_t a, int64_t b) {
   if (__builtin_add_overflow(a, b, &r)) throw std::overflow_error("size overflows 64 bits");
   return r;
 }
+#endif
 
 inline int64_t count_of(const std::vector<Dim>& dims) {
   int64_t c = 1;

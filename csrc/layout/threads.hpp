@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#if !defined(_WIN32)
 #include <pthread.h>
+#endif
 #include <thread>
 #include <vector>
 
@@ -22,8 +24,10 @@ class ThreadPool {
   static ThreadPool& instance() {
     static const bool registered = [] {
       // A forked child has none of the parent's workers (and maybe a locked mutex): it
-      // starts with a fresh pool. The old one is leaked on purpose.
+      // starts with a fresh pool. The old one is leaked on purpose. (Windows cannot fork.)
+#if !defined(_WIN32)
       pthread_atfork(nullptr, nullptr, [] { current() = new ThreadPool(); });
+#endif
       return true;
     }();
     (void)registered;

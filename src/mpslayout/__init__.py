@@ -23,6 +23,7 @@ from .mps import (
     expand_depthwise,
     fc_weights,
 )
+from .rnn import gru_weights, lstm_weights, rnn_weights
 
 __version__ = _core.__version__
 
@@ -48,10 +49,13 @@ __all__ = [
     "export",
     "fc_weights",
     "get_threads",
+    "gru_weights",
     "image_from_slices",
     "image_slices",
+    "lstm_weights",
     "permute",
     "reshape_gather",
     "reshape_slices",
+    "rnn_weights",
     "set_threads",
 ]

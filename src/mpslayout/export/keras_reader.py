@@ -45,6 +45,11 @@ from .layers import (
     reshape_layer,
 )
 
+# the order of a layer's variables in a .keras file (vars/0, vars/1, ...), by class
+_ROLES = {"LayerNormalization": ["gamma", "beta"], "PReLU": ["alpha"],
+          "Normalization": ["mean", "variance", "count"], "Embedding": ["embeddings"],
+          "GroupNormalization": ["gamma", "beta"]}
+
 
 def _input_dims(nodes: list[Node]) -> dict[str, list[int]]:
     """The model's inputs with their NHWC dims (an unknown batch is 1), for verify; none
@@ -109,8 +114,32 @@ class _Reader:
             elif n.cls in MODELS:
                 self.plan.refuse(n.name, n.cls, "a nested model: export it on its own")
             elif n.cls not in WEIGHTLESS:
-                self.plan.refuse(n.name, n.cls, "no MPS layer mapping known to mpslayout")
+                self.plan.refuse(n.name, n.cls, "no MPS layer mapping known to mpslayout"
+                                 + self.raw_tensors(n))
         self.account()
+
+    def raw_tensors(self, n: Node) -> str:
+        """The floating-point variables of a layer MPS has no kernel for, as "tensor"
+        layers NAME.ROLE (as they are in the file), for a custom Metal kernel to load;
+        returns what to add to the layer's reason."""
+        found = self.src.datasets(n.name, n.var_path)
+        roles = _ROLES.get(n.cls, []) if self.src.zipped else \
+            [p.rsplit("/", 1)[-1].split(":")[0] for p, _, _ in found]
+        done = []
+        for i, (p, shape, dt) in enumerate(found):
+            if not is_float(dt):
+                continue
+            role = roles[i] if i < len(roles) else f"var{i}"
+            name = f"{n.name}.{role}"
+            source = {"format": "keras", "layer": n.name, "op": n.cls, "input": None,
+                      "output": None}
+            layer = Layer(name, "tensor", "tensor", source, self.src.ref(p, shape, dt),
+                          geometry={"role": role}, carried=[p])
+            layer.notes.append(f"the {role} of a {n.cls}, which has no MPS kernel: "
+                               "exported as it is in the file, for a custom kernel")
+            self.plan.layers.append(layer)
+            done.append(name)
+        return f"; its weights are exported as tensors {', '.join(done)}" if done else ""
 
     def account(self) -> None:
         """Every array in the file is carried by an exported layer (``source.tensors``) or
@@ -118,20 +147,20 @@ class _Reader:
         nothing read (a variable the exporter does not know, optimizer state) are listed
         too. A learned tensor can be left out of the export, never out of the manifest."""
         arrays = self.src.arrays()
-        claimed = {t for layer in self.plan.layers for t in layer.source.get("tensors", ())}
+        claimed = {t for layer in self.plan.layers for t in layer.source_tensors()}
         groups = {n.name: (n, self.src.group(n.name, n.var_path)) for n in self.nodes}
         for entry in self.plan.skipped + self.plan.unsupported:
             if entry["name"] in groups:
                 prefix = groups[entry["name"]][1]
-                entry["tensors"] = [p for p in arrays if p.startswith(prefix)
-                                    and p not in claimed]
-                claimed.update(entry["tensors"])
+                mine = [p for p in arrays if p.startswith(prefix) and p not in claimed]
+                if mine:
+                    entry["tensors"] = mine
+                    claimed.update(mine)
         left = [p for p in arrays if p not in claimed]
         for n, prefix in groups.values():
             mine = [p for p in left if p.startswith(prefix)]
             if mine:
-                self.plan.skip(n.name, n.cls, _unread_reason(n, mine))
-                self.plan.skipped[-1]["tensors"] = mine
+                self.plan.skip(n.name, n.cls, _unread_reason(n, mine), mine)
                 claimed.update(mine)
         by_top: dict[str, list[str]] = {}
         for p in left:
@@ -144,8 +173,7 @@ class _Reader:
                 "reason": "optimizer state: used in training, not a model weight" if training
                 else "arrays outside every layer of the model config"})
             if not training:  # not known to be harmless: a learned tensor may hide here
-                self.plan.skip(top, "", self.plan.training_state.pop()["reason"])
-                self.plan.skipped[-1]["tensors"] = mine
+                self.plan.skip(top, "", self.plan.training_state.pop()["reason"], mine)
 
     def sole_consumer(self, n: Node) -> Node | None:
         return n.consumers[0] if len(n.consumers) == 1 else None
@@ -172,19 +200,18 @@ class _Reader:
         return bn, scale, shift
 
     def source(self, n: Node, refs: dict[str, TensorRef], last: Node) -> dict[str, Any]:
-        carried = [r.name for r in refs.values()]
         s: dict[str, Any] = {"format": "keras", "layer": n.name, "op": n.cls,
                              "weights": refs["kernel"].name,
                              "bias": refs["bias"].name if "bias" in refs else None,
                              "activation": activation(n.cfg)}
         if last is not n:
             s["folded_batch_norm"] = last.name
-            carried += [r.name for r in self.vars(last).values()]
-        s["tensors"] = carried
         s["output"] = last.name  # the Keras output this layer's result equals
         return s
 
     def finish(self, layer: Layer, n: Node, last: Node) -> None:
+        if last is not n:  # the folded batch norm's tensors are carried too
+            layer.carried += [r.name for r in self.vars(last).values()]
         act = layer.source["activation"]
         if act != "linear":
             layer.notes.append(f"fused activation {act!r}: apply it after this layer (an MPS "
@@ -367,7 +394,7 @@ class _Reader:
                "epsilon": as_float(n.cfg.get("epsilon", 1e-3), f"layer {n.name!r}: epsilon"),
                "input_shape": mf.image(h, w, c), "output_shape": mf.image(h, w, c)}
         source = {"format": "keras", "layer": n.name, "op": n.cls, "weights": None,
-                  "bias": None, "tensors": [r.name for r in refs.values()],
+                  "bias": None, "tensors": {k: v.name for k, v in tensors.items()},
                   "output": n.name}
         layer = Layer(n.name, "batch_normalization", "batch_norm", source, geometry=geo,
                       tensors=tensors)

@@ -161,6 +161,8 @@ class _BinFile:
 
 
 def _layout(layer: Layer, role: str) -> str:
+    if role in ("constant", "tensor"):
+        return "image_slices" if role == "constant" else "source"
     if role != "weights":
         return "O"
     return "OHW" if layer.rule == "depthwise" else "OHWI"
