@@ -106,10 +106,10 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
     """Check the export in ``outdir`` against the Keras ``model`` file, Keras as the
     oracle (module docstring); returns verify's Report. Raises :class:`KerasMissing`
     without keras, VerifyError when nothing can be compared."""
+    keras = import_keras()  # first: without keras, say that and nothing else
     from .keras_onnx import Untranslatable, keras_as_onnx
     from .verify import VerifyError, load_export, verify_graph
 
-    keras = import_keras()
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise VerifyError(f"model file not found: {path}")
