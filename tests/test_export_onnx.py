@@ -639,3 +639,30 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
     assert quiet.getvalue() == ""
     export(EXAMPLE, tmp_path / "out", progress=True)  # stderr is not a terminal here
     assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------------- constants
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 1, 1), (4, 1, 1), (1, 1, 5, 1), (1, 1, 1, 6),
+                                   (6,), (1, 4, 5, 6), (), (5, 1), (1, 1, 1, 1)])
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("first", [False, True])
+def test_arithmetic_constants_match_ort(tmp_path, shape, op, first):
+    """A constant operand after a Sigmoid (nothing to fold into): an arithmetic layer whose
+    constant image and broadcast strides reproduce ONNX Runtime (export_ref reads the
+    slices and broadcasts along the axes where the constant holds one value)."""
+    rng = np.random.default_rng(21)
+    k = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    ins = ["k", "r"] if first else ["r", "k"]
+    model = make_model([helper.make_node("Sigmoid", ["x"], ["r"], name="sig"),  # c / x > 0
+                        helper.make_node(op, ins, ["y"], name="arith")],
+                       {"x": [1, 4, 5, 6]}, ["y"], {"k": k})
+    manifest = export_and_check(model, tmp_path, strict=True)
+    (entry,) = manifest["layers"]
+    assert entry["constant_operand"] == ("primary" if first else "secondary")
+    full = (1,) * (4 - len(shape)) + shape
+    assert entry["constant_shape"] == {"height": full[2], "width": full[3],
+                                       "channels": full[1]}
+    assert entry["broadcast_strides"] == {"x": int(full[3] > 1), "y": int(full[2] > 1),
+                                          "feature_channels": int(full[1] > 1)}

@@ -92,6 +92,28 @@ def _name_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, values
 
 
+def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=D0,D1,... as (NAME, (D0, D1, ...)) with positive ints: for --input-dims."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        values = tuple(int(v) for v in dims.split(","))
+    except ValueError:
+        values = ()
+    if not sep or not name or not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=D0,D1,... with positive integers (e.g. x=1,3,224,224), got {text!r}")
+    return name, values
+
+
+def _unique(pairs: list[tuple[str, tuple[int, ...]]], flag: str) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    for name, value in pairs:
+        if name in out and out[name] != value:
+            raise ValueError(f"{flag} gives {name!r} twice: {list(out[name])} and {list(value)}")
+        out[name] = value
+    return out
+
+
 def _export(args: argparse.Namespace) -> int:
     try:
         from .export import export  # imported here: only this command needs it
@@ -105,6 +127,7 @@ def _export(args: argparse.Namespace) -> int:
             strict=args.strict,
             input_shapes=dict(args.input_shape),
             reshapes=dict(args.reshape),
+            input_dims=_unique(args.input_dims, "--input-dims"),
             progress=not args.quiet,
             force=args.force,
         )
@@ -121,12 +144,26 @@ def _export(args: argparse.Namespace) -> int:
         for r in rows:
             print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
         for x in doc["unsupported"] + doc["skipped"]:
-            print(f"not exported: {x['name']} ({x['op']}): {x['reason']}")
+            left = f" [left behind: {', '.join(x['tensors'])}]" if x.get("tensors") else ""
+            print(f"not exported: {x['name']} ({x['op']}): {x['reason']}{left}")
         print(
             f"exported {len(doc['layers'])} layers ({doc['total_bytes']} bytes, "
             f"{doc['weights_dtype']} weights) to {args.output}"
         )
     return 0
+
+
+def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=D0,D1,... as (NAME, (D0, D1, ...)), every dim >= 1: for verify --input-dims."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        values = tuple(int(v) for v in dims.split(","))
+    except ValueError:
+        values = ()
+    if not sep or not name or not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=D0,D1,... with positive integers, got {text!r}")
+    return name, values
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -149,6 +186,7 @@ def _verify(args: argparse.Namespace) -> int:
         args.outdir,
         args.model,
         input=args.input,
+        input_dims=dict(args.input_dims),
         atol=args.atol,
         rtol=args.rtol,
         storage=args.storage,
@@ -250,7 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="fold each BatchNormalization into the layer before it",
     )
     p.add_argument(
-        "--strict", action="store_true", help="fail if any operator or layer cannot be exported"
+        "--strict", action="store_true",
+        help="fail if a learned tensor is left behind (naming each tensor and node)",
+    )
+    p.add_argument(
+        "--input-dims",
+        type=_name_dims,
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="fix an ONNX graph input's dims (repeatable), e.g. x=1,3,48,192: shape inference "
+        "then gives what symbolic dims hide (a Linear after a flatten, SAME padding, image "
+        "sizes); the manifest records them for verify",
     )
     p.add_argument(
         "--input-shape",
@@ -291,7 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
         "MODEL.keras / MODEL.h5 (Keras is, with --input in NHWC)"
     )
     p.add_argument(
-        "--input", metavar="X.npy", help="the model's input (default: seeded standard normal)"
+        "--input",
+        metavar="X.npy",
+        help="the model's input, NCHW (default: a seeded standard normal sample of the dims "
+        "recorded at export or fixed in the model; a symbolic height or width is refused)",
+    )
+    p.add_argument(
+        "--input-dims",
+        type=_name_dims,
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="dims of a random input NAME, when the model leaves them symbolic (repeatable)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
