@@ -62,6 +62,8 @@ class Translation:
     tensors: dict[str, tuple[Any, Tensor]] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     untranslated: list[dict[str, str]] = field(default_factory=list)
+    # a fused activation's input tensor -> (the layer, the Keras tensor it reads)
+    preacts: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def to_graph(self, name: str, value: np.ndarray) -> np.ndarray:
         """Keras' value of tensor ``name`` in the graph's layout."""
@@ -169,6 +171,7 @@ class _Translator:
         self.out = Translation(None)
         self.values: dict[int, Tensor] = {}  # id(KerasTensor) -> Tensor
         self.input_dims: list[tuple[str, list[Any]]] = []
+        self.calls: dict[int, int] = {}
 
     # -- helpers
 
@@ -244,11 +247,12 @@ class _Translator:
         self.input_dims.append((name, _dims(t)))
 
     def layer_call(self, op: Any, node: Any) -> None:
-        idx = op._inbound_nodes.index(node) if node in op._inbound_nodes else 0
+        idx = self.calls[id(op)] = self.calls.get(id(op), -1) + 1  # calls in this graph
         name = self.b.unique(op.name if idx == 0 else f"{op.name}:{idx}")
         ins = [self.values[id(kt)] for kt in node.input_tensors if id(kt) in self.values]
         outs = list(node.output_tensors)
         cls = type(op).__name__
+        self.node = node
         try:
             if len(outs) != 1:
                 raise Untranslatable(f"{len(outs)} outputs")
@@ -273,6 +277,7 @@ class _Translator:
         act_name = act if isinstance(act, str) else getattr(act, "__name__", "linear")
         if act_name != "linear":
             self.activation(x, act_name, name, f"{name}/activation")
+            self.out.preacts[x] = (op, self.node.input_tensors[0])
         else:
             self.b.rename(x, name)
         return Tensor(name, shape, layout)

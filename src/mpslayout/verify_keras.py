@@ -93,11 +93,23 @@ def keras_values(keras: Any, model: Any, tr: Any, x: np.ndarray) -> dict[str, np
     """Keras' value of every tensor of the translation, in the graph's layout."""
     names = [n for n in tr.tensors if n not in tr.inputs[:len(model.inputs)]]
     kts = [tr.tensors[n][0] for n in names]
-    sub = keras.Model(model.inputs, kts)
+    pre = list(tr.preacts.items())
+    sub = keras.Model(model.inputs, kts + [kt for _, (_, kt) in pre])
     out = sub([x], training=False)
     out = out if isinstance(out, (list, tuple)) else [out]
-    return {n: tr.to_graph(n, np.asarray(keras.ops.convert_to_numpy(v), np.float32))
-            for n, v in zip(names, out)}
+    values = {n: tr.to_graph(n, np.asarray(keras.ops.convert_to_numpy(v), np.float32))
+              for n, v in zip(names, out)}
+    # a fused activation's input: the layer itself, run by Keras with a linear activation
+    for (n, (layer, _)), v in zip(pre, out[len(names):]):
+        act = layer.activation
+        try:
+            layer.activation = keras.activations.linear
+            y = keras.ops.convert_to_numpy(layer(v))
+        finally:
+            layer.activation = act
+        a = np.asarray(y, np.float32)
+        values[n] = np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
+    return values
 
 
 def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
