@@ -576,10 +576,11 @@ def feeds(cm: CorpusModel, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def save(cm: CorpusModel, folder: Any) -> Any:
-    """Write ``cm.model`` to ``folder/NAME.onnx``; returns the path."""
+    """Write ``cm.model`` to ``folder/NAME.onnx`` (creating ``folder``); returns the path."""
     import pathlib
 
     onnx = _onnx()
+    pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
     path = pathlib.Path(folder) / f"{cm.name}.onnx"
     onnx.save(cm.model, str(path))
     return path

@@ -72,6 +72,16 @@ def run_layer(entry, arrays, x):
     kind = entry["kind"]
     a = {k: np.asarray(v, np.float64) for k, v in arrays.items()}
     b = a.get("bias")
+    if kind == "arithmetic":  # the constant image from its slices, broadcast where 1
+        cs = entry["constant_shape"]
+        t = a["constant"]  # (S, H, W, P)
+        c = t.transpose(1, 2, 0, 3).reshape(cs["height"], cs["width"], -1)
+        c = c[None, ..., :cs["channels"]]
+        op = entry["op"]
+        if op in ("subtract", "divide") and entry["constant_operand"] == "primary":
+            return c - x if op == "subtract" else c / x
+        return {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
+                "divide": np.divide}[op](x, c)
     if kind == "batch_normalization":
         return (x - a["mean"]) / np.sqrt(a["variance"] + entry["epsilon"]) * a["gamma"] + a["beta"]
     w = a["weights"]

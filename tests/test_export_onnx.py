@@ -74,9 +74,16 @@ def check_against_ort(manifest, outdir, model, dtype="float32"):
     again, arrays = load_export(outdir)
     assert again == manifest
     feeds = feeds_for(model)
-    names = {e["source"][k] for e in manifest["layers"] for k in ("input", "output")}
+    names = {e["source"][k] for e in manifest["layers"] for k in ("input", "output")
+             if e["kind"] != "tensor"}
     values = ort_values(model, feeds, names)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for entry in manifest["layers"]:
+        if entry["kind"] == "tensor":  # the source tensor as it is, in the export dtype
+            (name,) = entry["source"]["tensors"]
+            np.testing.assert_array_equal(arrays[entry["name"]]["tensor"],
+                                          inits[name].astype(entry["weights_dtype"]))
+            continue
         got = run_layer(entry, arrays[entry["name"]], nhwc(values[entry["source"]["input"]]))
         for op in entry["source"].get("through", []):
             got = POINTWISE[op](got)
@@ -292,7 +299,9 @@ def test_reshape_matmul_add(tmp_path):
     )
     manifest = export_and_check(model, tmp_path)
     fc = manifest["layers"][0]
-    assert fc["source"]["bias"] == "b"
+    assert fc["source"]["bias"] is None  # MatMul has none: the Add is fused into it
+    assert fc["source"]["fused"] == [{"node": "fc_bias", "op": "Add", "tensor": "b"}]
+    assert fc["source"]["tensors"] == ["w", "b"]
     assert fc["source"]["output"] == "y"
     assert manifest["unsupported"] == []
 
@@ -464,18 +473,62 @@ def unsupported_model(rng):
     )
 
 
-def test_unsupported_listed_by_name(tmp_path):
-    manifest = export_and_check(unsupported_model(np.random.default_rng(15)), tmp_path)
-    assert {(x["name"], x["op"]) for x in manifest["unsupported"]} == {
-        ("inorm", "InstanceNormalization"), ("gain_mul", "Mul")}
+def test_learned_tensors_of_other_ops_are_exported_with_their_role(tmp_path):
+    manifest = export_and_check(unsupported_model(np.random.default_rng(15)), tmp_path,
+                                strict=True)
+    assert manifest["unsupported"] == []
+    kinds = {e["name"]: (e["kind"], e.get("role"), e["source"]["tensors"])
+             for e in manifest["layers"]}
+    assert kinds["inorm.scale"] == ("tensor", "scale", ["s"])
+    assert kinds["inorm.shift"] == ("tensor", "shift", ["sb"])
+    assert kinds["gain_mul"] == ("arithmetic", None, ["gain"])
 
 
-def test_strict_refuses_and_writes_nothing(tmp_path):
+def lstm_model(rng):
+    return make_model(
+        [helper.make_node("Foo", ["x"], ["f"], name="custom", domain="com.example"),
+         # three activations per direction are required: one is malformed, not exported
+         helper.make_node("LSTM", ["x", "W", "R", "B"], ["y"], name="rnn", hidden_size=3,
+                          activations=["Sigmoid"])],
+        {"x": [2, 1, 4]}, ["y", "f"],
+        {"W": rand(rng, 1, 12, 4), "R": rand(rng, 1, 12, 3), "B": rand(rng, 1, 24)},
+    )
+
+
+def test_strict_fails_only_on_learned_tensors_left_behind(tmp_path):
     path = tmp_path / "m.onnx"
-    onnx.save(unsupported_model(np.random.default_rng(15)), str(path))
-    with pytest.raises(ValueError, match=r"strict.*inorm \(InstanceNormalization\)"):
+    onnx.save(lstm_model(np.random.default_rng(15)), str(path))
+    with pytest.raises(ValueError, match=r"strict: 3 learned tensor\(s\) left behind: "
+                       r"W \(node rnn, LSTM\).*R \(node rnn, LSTM\).*B \(node rnn, LSTM\)"):
         export(path, tmp_path / "out", strict=True, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    # the weightless custom op alone is listed, not fatal
+    onnx.save(make_model([helper.make_node("Foo", ["x"], ["f"], name="custom",
+                                           domain="com.example"),
+                          helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+                         {"x": [1, 2, 3, 3]}, ["y", "f"],
+                         {"w": rand(np.random.default_rng(1), 2, 2, 1, 1)}), str(path))
+    manifest = export(path, tmp_path / "ok", strict=True, progress=False)
+    assert [(x["name"], x.get("tensors")) for x in manifest["unsupported"]] == [
+        ("custom", None)]
+
+
+def test_unexported_lstm_is_listed_with_its_tensors(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(lstm_model(np.random.default_rng(15)), str(path))
+    with pytest.raises(ValueError, match="no layer"):
+        export(path, tmp_path / "out", progress=False)  # nothing else to export
+    m = lstm_model(np.random.default_rng(15))
+    m.graph.node.append(helper.make_node("Conv", ["c_in", "cw"], ["c_out"], name="conv"))
+    m.graph.input.append(helper.make_tensor_value_info("c_in", TensorProto.FLOAT, [1, 2, 3, 3]))
+    m.graph.output.append(helper.make_tensor_value_info("c_out", TensorProto.FLOAT, None))
+    m.graph.initializer.append(numpy_helper.from_array(rand(np.random.default_rng(2), 2, 2,
+                                                            1, 1), "cw"))
+    onnx.save(m, str(path))
+    manifest = export(path, tmp_path / "out2", progress=False)
+    (rnn,) = [x for x in manifest["skipped"] if x["name"] == "rnn"]
+    assert rnn["tensors"] == ["W", "R", "B"]
+    assert "activations" in rnn["reason"]
 
 
 def test_only_selects_and_reports_unknown_names(tmp_path):
@@ -588,3 +641,30 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
     assert quiet.getvalue() == ""
     export(EXAMPLE, tmp_path / "out", progress=True)  # stderr is not a terminal here
     assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------------- constants
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 1, 1), (4, 1, 1), (1, 1, 5, 1), (1, 1, 1, 6),
+                                   (6,), (1, 4, 5, 6), (), (5, 1), (1, 1, 1, 1)])
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("first", [False, True])
+def test_arithmetic_constants_match_ort(tmp_path, shape, op, first):
+    """A constant operand after a Sigmoid (nothing to fold into): an arithmetic layer whose
+    constant image and broadcast strides reproduce ONNX Runtime (export_ref reads the
+    slices and broadcasts along the axes where the constant holds one value)."""
+    rng = np.random.default_rng(21)
+    k = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    ins = ["k", "r"] if first else ["r", "k"]
+    model = make_model([helper.make_node("Sigmoid", ["x"], ["r"], name="sig"),  # c / x > 0
+                        helper.make_node(op, ins, ["y"], name="arith")],
+                       {"x": [1, 4, 5, 6]}, ["y"], {"k": k})
+    manifest = export_and_check(model, tmp_path, strict=True)
+    (entry,) = manifest["layers"]
+    assert entry["constant_operand"] == ("primary" if first else "secondary")
+    full = (1,) * (4 - len(shape)) + shape
+    assert entry["constant_shape"] == {"height": full[2], "width": full[3],
+                                       "channels": full[1]}
+    assert entry["broadcast_strides"] == {"x": int(full[3] > 1), "y": int(full[2] > 1),
+                                          "feature_channels": int(full[1] > 1)}

@@ -163,9 +163,16 @@ def test_depthwise_bytes_and_skips(tmp_path):
     manifest = export(path, tmp_path / "out", progress=False)
     _, arrays = load_export(tmp_path / "out")
     assert arrays["dw"]["weights"].tobytes() == dw.tobytes()
-    assert {s["name"] for s in manifest["skipped"]} == {"ln", "emb.weight3d", "steps"}
-    with pytest.raises(ValueError, match="strict"):
-        export(path, tmp_path / "strict", strict=True, progress=False)
+    assert [s["name"] for s in manifest["skipped"]] == ["steps"]  # an int: not learned
+    tensors = {e["name"]: e for e in manifest["layers"] if e["kind"] == "tensor"}
+    assert sorted(tensors) == ["emb.weight3d", "ln.weight"]
+    assert tensors["ln.weight"]["role"] == "weight"
+    assert tensors["emb.weight3d"]["files"]["tensor"]["shape"] == [2, 2, 2]
+    np.testing.assert_array_equal(arrays["ln.weight"]["tensor"], np.ones(8, np.float32))
+    export(path, tmp_path / "strict", strict=True, progress=False)  # nothing left behind
+    write_safetensors(path, {"dw.weight": dw, "q.weight": np.zeros((2, 2), np.int64)})
+    with pytest.raises(ValueError, match=r"strict: 1 learned tensor.*q\.weight"):
+        export(path, tmp_path / "strict2", strict=True, progress=False)
     with pytest.raises(ValueError, match="fold_bn needs a graph"):
         export(path, tmp_path / "fold", fold_bn=True, progress=False)
     with pytest.raises(ValueError, match=r"reshapes\['dw'\] name no layer"):

@@ -271,19 +271,49 @@ def test_reshape_is_hwc_order(n: int, c: int, seed: int, dt: type) -> None:
         R.reshape(image(x, dt), (1, 1, 6 * c + 1))
 
 
-@pytest.mark.parametrize(("kind", "fn"), [
-    ("relu", F.relu), ("leaky_relu", lambda t: F.leaky_relu(t, 0.1)),
-    ("sigmoid", torch.sigmoid), ("tanh", torch.tanh)])
+NEURON_CASES = [
+    ("relu", {}, F.relu),
+    ("relu", {"a": 0.1}, lambda t: F.leaky_relu(t, 0.1)),
+    ("linear", {"a": -2.0, "b": 0.5}, lambda t: -2.0 * t + 0.5),
+    ("sigmoid", {}, torch.sigmoid),
+    ("hard_sigmoid", {"a": 1 / 6, "b": 0.5}, F.hardsigmoid),  # PyTorch's slope 1/6
+    ("hard_sigmoid", {"a": 0.2, "b": 0.5}, lambda t: torch.clamp(0.2 * t + 0.5, 0, 1)),
+    ("tanh", {"a": 1.0, "b": 1.0}, torch.tanh),
+    ("tanh", {"a": 1.7159, "b": 2 / 3}, lambda t: 1.7159 * torch.tanh(t * 2 / 3)),
+    ("absolute", {}, torch.abs),
+    ("soft_plus", {"a": 1.0, "b": 1.0}, F.softplus),
+    ("soft_sign", {}, F.softsign),
+    ("elu", {"a": 0.7}, lambda t: F.elu(t, 0.7)),
+    ("relun", {"a": 0.0, "b": 6.0}, F.relu6),
+    ("power", {"a": 1.0, "b": 0.0, "c": 2.0}, lambda t: t**2),
+    ("exponential", {"a": 1.0, "b": 0.0, "c": -1.0}, torch.exp),
+    ("exponential", {"a": 0.5, "b": 1.0, "c": 2.0}, lambda t: 2.0 ** (0.5 * t + 1)),
+    ("logarithm", {"a": 1.0, "b": 20.0, "c": -1.0}, lambda t: torch.log(t + 20)),
+    ("gelu", {}, F.gelu),
+]
+
+
+@pytest.mark.parametrize(("kind", "params", "fn"), NEURON_CASES,
+                         ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(NEURON_CASES)])
 @pytest.mark.parametrize("dt", [np.float32, np.float16])
-def test_neurons_match_torch(kind: str, fn: object, dt: type) -> None:
+def test_neurons_match_torch(kind: str, params: dict, fn: object, dt: type) -> None:
     rng = np.random.default_rng(7)
     (x,) = operands(rng, dt, (2, 5, 4, 3))
     x[0, 0, 0, :2] = [0.0, -0.0]
     exp = fn(t64(x * 4)).numpy()  # type: ignore[operator]
-    out = R.neuron(image(x * 4, dt), kind, alpha=0.1)
+    out = R.neuron(image(x * 4, dt), kind, **params)
     check(out, exp, dt)  # also: sigmoid leaves padding channels zero
     with pytest.raises(ValueError, match="kind"):
-        R.neuron(image(x, dt), "gelu")
+        R.neuron(image(x, dt), "swish")
+
+
+def test_prelu_has_one_slope_per_channel() -> None:
+    x = np.random.default_rng(1).standard_normal((1, 5, 3, 3)).astype(np.float32)
+    slope = np.linspace(-0.5, 0.5, 5).astype(np.float32)
+    exp = F.prelu(t64(x), t64(slope)).numpy()
+    check(R.neuron(image(x), "prelu", a=slope), exp, np.float32)
+    with pytest.raises(ValueError, match="slopes"):
+        R.neuron(image(x), "prelu", a=np.ones(3))
 
 
 @given(st.integers(1, 2), st.integers(1, 9), st.integers(0, 2**31), STORAGE)
@@ -338,14 +368,84 @@ def test_average_pooling_counting_zero_padding(ceil_mode: bool) -> None:
     check(out, exp, np.float32)
 
 
-@given(st.integers(1, 9), st.integers(0, 2**31), STORAGE)
+_TORCH_OPS = {"add": torch.add, "subtract": torch.sub, "multiply": torch.mul,
+              "divide": torch.div}
+
+
+@given(st.sampled_from(sorted(_TORCH_OPS)), st.integers(1, 9), st.integers(1, 3),
+       st.integers(1, 3), st.lists(st.booleans(), min_size=6, max_size=6),
+       st.integers(0, 2**31), STORAGE)
 @SETTINGS
-def test_add(c: int, seed: int, dt: type) -> None:
+def test_arithmetic_broadcasts_like_torch(op: str, c: int, h: int, w: int, ones: list[bool],
+                                          seed: int, dt: type) -> None:
+    """MPS strides (x, y, channels) of 0 read the operand's single column, row or channel:
+    torch's broadcasting of a size-1 axis. Strides built here from the shapes."""
     rng = np.random.default_rng(seed)
-    a, b = operands(rng, dt, (2, c, 3, 3), (2, c, 3, 3))
-    check(R.add(image(a, dt), image(b, dt)), a.astype(np.float64) + b, dt)
-    with pytest.raises(ValueError, match="same"):
-        R.add(image(a, dt), image(b[:, :, :2], dt))
+    pa = (2, 1 if ones[0] else c, 1 if ones[1] else h, 1 if ones[2] else w)
+    pb = (2, 1 if ones[3] else c, 1 if ones[4] else h, 1 if ones[5] else w)
+    a, b = operands(rng, dt, pa, pb)
+    if op == "divide":
+        b = (np.abs(b) + 0.5).astype(dt)
+    exp = _TORCH_OPS[op](t64(a), t64(b)).numpy()
+    sa = (int(pa[3] > 1 or exp.shape[3] == 1), int(pa[2] > 1 or exp.shape[2] == 1),
+          int(pa[1] > 1 or exp.shape[1] == 1))
+    sb = (int(pb[3] > 1 or exp.shape[3] == 1), int(pb[2] > 1 or exp.shape[2] == 1),
+          int(pb[1] > 1 or exp.shape[1] == 1))
+    out = R.arithmetic(op, image(a, dt), image(b, dt), primary_strides=sa,
+                       secondary_strides=sb)
+    check(out, exp, dt)
+
+
+def test_arithmetic_issue_case_and_refusals() -> None:
+    """(1,1,1,96) + (1,2,2,96) NHWC, the broadcast the issue saw refused; a clamp; what
+    MPS cannot express."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1, 96, 1, 1)).astype(np.float32)
+    b = rng.standard_normal((1, 96, 2, 2)).astype(np.float32)
+    out = R.arithmetic("add", image(a), image(b), primary_strides=(0, 0, 1))
+    check(out, (t64(a) + t64(b)).numpy(), np.float32)
+    clamped = R.arithmetic("multiply", image(b), image(b), minimum=-0.5, maximum=0.25)
+    check(clamped, torch.clamp(t64(b) * t64(b), -0.5, 0.25).numpy(), np.float32)
+    with pytest.raises(ValueError, match="0 or 1"):
+        R.arithmetic("add", image(a), image(b), primary_strides=(2, 0, 1))
+    with pytest.raises(ValueError, match="stride 1"):
+        R.arithmetic("add", image(a), image(b))  # 1x1 read with stride 1 into 2x2
+    with pytest.raises(ValueError, match="batch"):
+        R.arithmetic("add", image(np.ones((2, 96, 2, 2), np.float32)), image(b))
+    with pytest.raises(ValueError, match="op"):
+        R.arithmetic("power", image(b), image(b))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear-aligned", "bilinear"])
+@pytest.mark.parametrize(("sy", "sx"), [(2, 2), (3, 1), (1, 4)])
+@pytest.mark.parametrize("dt", [np.float32, np.float16])
+def test_upsampling_matches_torch(mode: str, sy: int, sx: int, dt: type) -> None:
+    (x,) = operands(np.random.default_rng(sy * 7 + sx), dt, (2, 5, 3, 4))
+    size = (3 * sy, 4 * sx)
+    if mode == "nearest":
+        exp = F.interpolate(t64(x), size=size, mode="nearest").numpy()
+        out = R.upsampling(image(x, dt), "nearest", scale=(sx, sy))
+    else:
+        align = mode == "bilinear-aligned"
+        exp = F.interpolate(t64(x), size=size, mode="bilinear", align_corners=align).numpy()
+        out = R.upsampling(image(x, dt), "bilinear", scale=(sx, sy), align_corners=align)
+    check(out, exp, dt)
+
+
+@given(st.integers(1, 2), st.integers(1, 9), st.integers(0, 2**31), STORAGE)
+@SETTINGS
+def test_softmax_along_channels_matches_torch(n: int, c: int, seed: int, dt: type) -> None:
+    (x,) = operands(np.random.default_rng(seed), dt, (n, c, 2, 3))
+    check(R.softmax(image(x * 3, dt)), F.softmax(t64(x * 3), dim=1).numpy(), dt)
+    check(R.log_softmax(image(x, dt)), F.log_softmax(t64(x), dim=1).numpy(), dt)
+
+
+@given(st.integers(1, 2), st.integers(1, 9), st.integers(0, 2**31), STORAGE)
+@SETTINGS
+def test_instance_normalization_matches_torch(n: int, c: int, seed: int, dt: type) -> None:
+    x, gamma, beta = operands(np.random.default_rng(seed), dt, (n, c, 3, 4), (c,), (c,))
+    exp = F.instance_norm(t64(x), weight=t64(gamma), bias=t64(beta), eps=1e-3).numpy()
+    check(R.instance_normalization(image(x, dt), gamma, beta, epsilon=1e-3), exp, dt)
 
 
 @given(st.lists(st.integers(1, 3), min_size=1, max_size=3), st.integers(1, 6), STORAGE)

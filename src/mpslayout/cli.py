@@ -92,6 +92,28 @@ def _name_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, values
 
 
+def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=D0,D1,... as (NAME, (D0, D1, ...)) with positive ints: for --input-dims."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        values = tuple(int(v) for v in dims.split(","))
+    except ValueError:
+        values = ()
+    if not sep or not name or not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=D0,D1,... with positive integers (e.g. x=1,3,224,224), got {text!r}")
+    return name, values
+
+
+def _unique(pairs: list[tuple[str, tuple[int, ...]]], flag: str) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    for name, value in pairs:
+        if name in out and out[name] != value:
+            raise ValueError(f"{flag} gives {name!r} twice: {list(out[name])} and {list(value)}")
+        out[name] = value
+    return out
+
+
 def _export(args: argparse.Namespace) -> int:
     try:
         from .export import export  # imported here: only this command needs it
@@ -105,6 +127,7 @@ def _export(args: argparse.Namespace) -> int:
             strict=args.strict,
             input_shapes=dict(args.input_shape),
             reshapes=dict(args.reshape),
+            input_dims=_unique(args.input_dims, "--input-dims"),
             progress=not args.quiet,
             force=args.force,
         )
@@ -121,12 +144,30 @@ def _export(args: argparse.Namespace) -> int:
         for r in rows:
             print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
         for x in doc["unsupported"] + doc["skipped"]:
-            print(f"not exported: {x['name']} ({x['op']}): {x['reason']}")
+            left = f" [left behind: {', '.join(x['tensors'])}]" if x.get("tensors") else ""
+            print(f"not exported: {x['name']} ({x['op']}): {x['reason']}{left}")
+        for layer in doc["layers"]:  # exported, but MPS computes another function
+            for note in layer["notes"]:
+                if note.startswith("not exact: "):
+                    print(f"not exact on MPS: {layer['name']}: {note[11:]}")
         print(
             f"exported {len(doc['layers'])} layers ({doc['total_bytes']} bytes, "
             f"{doc['weights_dtype']} weights) to {args.output}"
         )
     return 0
+
+
+def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=D0,D1,... as (NAME, (D0, D1, ...)), every dim >= 1: for verify --input-dims."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        values = tuple(int(v) for v in dims.split(","))
+    except ValueError:
+        values = ()
+    if not sep or not name or not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=D0,D1,... with positive integers, got {text!r}")
+    return name, values
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -138,6 +179,7 @@ def _verify(args: argparse.Namespace) -> int:
         args.outdir,
         args.model,
         input=args.input,
+        input_dims=dict(args.input_dims),
         atol=args.atol,
         rtol=args.rtol,
         storage=args.storage,
@@ -193,27 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time mpslayout's conversions against numpy, PyTorch and memcpy on real "
         "weight shapes (cold cache, interleaved runs). See bench/README.md in the repository.",
     )
-    p.add_argument(
-        "--quick", action="store_true", help="a few cases, 3 repeats: finishes in under a minute"
-    )
-    p.add_argument(
-        "--cases",
-        metavar="SUBSTRING",
-        help="only cases whose name or input shape contains SUBSTRING",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        metavar="N",
-        help="timed runs per contender (default 15, 3 with --quick)",
-    )
-    p.add_argument(
-        "--threads", metavar="LIST", help="comma separated thread counts (default: 1 and all CPUs)"
-    )
-    p.add_argument("--json", metavar="PATH", help="write the full results as JSON")
-    p.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
-    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    from .bench.cli import add_arguments as add_bench_arguments  # the options bench/run.py has
+
+    add_bench_arguments(p)
     p.set_defaults(func=_bench)
 
     p = sub.add_parser(
@@ -239,7 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="fold each BatchNormalization into the layer before it",
     )
     p.add_argument(
-        "--strict", action="store_true", help="fail if any operator or layer cannot be exported"
+        "--strict", action="store_true",
+        help="fail if a learned tensor is left behind (naming each tensor and node)",
+    )
+    p.add_argument(
+        "--input-dims",
+        type=_name_dims,
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="fix an ONNX graph input's dims (repeatable), e.g. x=1,3,48,192: shape inference "
+        "then gives what symbolic dims hide (a Linear after a flatten, SAME padding, image "
+        "sizes); the manifest records them for verify",
     )
     p.add_argument(
         "--input-shape",
@@ -278,7 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, metavar="MODEL.onnx", help="the ONNX model the export came from"
     )
     p.add_argument(
-        "--input", metavar="X.npy", help="the model's input (default: seeded standard normal)"
+        "--input",
+        metavar="X.npy",
+        help="the model's input, NCHW (default: a seeded standard normal sample of the dims "
+        "recorded at export or fixed in the model; a symbolic height or width is refused)",
+    )
+    p.add_argument(
+        "--input-dims",
+        type=_name_dims,
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="dims of a random input NAME, when the model leaves them symbolic (repeatable)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")

@@ -68,11 +68,41 @@ def _shape_table(table: Mapping[str, Sequence[int]] | None, what: str,
     return out
 
 
+def _dims_table(table: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+    """``input_dims`` checked: input name -> a non-empty tuple of positive ints."""
+    if table is None:
+        return {}
+    if not isinstance(table, Mapping):
+        raise TypeError("input_dims must be a mapping of graph input name to dims, "
+                        f"got {type(table).__name__}")
+    out = {}
+    for name, value in table.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"input_dims keys must be graph input names (str), got {name!r}")
+        try:
+            t = tuple(value)
+        except TypeError:
+            raise TypeError(f"input_dims[{name!r}] must be a sequence of ints, got "
+                            f"{value!r}") from None
+        if not t or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in t):
+            raise TypeError(f"input_dims[{name!r}] must be a non-empty sequence of ints, got "
+                            f"{value!r}")
+        if any(v < 1 for v in t):
+            raise ValueError(f"input_dims[{name!r}] must be positive dims, got {list(t)}")
+        if any(v > 1 << 31 for v in t):
+            raise ValueError(f"input_dims[{name!r}] has an absurd dim: {list(t)}")
+        out[name] = tuple(int(v) for v in t)
+    return out
+
+
 def _read(path: str, fmt: str, fold_bn: bool, overrides: Overrides) -> Plan:
     if fmt == "onnx":
         from . import onnx_reader
 
         return onnx_reader.read(path, fold_bn=fold_bn, overrides=overrides)
+    if overrides.input_dims:
+        raise ValueError(f"input_dims fixes the inputs of an ONNX graph; {path} is a {fmt} "
+                         "file")
     if fmt == "keras":
         from . import keras_reader
 
@@ -121,6 +151,7 @@ def export(
     strict: bool = False,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     reshapes: Mapping[str, Sequence[int]] | None = None,
+    input_dims: Mapping[str, Sequence[int]] | None = None,
     progress: bool = True,
     force: bool = False,
 ) -> dict[str, Any]:
@@ -129,11 +160,17 @@ def export(
     ``dtype``: "float32" or "float16", the weight files' element type (biases are always
     float32). ``only``: layer names (node/layer names, weight tensor names or file stems)
     to export. ``fold_bn``: fold a BatchNormalization into the convolution or fully
-    connected layer before it (ONNX, Keras). ``strict``: an unsupported operator or a
-    skipped layer is an error. ``input_shapes``: ``{name: (C, H, W)}``, the image a fully
-    connected layer reads through a flatten, where the file does not say (always needed
-    for a state_dict). ``reshapes``: ``{name: (H, W, C)}``, a reshape after a fully
-    connected layer (PyTorch ``view(-1, C, H, W)`` order for a state_dict). ``progress``:
+    connected layer before it (ONNX, Keras). ``strict``: fail when a learned tensor is
+    left behind (listed as skipped or unsupported, carried by no layer), naming each tensor
+    and node; operators without learned tensors are listed, not failed.
+    ``input_shapes``: ``{name: (C, H, W)}``, the image a fully connected layer reads
+    through a flatten, where the file does not say (always needed for a state_dict).
+    ``reshapes``: ``{name: (H, W, C)}``, a reshape after a fully
+    connected layer (PyTorch ``view(-1, C, H, W)`` order for a state_dict).
+    ``input_dims``: ``{input: (d0, d1, ...)}`` fixes an ONNX graph's input dims before shape
+    inference, so that shapes the graph leaves symbolic (a Linear after a flatten, reshape
+    targets, SAME padding, the manifest's image sizes) become known; without it the dims in
+    the model are used. The manifest's ``inputs`` records the dims used. ``progress``:
     a progress bar on stderr when it is a terminal. ``force``: replace an existing OUTDIR
     (only an empty folder or an earlier export).
 
@@ -157,7 +194,7 @@ def export(
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
     overrides = Overrides(_shape_table(input_shapes, "input_shapes"),
-                          _shape_table(reshapes, "reshapes"))
+                          _shape_table(reshapes, "reshapes"), _dims_table(input_dims))
     from .writer import check_outdir
 
     check_outdir(outdir, force)  # before reading a big model for nothing
@@ -171,10 +208,10 @@ def export(
     for layer in plan.layers:  # stems of the whole model, so that only= does not rename
         layer.file_stem = safe_stem(layer.name, taken)
     _select(plan, only)
-    if strict and (plan.unsupported or plan.skipped):
-        items = [f"{x['name']} ({x['op']}): {x['reason']}"
-                 for x in plan.unsupported + plan.skipped]
-        raise ValueError(f"strict: {len(items)} operator(s) not exported: " + "; ".join(items))
+    left = plan.left_behind()
+    if strict and left:
+        raise ValueError(f"strict: {len(left)} learned tensor(s) left behind: "
+                         + "; ".join(left))
     if not plan.layers:
         raise ValueError(f"{path} has no layer mpslayout can export"
                          + (f" ({len(plan.unsupported)} unsupported, {len(plan.skipped)} "
@@ -190,7 +227,9 @@ def export(
             "strict": strict,
             "input_shapes": {k: list(v) for k, v in overrides.input_shapes.items()},
             "reshapes": {k: list(v) for k, v in overrides.reshapes.items()},
+            "input_dims": {k: list(v) for k, v in overrides.input_dims.items()},
         },
+        "inputs": plan.inputs,
         "skipped": plan.skipped,
         "unsupported": plan.unsupported,
         "assumptions": plan.assumptions,

@@ -17,14 +17,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import mps
+from .. import images, mps
 from ..engine import _cast_code
 from . import manifest as mf
 
 KINDS = ("convolution", "depthwise", "transposed", "fully_connected", "subpixel",
-         "batch_normalization")
+         "batch_normalization", "arithmetic", "tensor", "lstm", "gru", "rnn")
 RULES = ("conv", "depthwise", "expand_depthwise", "transposed", "fc", "dense_reshape",
-         "conv_subpixel", "batch_norm")
+         "conv_subpixel", "batch_norm", "arithmetic", "tensor", "lstm", "gru", "rnn")
 BN_ROLES = ("gamma", "beta", "mean", "variance")
 CHUNK_BYTES = 64 << 20  # output bytes converted at a time where a rule allows slicing
 
@@ -48,6 +48,7 @@ class TensorRef:
     shape: tuple[int, ...]
     dtype: np.dtype
     opener: Callable[[], np.ndarray]
+    synthetic: bool = False  # computed by a reader (a folded bias), not a source tensor
 
     @property
     def nbytes(self) -> int:
@@ -66,7 +67,7 @@ class TensorRef:
 def const_tensor(name: str, values: Any) -> TensorRef:
     """A small tensor computed by a reader (a folded bias, a default BN vector)."""
     a = np.asarray(values)
-    return TensorRef(name, a.shape, a.dtype, lambda: a)
+    return TensorRef(name, a.shape, a.dtype, lambda: a, synthetic=True)
 
 
 @dataclass
@@ -74,8 +75,13 @@ class Layer:
     """One exported layer: manifest fields plus the converter rule and its arguments.
 
     ``scale`` (float64, broadcastable against the weight tensor as stored) multiplies the
-    weights before conversion: batch-norm folding and Gemm's alpha. ``tensors`` maps the
-    roles of a batch-norm layer (gamma, beta, mean, variance) to their tensors.
+    weights before conversion: batch-norm and affine folding, Gemm's alpha. ``tensors``
+    maps the roles of a batch-norm layer (gamma, beta, mean, variance) to their tensors.
+    ``carried``: source tensors the layer holds beyond its weight, bias and ``tensors``
+    (folded batch norms, fused constants); the manifest's ``source.tensors`` is all of them.
+    Rule "arithmetic" writes ``weight`` (the constant, already (1, C, H, W)) as 4-channel
+    image slices; rule "tensor" writes ``weight`` as it is in the source, cast to the
+    export dtype.
     """
 
     name: str
@@ -90,6 +96,7 @@ class Layer:
     tensors: dict[str, TensorRef] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     file_stem: str = ""
+    carried: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -101,6 +108,18 @@ class Layer:
     def source_bytes(self) -> int:
         refs = [self.weight, self.bias, *self.tensors.values()]
         return sum(r.nbytes for r in refs if r is not None)
+
+    def source_tensors(self) -> list[str]:
+        """Every source tensor name this layer carries, in order, without repeats."""
+        names: list[str] = []
+        for key in ("weights", "bias"):
+            v = self.source.get(key)
+            if isinstance(v, str):
+                names.append(v)
+        names.extend(r.name for r in self.tensors.values() if not r.synthetic)
+        names.extend(self.carried)
+        names.extend(f["tensor"] for f in self.source.get("fused", []))
+        return list(dict.fromkeys(names))
 
     def names(self) -> set[str]:
         """Every name ``only=`` may use for this layer."""
@@ -140,13 +159,16 @@ def batch_norm_fold(gamma: Any, beta: Any, mean: Any, var: Any, eps: float,
 
 def folded_bias(bias: TensorRef | None, n: int, name: str, scale: np.ndarray | None,
                 shift: np.ndarray | None, bias_scale: float = 1.0) -> TensorRef | None:
-    """The bias after a batch-norm fold (and Gemm's beta): ``bias*beta*scale + shift``."""
-    if scale is None and bias_scale == 1.0:
+    """The bias after folding (batch norm, per-channel affine, Gemm's beta):
+    ``bias*beta*scale + shift``, in float64; ``bias`` itself when nothing changes it."""
+    if scale is None and shift is None and bias_scale == 1.0:
         return bias
     b = np.zeros(n) if bias is None else np.asarray(bias.load(), np.float64).reshape(n)
     b = b * bias_scale
     if scale is not None:
-        b = b * scale + shift
+        b = b * scale
+    if shift is not None:
+        b = b + shift
     return const_tensor(f"{name}:folded_bias", b)
 
 
@@ -209,6 +231,24 @@ def convert_layer(layer: Layer, dtype: np.dtype,
     """Yield ``(role, array, source_bytes)``: the weights, possibly in several chunks whose
     concatenation along axis 0 is the whole result, then the float32 vectors (bias, or a
     batch norm's gamma/beta/mean/variance). ``source_bytes`` is for progress."""
+    if layer.rule in ("lstm", "gru", "rnn"):  # one file per gate data source
+        from .rnn_layers import convert
+
+        yield from convert(layer, dtype)
+        return
+    if layer.rule in ("arithmetic", "tensor"):
+        ref = layer.weight
+        if ref is None:
+            raise ValueError(f"layer {layer.name!r} has no tensor")
+        a = ref.load()
+        if layer.rule == "arithmetic":  # (1, C, H, W) -> (ceil(C/4), H, W, 4)
+            yield "constant", _call(images.image_slices, a, dtype), ref.nbytes
+        elif is_float(a.dtype):
+            yield "tensor", _call(lambda x, dtype: np.asarray(x).astype(dtype), a, dtype), \
+                ref.nbytes
+        else:
+            yield "tensor", np.ascontiguousarray(a), ref.nbytes
+        return
     if layer.rule == "batch_norm":
         for role in BN_ROLES:
             ref = layer.tensors[role]
@@ -307,10 +347,12 @@ def reshape_layer(name: str, source: dict[str, Any], w: TensorRef, b: TensorRef 
 @dataclass
 class Overrides:
     """What the user said the graph does not (``input_shapes``, ``reshapes``), by layer
-    name; remembers which names were used so that a typo is an error, not a no-op."""
+    name; remembers which names were used so that a typo is an error, not a no-op.
+    ``input_dims``: the graph inputs' dims, by input name (checked by the ONNX reader)."""
 
     input_shapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     reshapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    input_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
     used: set[tuple[str, str]] = field(default_factory=set)
 
     def get(self, what: str, names: Any) -> tuple[int, int, int] | None:
@@ -336,8 +378,27 @@ class Plan:
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
 
-    def skip(self, name: str, op: str, reason: str) -> None:
-        self.skipped.append({"name": name, "op": op, "reason": reason})
+    inputs: dict[str, list[int | None]] = field(default_factory=dict)
 
-    def refuse(self, name: str, op: str, reason: str) -> None:
-        self.unsupported.append({"name": name, "op": op, "reason": reason})
+    @staticmethod
+    def _entry(name: str, op: str, reason: str, tensors: list[str] | None) -> dict[str, Any]:
+        e: dict[str, Any] = {"name": name, "op": op, "reason": reason}
+        if tensors:
+            e["tensors"] = list(dict.fromkeys(tensors))
+        return e
+
+    def skip(self, name: str, op: str, reason: str, tensors: list[str] | None = None) -> None:
+        """List a recognised layer not exported; ``tensors``: learned tensors it leaves behind."""
+        self.skipped.append(self._entry(name, op, reason, tensors))
+
+    def refuse(self, name: str, op: str, reason: str,
+               tensors: list[str] | None = None) -> None:
+        """List an operator with no MPS mapping; ``tensors``: learned tensors it leaves behind."""
+        self.unsupported.append(self._entry(name, op, reason, tensors))
+
+    def left_behind(self) -> list[str]:
+        """"TENSOR (node NAME, OP): reason" for every learned tensor listed, not exported."""
+        carried = {t for layer in self.layers for t in layer.source_tensors()}
+        return [f"{t} (node {e['name']}, {e['op']}): {e['reason']}"
+                for e in self.unsupported + self.skipped for t in e.get("tensors", [])
+                if t not in carried]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as mf
+from . import statedict_rnn
 from .layers import Layer, Overrides, Plan, TensorRef, const_tensor, is_float, reshape_layer
 
 ASSUMPTIONS = [
@@ -26,7 +27,10 @@ ASSUMPTIONS = [
     "reshapes (H, W, C) after a Linear are PyTorch view(-1, C, H, W) reshapes (order C, H, W)",
     "a module with running_mean and running_var is a BatchNorm with epsilon 1e-5 (PyTorch's "
     "default; epsilon is not stored in a state_dict)",
+    "a floating tensor no rule claims (LayerNorm weight/bias, embeddings, ...) is exported "
+    "as it is, as a kind 'tensor' layer named after the tensor",
 ]
+_ROLES = {"weight": "weight", "bias": "bias"}
 
 _BN_KEYS = {"weight": "gamma", "bias": "beta", "running_mean": "mean",
             "running_var": "variance"}
@@ -43,18 +47,32 @@ def _modules(tensors: dict[str, TensorRef]) -> dict[str, dict[str, TensorRef]]:
 def plan(tensors: dict[str, TensorRef], fmt: str, overrides: Overrides) -> Plan:
     p = Plan(fmt, assumptions=list(ASSUMPTIONS))
     for prefix, leaves in _modules(tensors).items():
-        used = _module(p, prefix or "(root)", leaves, overrides)
+        if statedict_rnn.is_recurrent(leaves):  # nn.LSTM / GRU / RNN weight families
+            used = statedict_rnn.module(p, prefix or "(root)", leaves)
+        else:
+            used = _module(p, prefix or "(root)", leaves, overrides)
         for leaf, ref in leaves.items():
-            if leaf not in used and leaf != "num_batches_tracked":
-                p.skip(ref.name, "tensor", "not the weight, bias or statistics of a Conv2d, "
-                       "Linear or BatchNorm module")
+            if leaf in used or leaf == "num_batches_tracked":
+                continue
+            if not is_float(ref.dtype):
+                p.skip(ref.name, "tensor", f"dtype {ref.dtype} is not floating point: not a "
+                       "learned tensor")
+                continue
+            source = {"format": fmt, "module": prefix or "(root)", "input": None,
+                      "output": None}
+            layer = Layer(ref.name, "tensor", "tensor", source, ref,
+                          geometry={"role": _ROLES.get(leaf, "operand")}, carried=[ref.name])
+            layer.notes.append("not the weight, bias or statistics of a Conv2d, Linear or "
+                               "BatchNorm module: exported as it is in the file")
+            p.layers.append(layer)
     return p
 
 
 def _skip_dtype(p: Plan, refs: list[TensorRef]) -> bool:
     bad = [r for r in refs if not is_float(r.dtype)]
     for r in bad:
-        p.skip(r.name, "tensor", f"dtype {r.dtype} is not floating point")
+        p.skip(r.name, "tensor", f"dtype {r.dtype} is not floating point (quantized?): no "
+               "MPS layer reads it", [r.name])
     return bool(bad)
 
 
@@ -70,7 +88,7 @@ def _batch_norm(p: Plan, name: str, leaves: dict[str, TensorRef]) -> set[str]:
     refs.setdefault("beta", const_tensor(f"{name}:beta", np.zeros(c, np.float32)))
     if c == 0 or any(r.shape != (c,) for r in refs.values()):
         p.skip(name, "BatchNorm", "weight, bias, running_mean and running_var must be "
-               "vectors of one length")
+               "vectors of one length", [r.name for r in refs.values() if not r.synthetic])
         return set(leaves)
     source = {"format": p.format, "module": name, "weights": None, "bias": None,
               "tensors": {k: v.name for k, v in refs.items()}}
@@ -96,7 +114,7 @@ def _module(p: Plan, name: str, leaves: dict[str, TensorRef], over: Overrides) -
     if b is not None and (len(b.shape) != 1 or len(w.shape) not in (2, 4)
                           or b.shape[0] != w.shape[0]):
         p.skip(name, "module", f"bias shape {list(b.shape)} does not match weight shape "
-               f"{list(w.shape)}")
+               f"{list(w.shape)}", [w.name, b.name])
         return used
     if len(w.shape) == 4:
         o, i, kh, kw = w.shape
@@ -108,9 +126,8 @@ def _module(p: Plan, name: str, leaves: dict[str, TensorRef], over: Overrides) -
                            "unknown")
         p.layers.append(layer)
         return used
-    if len(w.shape) != 2:
-        p.skip(name, "module", f"{len(w.shape)}-D weight: not a Conv2d (4-D) or Linear (2-D)")
-        return used
+    if len(w.shape) != 2:  # not a layer rule's: the leaves become "tensor" layers
+        return set()
     o, n = w.shape
     names = [name, w.name]
     given = over.get("input_shapes", names)

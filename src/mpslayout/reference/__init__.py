@@ -39,6 +39,11 @@ image (float16 or float32, the source image's by default): a float16 image round
 MPS stores, between layers. Padding channels of every result are zero, whatever the
 kernel (a sigmoid does not write 0.5 into them).
 
+One module per family of MPS kernels (:mod:`.convolution`, :mod:`.neurons`,
+:mod:`.arithmetic`, :mod:`.pooling`, :mod:`.resampling`, :mod:`.softmax`,
+:mod:`.normalization`, :mod:`.shape`); :mod:`.onnx_ops` is the one table from an ONNX
+operator to the MPS kernel that computes it (or the reason none does).
+
 Nothing here calls mpslayout's converters: the slice layout is written out again in
 :mod:`mpslayout.reference.image` from the section-5 formula, so that a check built on this
 package does not reuse the code it judges.
@@ -46,38 +51,43 @@ package does not reuse the code it judges.
 
 from __future__ import annotations
 
-from .image import STORAGE_DTYPES, Image, from_slices, slice_shape, to_slices
-from .kernels import (
-    NEURONS,
-    add,
-    batch_normalization,
-    concatenate,
+from .arithmetic import ARITHMETIC, arithmetic
+from .convolution import (
     convolution,
     depthwise_convolution,
     fully_connected,
-    neuron,
-    pooling,
-    reshape,
     subpixel_convolution,
     transposed_convolution,
 )
+from .image import STORAGE_DTYPES, Image, from_slices, slice_shape, to_slices
+from .neurons import NEURONS, neuron
+from .normalization import batch_normalization, instance_normalization
+from .pooling import pooling
+from .resampling import upsampling
+from .shape import concatenate, reshape
+from .softmax import log_softmax, softmax
 
 __all__ = [
+    "ARITHMETIC",
     "NEURONS",
     "STORAGE_DTYPES",
     "Image",
-    "add",
+    "arithmetic",
     "batch_normalization",
     "concatenate",
     "convolution",
     "depthwise_convolution",
     "from_slices",
     "fully_connected",
+    "instance_normalization",
+    "log_softmax",
     "neuron",
     "pooling",
     "reshape",
     "slice_shape",
+    "softmax",
     "subpixel_convolution",
     "to_slices",
     "transposed_convolution",
+    "upsampling",
 ]

@@ -1,0 +1,127 @@
+"""Folding into a layer what MPS computes in the same kernel: a BatchNormalization (with
+``fold_bn``) and the per-channel ``Add``/``Sub``/``Mul``/``Div`` of a constant that other
+exporters write as separate nodes after a Conv, ConvTranspose, Gemm or MatMul (a bias
+without a bias input, an unfolded BatchNorm's scale and shift, a scale layer).
+
+The rule (exact up to float32 rounding): the chain after the layer is accumulated in
+float64 as ``y = s * (W x + b) + t`` per output channel (``Mul c``: s, t = s*c, t*c;
+``Div c``: s, t = s/c, t/c; ``Add c``: t += c; ``Sub c``: t -= c; a BatchNorm: s, t =
+k*s, k*t + beta - mean*k with k = gamma/sqrt(var + eps)); the exported weights are
+``float32(float64(W) * s)`` and the bias ``float32(float64(b) * s + t)``. A node is folded
+only when its input is the layer's (or the previous folded node's) output and nothing else
+reads that output, its other operand is a floating constant holding one value or one value
+per output channel (every other axis 1 after broadcasting), the values are finite (and
+non-zero for ``Div``), and the constant is the second operand of a ``Sub``/``Div``
+(``c - x`` and ``c / x`` stay arithmetic layers, with the constant as MPS's primary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .layers import Layer, SkipLayer, batch_norm_fold, is_float
+
+FOLDABLE = ("Add", "Sub", "Mul", "Div")
+
+
+@dataclass
+class Folded:
+    """What a fold chain absorbed: the new output tensor, the BatchNormalization node (if
+    any), the per-channel (scale, shift) in float64 (None when not needed), the fused
+    arithmetic nodes as manifest records, and the source tensors they carry."""
+
+    out: str
+    bn: Any | None = None
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    fused: list[dict[str, str]] = field(default_factory=list)
+    carried: list[str] = field(default_factory=list)
+
+
+def per_channel(shape: tuple[int, ...], rank: int, axis: int, n: int) -> bool:
+    """Whether a constant of ``shape`` broadcast against a rank-``rank`` tensor holds one
+    value, or one per channel along ``axis`` (of ``n`` channels), and nothing else."""
+    if len(shape) > rank:
+        return False
+    padded = (1,) * (rank - len(shape)) + tuple(shape)
+    ax = axis % rank
+    return all(d == 1 for i, d in enumerate(padded) if i != ax) and padded[ax] in (1, n)
+
+
+def fold_chain(g: Any, out: str, n: int, rank: int, axis: int) -> Folded:
+    """Follow ``out`` through foldable nodes (see the module docstring); marks them
+    consumed in ``g`` (an onnx_graph.Graph)."""
+    f = Folded(out)
+    while True:
+        nxt = g.sole_consumer(f.out)
+        if nxt is None:
+            return f
+        if nxt.op_type == "BatchNormalization" and g.fold_bn and f.bn is None \
+                and nxt.input[0] == f.out:
+            k, sh = _bn(g, nxt, n)
+            if k is None:
+                return f
+            _affine(f, k, sh)
+            f.bn = nxt
+            f.carried.extend(nxt.input[1:5])
+        elif nxt.op_type in FOLDABLE and len(nxt.input) == 2 and nxt.input[0] != nxt.input[1]:
+            pos = 0 if nxt.input[0] == f.out else 1
+            if pos == 1 and nxt.op_type in ("Sub", "Div"):
+                return f
+            ref = g.const(nxt.input[1 - pos])
+            if ref is None or not is_float(ref.dtype) or not per_channel(ref.shape, rank,
+                                                                         axis, n):
+                return f
+            v = np.broadcast_to(np.asarray(ref.load(), np.float64).reshape(-1), (n,))
+            if not np.isfinite(v).all() or (nxt.op_type == "Div" and not v.all()):
+                return f
+            op = nxt.op_type
+            if op == "Add":
+                _affine(f, None, v)
+            elif op == "Sub":
+                _affine(f, None, -v)
+            else:
+                k = v if op == "Mul" else 1.0 / v
+                _affine(f, k, np.zeros(n))
+            f.fused.append({"node": g.name(nxt), "op": op, "tensor": ref.name})
+        else:
+            return f
+        g.consumed.add(id(nxt))
+        f.out = nxt.output[0]
+
+
+def _affine(f: Folded, k: np.ndarray | None, t: np.ndarray) -> None:
+    """Compose y -> k*y + t after the accumulated (scale, shift)."""
+    n = t.shape[0]
+    if k is not None:
+        f.scale = (np.ones(n) if f.scale is None else f.scale) * k
+        f.shift = (np.zeros(n) if f.shift is None else f.shift) * k
+    f.shift = (np.zeros(n) if f.shift is None else f.shift) + t
+
+
+def _bn(g: Any, bn: Any, n: int) -> tuple[np.ndarray | None, np.ndarray]:
+    try:
+        vecs = [g.vector(bn, i, n, "parameter") for i in (1, 2, 3, 4)]
+    except SkipLayer:
+        return None, np.zeros(0)
+    if any(v is None for v in vecs):
+        return None, np.zeros(0)
+    return batch_norm_fold(*(v.load() for v in vecs),
+                           eps=g.attrs(bn).float("epsilon", 1e-5),
+                           where=f"node {g.name(bn)!r}")
+
+
+def record(g: Any, layer: Layer, f: Folded) -> None:
+    """Write what ``f`` absorbed into ``layer``'s manifest source and notes."""
+    if f.bn is not None:
+        layer.source["folded_batch_norm"] = g.name(f.bn)
+        layer.notes.append(f"BatchNormalization {g.name(f.bn)!r} folded into the weights "
+                           "and bias")
+    if f.fused:
+        layer.source["fused"] = list(f.fused)
+        layer.notes.append("folded into the weights and bias: " + ", ".join(
+            f"{x['op']} {x['node']!r} ({x['tensor']})" for x in f.fused))
+    layer.carried.extend(t for t in f.carried if t)

@@ -1,0 +1,72 @@
+"""verify's core: an export folder, a graph, its input and an oracle in; a Report out.
+
+The graph is an ``onnx.ModelProto`` (NCHW semantics, ONNX op names), whatever framework
+the model came from; the oracle computes the model's own values:
+``oracle(tensor_names) -> {name: array}``, and may leave out names it cannot give (verify
+then compares what it has). The ONNX path (:func:`mpslayout.verify.verify`) passes the
+model itself with ONNX Runtime as the oracle; a Keras front end passes its model
+translated to ONNX, with Keras as the oracle.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import verify_rnn
+from .executor import Executor
+from .files import VerifyError, load_export
+from .graph import Graph
+from .report import Report
+from .tolerance import U16
+
+__all__ = ["Oracle", "verify_graph"]
+
+Oracle = Callable[[Sequence[str]], Mapping[str, np.ndarray]]
+
+
+def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str, Any],
+                 oracle: Oracle, *, model_label: str, oracle_label: str = "the oracle",
+                 input_label: str | None = None, atol: float = 1e-4, rtol: float = 1e-4,
+                 storage: str | None = None) -> Report:
+    """Check the export in ``outdir`` against ``graph`` (an onnx.ModelProto) run by
+    ``oracle`` on ``feeds`` ({graph input name: NCHW float32 array}).
+
+    ``storage``: the MPS image type, "float16" or "float32" (default: the manifest's
+    weight type). Raises :class:`VerifyError` when nothing can be compared (a corrupt
+    export, unusable feeds); divergences are in the report.
+    """
+    if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
+        raise VerifyError(f"atol and rtol must be finite and >= 0, got {atol}, {rtol}")
+    doc, layers = load_export(outdir)
+    wdt = str(doc.get("weights_dtype", "float32"))
+    st = np.dtype(storage or wdt)
+    if st not in (np.dtype(np.float16), np.dtype(np.float32)):
+        raise VerifyError(f"storage must be float16 or float32, got {storage!r}")
+    arrays = {str(k): np.ascontiguousarray(np.asarray(v, dtype=np.float32))
+              for k, v in feeds.items()}
+    g = Graph(graph, {k: tuple(v.shape) for k, v in arrays.items()})
+    missing = [vi.name for vi in g.inputs if vi.name not in arrays]
+    if missing:
+        raise VerifyError(f"no input given for {missing}")
+    names = [o for n in g.nodes for o in n.output if o]
+    got = oracle(names)
+    values = {**arrays, **{k: np.asarray(v) for k, v in got.items() if k in set(names)}}
+    if input_label is None:
+        input_label = "given; shape " + ", ".join(f"{k} {list(v.shape)}"
+                                                  for k, v in arrays.items())
+    report = Report(os.fspath(outdir), model_label, input_label, st.name, wdt, float(atol),
+                    float(rtol), oracle=oracle_label)
+    recurrent = [x for x in layers if x.kind in verify_rnn.RECURRENT_KINDS]
+    layers = [x for x in layers if x.kind not in verify_rnn.RECURRENT_KINDS]
+    ex = Executor(g, layers, values, st, U16 if wdt == "float16" else 0.0, report,
+                  list(doc.get("skipped", [])) + list(doc.get("unsupported", [])))
+    ex.run(arrays)
+    if recurrent:  # sequences, not images: checked node by node (mpslayout.verify_rnn)
+        done = verify_rnn.check_layers(g, recurrent, values, report)
+        report.not_verified = [x for x in report.not_verified if x["name"] not in done]
+    return report

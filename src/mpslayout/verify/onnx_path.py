@@ -1,0 +1,166 @@
+"""``mpslayout verify OUTDIR --model MODEL.onnx``: the ONNX model is the graph and ONNX
+Runtime the oracle. Also where the input comes from: ``--input``, else the dims the export
+recorded, else the model's own fixed dims; a symbolic spatial dim is refused, never
+guessed (a 1x1 input would leave every tap of a 3x3 kernel but the centre untested)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .core import verify_graph
+from .files import VerifyError, load_export
+from .graph import Graph, onnx_module
+from .report import Report
+
+__all__ = ["input_feeds", "onnx_runtime_oracle", "verify"]
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise VerifyError("verify needs onnx and onnxruntime: pip install "
+                          "mpslayout[oracles]") from None
+    return onnxruntime
+
+
+def onnx_runtime_oracle(model: Any) -> Any:
+    """An oracle that runs ``model`` (an onnx.ModelProto) in ONNX Runtime, every graph
+    optimisation off, and returns each requested tensor it can."""
+    onnx = onnx_module()
+    ort = _ort()
+
+    def oracle(names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        g = Graph(model, {k: tuple(v.shape) for k, v in feeds.items()})
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        have = {o.name for o in m.graph.output}
+        for name in names:
+            if name not in have and name in g.types:
+                m.graph.output.append(onnx.helper.make_tensor_value_info(
+                    name, g.types[name], None))
+                have.add(name)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        fetch = [o.name for o in m.graph.output]
+        try:
+            sess = ort.InferenceSession(m.SerializeToString(), opts,
+                                        providers=["CPUExecutionProvider"])
+            got = sess.run(fetch, dict(feeds))
+        except Exception as e:
+            raise VerifyError(f"ONNX Runtime cannot run the model: {type(e).__name__}: "
+                              f"{e}") from None
+        return dict(zip(fetch, got))
+
+    return oracle
+
+
+def input_feeds(g: Graph, given: np.ndarray | None, recorded: Mapping[str, Any],
+                dims: Mapping[str, Sequence[int]], seed: int) -> tuple[dict[str, np.ndarray], str]:
+    """The model's input(s) and how they were chosen: ``given`` (--input), else ``dims``
+    (--input-dims), else the dims the export recorded, else the model's fixed dims, with a
+    seeded standard normal sample; refuses any symbolic dim but the batch."""
+    inputs = g.inputs
+    if not inputs:
+        raise VerifyError("the model has no input")
+    if given is not None and len(inputs) != 1:
+        raise VerifyError(f"--input gives one array but the model has {len(inputs)} inputs")
+    rng = np.random.default_rng(seed)
+    feeds, how = {}, []
+    for vi in inputs:
+        tt = vi.type.tensor_type
+        if tt.elem_type != 1:
+            raise VerifyError(f"model input {vi.name!r} is not float32")
+        model_dims: list[int | None] = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in tt.shape.dim]
+        if given is not None:
+            a = np.asarray(given, dtype=np.float32)
+            if a.ndim != len(model_dims) or any(d is not None and d != s
+                                                for d, s in zip(model_dims, a.shape)):
+                raise VerifyError(f"--input has shape {list(a.shape)}, the model's "
+                                  f"{vi.name!r} is {[d or '?' for d in model_dims]}")
+            feeds[vi.name] = np.ascontiguousarray(a)
+            continue
+        shape, source = list(model_dims), "the model"
+        for label, table in (("--input-dims", dims), ("the export's recorded dims", recorded)):
+            want = table.get(vi.name)
+            if want is None:
+                continue
+            want = list(want)
+            if len(want) != len(shape):
+                raise VerifyError(f"{label} give {vi.name!r} {len(want)} dims; the model has "
+                                  f"{len(shape)}")
+            clash = [k for k, (w, d) in enumerate(zip(want, shape))
+                     if w is not None and d is not None and int(w) != d]
+            if clash and table is dims:
+                raise VerifyError(f"--input-dims {vi.name}={want} but the model fixes "
+                                  f"{[d or '?' for d in shape]}")
+            if clash:  # recorded for another model: the model's own dims win
+                how.append(f"{vi.name}: the export recorded {want}, the model fixes "
+                           f"{[d or '?' for d in shape]}")
+            shape = [d if d is not None else (None if w is None else int(w))
+                     for w, d in zip(want, shape)]
+            source = label
+            break
+        if len(shape) > 0 and shape[0] is None:
+            shape[0] = 1
+            how.append(f"{vi.name}: symbolic batch, 1 image")
+        unknown = [k for k, d in enumerate(shape) if d is None]
+        if unknown:
+            raise VerifyError(
+                f"model input {vi.name!r} has symbolic dims {unknown} "
+                f"({[d or '?' for d in shape]}) and the export recorded none: verify will "
+                "not guess them (a 1x1 image leaves every tap of a 3x3 kernel but the centre "
+                f"untested). Pass --input x.npy, or --input-dims {vi.name}=1,3,H,W (also "
+                "accepted by mpslayout export, which then records them)")
+        feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
+        how.append(f"{vi.name}: dims from {source}")
+    return feeds, "; ".join(how)
+
+
+def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
+           input: np.ndarray | str | os.PathLike[str] | None = None,
+           input_dims: Mapping[str, Sequence[int]] | None = None,
+           atol: float = 1e-4, rtol: float = 1e-4, storage: str | None = None,
+           seed: int = 0) -> Report:
+    """Check the export in ``outdir`` against the ONNX ``model`` with ONNX Runtime as the
+    oracle (see :mod:`mpslayout.verify`).
+
+    ``input``: an array or a .npy path for the model's input; else ``input_dims``
+    ({input name: dims}) or the dims recorded at export, with a seeded standard normal
+    sample (``seed``). ``storage``: the MPS image type, "float16" or "float32" (default:
+    the manifest's weight type). Raises :class:`VerifyError` when nothing can be compared
+    (a corrupt export, an unreadable model, no usable input); divergences are in the
+    report.
+    """
+    onnx = onnx_module()
+    _ort()
+    doc, _ = load_export(outdir)
+    mpath = os.fspath(model)
+    try:
+        proto = onnx.load(mpath)
+    except FileNotFoundError:
+        raise VerifyError(f"model file not found: {mpath}") from None
+    except Exception as e:
+        raise VerifyError(f"cannot read {mpath} as ONNX: {type(e).__name__}: {e}") from None
+    if isinstance(input, (str, os.PathLike)):
+        given = np.load(os.fspath(input), allow_pickle=False)
+        what = os.fspath(input)
+    else:
+        given = None if input is None else np.asarray(input)
+        what = "the array given" if input is not None else f"seeded standard normal (seed {seed})"
+    recorded = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
+    feeds, how = input_feeds(Graph(proto), given, recorded, input_dims or {}, seed)
+    what += "; shape " + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
+    if how:
+        what += f" ({how})"
+    run = onnx_runtime_oracle(proto)
+    return verify_graph(outdir, proto, feeds, lambda names: run(names, feeds),
+                        model_label=mpath, oracle_label="ONNX Runtime", input_label=what,
+                        atol=atol, rtol=rtol, storage=storage)

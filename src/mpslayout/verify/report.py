@@ -1,0 +1,155 @@
+"""What verify found: one :class:`Row` per compared tensor, the operators not verified
+(and why), and the :class:`Report` that prints them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Check", "Report", "Row"]
+
+
+@dataclass
+class Check:
+    """Largest absolute error, the same over the largest |oracle value| of the tensor, the largest
+    ratio of an element's error to its tolerance (<= 1 passes), and the verdict."""
+
+    max_abs: float
+    max_rel: float
+    worst: float
+    ok: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_abs": _num(self.max_abs), "max_rel": _num(self.max_rel),
+                "error_over_tolerance": _num(self.worst), "ok": self.ok}
+
+
+def _num(x: float) -> float | str:
+    """A float for JSON: "inf" and "nan" as strings, which every JSON parser reads."""
+    return x if math.isfinite(x) else str(x)
+
+
+@dataclass
+class Row:
+    """One compared tensor: an exported layer (``layer`` True) or a weightless operator."""
+
+    index: int
+    name: str
+    op: str
+    kind: str
+    layer: bool
+    tensor: str
+    shape: list[int]
+    isolated: Check | None = None
+    chained: Check | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(c is None or c.ok
+                                          for c in (self.isolated, self.chained))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "op": self.op, "kind": self.kind,
+                "layer": self.layer, "tensor": self.tensor, "shape": self.shape,
+                "isolated": None if self.isolated is None else self.isolated.as_dict(),
+                "chained": None if self.chained is None else self.chained.as_dict(),
+                "error": self.error, "notes": self.notes, "ok": self.ok}
+
+
+@dataclass
+class Report:
+    outdir: str
+    model: str
+    input: str
+    storage: str
+    weights_dtype: str
+    atol: float
+    rtol: float
+    oracle: str = "ONNX Runtime"
+    rows: list[Row] = field(default_factory=list)
+    not_verified: list[dict[str, str]] = field(default_factory=list)
+    layers_checked: int = 0
+    operators_verified: int = 0
+    shape_operators: int = 0
+
+    @property
+    def first_divergence(self) -> Row | None:
+        return next((r for r in self.rows if not r.ok), None)
+
+    @property
+    def ok(self) -> bool:
+        return self.first_divergence is None and self.layers_checked > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        first = self.first_divergence
+        return {"ok": self.ok, "export": self.outdir, "model": self.model, "input": self.input,
+                "storage": self.storage, "weights_dtype": self.weights_dtype,
+                "atol": self.atol, "rtol": self.rtol, "oracle": self.oracle,
+                "layers_checked": self.layers_checked,
+                "operators": {"verified": self.operators_verified,
+                              "not_verified": len(self.not_verified),
+                              "shape_only": self.shape_operators},
+                "first_divergence": None if first is None else first.name,
+                "rows": [r.as_dict() for r in self.rows], "not_verified": self.not_verified}
+
+    def table(self) -> str:
+        def num(c: Check | None, attr: str) -> str:
+            return "-" if c is None else f"{getattr(c, attr):.2e}"
+
+        def worst(r: Row) -> str:
+            w = [c.worst for c in (r.isolated, r.chained) if c is not None]
+            return f"{max(w):.2g}" if w else "-"
+
+        head = ["", "#", "layer / op", "kind", "output", "iso abs", "iso rel", "chain abs",
+                "chain rel", "err/tol", "status"]
+        body = []
+        first = self.first_divergence
+        for r in self.rows:
+            status = "ok" if r.ok else ("ERROR" if r.error else "FAIL")
+            mark = ">>" if r is first else ""
+            body.append([mark, str(r.index), r.name, r.kind if r.layer else r.op,
+                         "x".join(map(str, r.shape)), num(r.isolated, "max_abs"),
+                         num(r.isolated, "max_rel"), num(r.chained, "max_abs"),
+                         num(r.chained, "max_rel"), worst(r), status])
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+        lines = [f"mpslayout verify: {self.outdir} against {self.model}",
+                 f"input: {self.input}",
+                 f"storage {self.storage}, weights {self.weights_dtype}; atol {self.atol:g}, "
+                 f"rtol {self.rtol:g}; rel = max abs / max |oracle|; err/tol <= 1 passes", ""]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
+        for row in body:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("")
+        for r in self.rows:
+            for note in ([r.error] if r.error else []) + r.notes:
+                lines.append(f"  {r.name}: {note}")
+        for x in self.not_verified:
+            lines.append(f"  not verified: {x['name']} ({x['op']}): {x['reason']}")
+        if first is not None:
+            what = "layer" if first.layer else "operator"
+            lines.append(f"FAILED: first divergence at {what} {first.name!r} ({first.op} -> "
+                         f"{first.tensor}): "
+                         + (first.error or self._why(first)))
+        elif self.layers_checked == 0:
+            lines.append("FAILED: no exported layer could be checked")
+        else:
+            lines.append(f"OK: {self.layers_checked} exported layers and "
+                         f"{len(self.rows) - self.layers_checked} operators agree with "
+                         f"{self.oracle}")
+        lines.append(f"operators: {self.operators_verified} verified, "
+                     f"{len(self.not_verified)} not verified, {self.shape_operators} "
+                     "shape-only (no arithmetic)")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _why(r: Row) -> str:
+        parts = []
+        for label, c in (("isolated", r.isolated), ("chained", r.chained)):
+            if c is not None and not c.ok:
+                parts.append(f"{label} max abs error {c.max_abs:.3g} (rel {c.max_rel:.3g})")
+        return ", ".join(parts) + " beyond tolerance"
+
+

@@ -1,0 +1,293 @@
+"""verify on graphs built with onnx.helper the way other exporters write them: every
+weightless operator goes through the kernel table and is judged against ONNX Runtime on
+the whole graph; forms MPS cannot compute are "not verified" with the reason, never a
+divergence; symbolic input dims are refused, not guessed.
+
+Each graph is Conv (exported) -> the operator(s) under test -> Conv (exported), so that the
+operator sits between two layers whose weights verify checks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from mpslayout import cli  # noqa: E402
+from mpslayout.verify import VerifyError, verify  # noqa: E402
+
+C = 8
+
+
+def _conv(name: str, x: str, y: str, cin: int, cout: int, rng: np.random.Generator,
+          k: int = 3) -> tuple[Any, list[Any]]:
+    w = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+    b = (rng.standard_normal(cout) * 0.1).astype(np.float32)
+    node = helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], name=name,
+                            kernel_shape=[k, k], pads=[k // 2] * 4)
+    return node, [numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(b, f"{name}.b")]
+
+
+def _model(tmp: Path, middle: list[Any], inits: list[Any], *, h: int = 6, w: int = 6,
+           mid_out: str = "m", c_out: int = C, opset: int = 17,
+           in_dims: list[Any] | None = None, tag: str = "g") -> Path:
+    rng = np.random.default_rng(0)
+    first, i1 = _conv("first", "x", "a", 3, C, rng)
+    last, i2 = _conv("last", mid_out, "y", c_out, 4, rng)
+    graph = helper.make_graph(
+        [first, *middle, last], tag,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_dims or [1, 3, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], i1 + i2 + inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    path = tmp / f"{tag}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _const(name: str, a: np.ndarray) -> Any:
+    return numpy_helper.from_array(np.asarray(a, np.float32), name)
+
+
+def _export_verify(path: Path, tmp: Path, dtype: str = "float32", **kw: Any) -> Any:
+    out = tmp / f"out_{path.stem}_{dtype}"
+    assert cli.main(["export", str(path), "-o", str(out), "--dtype", dtype, "-q"]) == 0
+    return verify(out, path, **kw)
+
+
+def _ops(report: Any) -> dict[str, str]:
+    """Operator name -> MPS kernel; an exported arithmetic layer is MPSCNNAdd etc."""
+    mps = {"Add": "MPSCNNAdd", "Sub": "MPSCNNSubtract", "Mul": "MPSCNNMultiply",
+           "Div": "MPSCNNDivide"}
+    return {r.name: (mps[r.op] if r.kind == "arithmetic" else r.kind) for r in report.rows
+            if not r.layer or r.kind == "arithmetic"}
+
+
+# ----------------------------------------------------------------------- neurons
+
+
+NEURONS = [
+    ("HardSigmoid", {}, "MPSCNNNeuronHardSigmoid"),  # ONNX default alpha 0.2
+    ("HardSigmoid", {"alpha": 1 / 6}, "MPSCNNNeuronHardSigmoid"),  # PyTorch's
+    ("HardSwish", {}, "MPSCNNNeuronHardSigmoid + MPSCNNMultiply"),
+    ("LeakyRelu", {"alpha": 0.1}, "MPSCNNNeuronReLU"),
+    ("Elu", {"alpha": 0.5}, "MPSCNNNeuronELU"),
+    ("Softplus", {}, "MPSCNNNeuronSoftPlus"),
+    ("Softsign", {}, "MPSCNNNeuronSoftSign"),
+    ("Abs", {}, "MPSCNNNeuronAbsolute"),
+    ("Exp", {}, "MPSCNNNeuronExponential"),
+    ("Tanh", {}, "MPSCNNNeuronTanH"),
+    ("Sigmoid", {}, "MPSCNNNeuronSigmoid"),
+    ("Neg", {}, "MPSCNNNeuronLinear"),
+]
+
+
+@pytest.mark.parametrize(("op", "attrs", "mps"), NEURONS,
+                         ids=[f"{o}-{i}" for i, (o, _, _) in enumerate(NEURONS)])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_neurons_verify(tmp_path: Path, op: str, attrs: dict, mps: str, dtype: str) -> None:
+    path = _model(tmp_path, [helper.make_node(op, ["a"], ["m"], name="act", **attrs)], [])
+    report = _export_verify(path, tmp_path, dtype)
+    assert report.ok, report.table()
+    assert _ops(report) == {"act": mps}
+    assert not report.not_verified
+
+
+def test_log_gelu_clip_prelu_pow(tmp_path: Path) -> None:
+    """Log of a positive map, Clip as ReLU6 and as a general clamp, PRelu per channel,
+    Pow with a constant exponent, Gelu (opset 20)."""
+    nodes = [
+        helper.make_node("Abs", ["a"], ["a1"], name="abs"),
+        helper.make_node("Add", ["a1", "one"], ["a2"], name="plus1"),
+        helper.make_node("Log", ["a2"], ["a3"], name="log"),
+        helper.make_node("Clip", ["a3", "zero", "six"], ["a4"], name="relu6"),
+        helper.make_node("Clip", ["a4", "lo", "hi"], ["a5"], name="clamp"),
+        helper.make_node("PRelu", ["a5", "slope"], ["a6"], name="prelu"),
+        helper.make_node("Pow", ["a6", "two"], ["a7"], name="square"),
+        helper.make_node("Gelu", ["a7"], ["m"], name="gelu"),
+    ]
+    inits = [_const("one", [1.0]), _const("zero", 0.0), _const("six", 6.0),
+             _const("lo", -0.25), _const("hi", 0.75), _const("two", 2.0),
+             _const("slope", np.linspace(-0.5, 0.5, C).reshape(C, 1, 1))]
+    path = _model(tmp_path, nodes, inits, opset=20)
+    for dtype in ("float32", "float16"):
+        report = _export_verify(path, tmp_path, dtype)
+        assert report.ok, report.table()
+        assert _ops(report) == {
+            "abs": "MPSCNNNeuronAbsolute", "plus1": "MPSCNNAdd",
+            "log": "MPSCNNNeuronLogarithm", "relu6": "MPSCNNNeuronReLUN",
+            "clamp": "MPSCNNAdd (minimumValue/maximumValue clamp)",
+            "prelu": "MPSCNNNeuronPReLU", "square": "MPSCNNNeuronPower",
+            "gelu": "MPSCNNNeuronGeLU"}, report.table()
+
+
+def test_decomposed_hardswish_verifies_op_by_op(tmp_path: Path) -> None:
+    """x * Clip(x + 3, 0, 6) / 6, as TorchScript-era exporters wrote HardSwish."""
+    nodes = [helper.make_node("Add", ["a", "three"], ["t1"], name="add3"),
+             helper.make_node("Clip", ["t1", "zero", "six"], ["t2"], name="clip"),
+             helper.make_node("Mul", ["a", "t2"], ["t3"], name="mul"),
+             helper.make_node("Div", ["t3", "six"], ["m"], name="div")]
+    inits = [_const("three", 3.0), _const("zero", 0.0), _const("six", 6.0)]
+    report = _export_verify(_model(tmp_path, nodes, inits), tmp_path)
+    assert report.ok, report.table()
+    assert _ops(report) == {"add3": "MPSCNNAdd", "clip": "MPSCNNNeuronReLUN",
+                            "mul": "MPSCNNMultiply", "div": "MPSCNNDivide"}
+
+
+# ----------------------------------------------------------------------- broadcasting
+
+
+def test_broadcasting_add_of_a_pooled_vector(tmp_path: Path) -> None:
+    """The issue's detector: (1, 96, 1, 1) + (1, 96, 2, 2) (NHWC (1,1,1,96) and (1,2,2,96)),
+    a squeeze-excite style Mul, and a Sub/Div by per-channel constants."""
+    nodes = [helper.make_node("MaxPool", ["a"], ["p"], name="pool", kernel_shape=[3, 3],
+                              strides=[3, 3]),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"], name="gap"),
+             helper.make_node("Add", ["g", "p"], ["s"], name="bcast_add"),
+             helper.make_node("Sigmoid", ["g"], ["gs"], name="gate"),
+             helper.make_node("Mul", ["s", "gs"], ["s2"], name="se_mul"),
+             helper.make_node("Sub", ["s2", "mean"], ["s3"], name="sub_c"),
+             helper.make_node("Div", ["s3", "std"], ["s4"], name="div_c"),
+             helper.make_node("Resize", ["s4", "", "scales"], ["m"], name="up",
+                              mode="nearest")]
+    rng = np.random.default_rng(3)
+    inits = [_const("mean", rng.standard_normal((1, C, 1, 1))),
+             _const("std", rng.random((C, 1, 1)) + 0.5),
+             _const("scales", [1.0, 1.0, 3.0, 3.0])]
+    path = _model(tmp_path, nodes, inits)
+    for dtype in ("float32", "float16"):
+        report = _export_verify(path, tmp_path, dtype)
+        assert report.ok, report.table()
+        ops = _ops(report)
+        assert ops["bcast_add"] == "MPSCNNAdd"
+        assert ops["se_mul"] == "MPSCNNMultiply"
+        assert ops["up"] == "MPSCNNUpsamplingNearest"
+        assert report.operators_verified == 10
+        assert not report.not_verified
+
+
+def test_what_mps_cannot_broadcast_is_not_verified_with_the_reason(tmp_path: Path) -> None:
+    # a batch broadcast of a computed operand: MPS reads sources image by image
+    nodes = [helper.make_node("ReduceMean", ["a"], ["r"], name="mean", axes=[0],
+                              keepdims=1),
+             helper.make_node("Add", ["a", "r"], ["m"], name="batch_add")]
+    path = _model(tmp_path, nodes, [], in_dims=[2, 3, 6, 6], tag="batch", opset=17)
+    report = _export_verify(path, tmp_path)
+    assert report.ok, report.table()
+    reasons = {x["name"]: x["reason"] for x in report.not_verified}
+    assert "batch" in reasons["batch_add"]
+    assert "no MPSCNN kernel" in reasons["mean"]
+
+
+# ----------------------------------------------------------------------- resampling etc.
+
+
+@pytest.mark.parametrize(("mode", "ctm", "mps"), [
+    ("nearest", "asymmetric", None),  # o/s rounded to nearest is not floor(o/s)
+    ("nearest/floor", "asymmetric", "MPSCNNUpsamplingNearest"),
+    ("nearest", "half_pixel", "MPSCNNUpsamplingNearest"),
+    ("nearest", "align_corners", None),
+    ("linear", "half_pixel", "MPSCNNUpsamplingBilinear (alignCorners NO)"),
+    ("linear", "pytorch_half_pixel", "MPSCNNUpsamplingBilinear (alignCorners NO)"),
+    ("linear", "align_corners", "MPSCNNUpsamplingBilinear (alignCorners YES)"),
+    ("linear", "asymmetric", None),
+    ("cubic", "half_pixel", None),
+])
+def test_resize(tmp_path: Path, mode: str, ctm: str, mps: str | None) -> None:
+    extra = {"nearest_mode": "floor"} if mode == "nearest/floor" else {}
+    nodes = [helper.make_node("Resize", ["a", "", "scales"], ["m"], name="up",
+                              mode=mode.split("/")[0], coordinate_transformation_mode=ctm,
+                              **extra)]
+    path = _model(tmp_path, nodes, [_const("scales", [1, 1, 2, 3])], h=4, w=5)
+    report = _export_verify(path, tmp_path)
+    assert report.ok, report.table()
+    if mps is None:
+        (nv,) = report.not_verified
+        assert nv["name"] == "up"
+        assert "MPSCNNUpsampling" in nv["reason"]
+    else:
+        assert _ops(report) == {"up": mps}
+        assert not report.not_verified
+
+
+def test_softmax_instance_norm_and_concat(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("InstanceNormalization", ["a", "g", "b"], ["n"], name="inorm",
+                              epsilon=1e-5),
+             helper.make_node("Softmax", ["n"], ["s"], name="softmax", axis=1),
+             helper.make_node("AveragePool", ["s"], ["p"], name="avg", kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1], count_include_pad=1),
+             helper.make_node("Concat", ["p", "n"], ["m"], name="cat", axis=1)]
+    inits = [_const("g", rng.random(C) + 0.5), _const("b", rng.standard_normal(C))]
+    path = _model(tmp_path, nodes, inits, c_out=2 * C)
+    for dtype in ("float32", "float16"):
+        report = _export_verify(path, tmp_path, dtype)
+        assert report.ok, report.table()
+        assert _ops(report) == {
+            "inorm": "MPSCNNInstanceNormalization", "softmax": "MPSCNNSoftMax",
+            "avg": "MPSCNNPoolingAverage",
+            "cat": "MPSCNNConcatenation (destinationFeatureChannelOffset)"}
+
+
+# ----------------------------------------------------------------------- the input
+
+
+def _symbolic(tmp: Path) -> Path:
+    return _model(tmp, [helper.make_node("Relu", ["a"], ["m"], name="act")], [],
+                  in_dims=["N", 3, "H", "W"], tag="sym")
+
+
+def test_symbolic_dims_are_refused_naming_the_flags(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = _symbolic(tmp_path)
+    out = tmp_path / "out"
+    assert cli.main(["export", str(path), "-o", str(out), "-q"]) == 0
+    doc = json.loads((out / "manifest.json").read_text())
+    doc.pop("inputs", None)  # an export that recorded no dims
+    (out / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(VerifyError, match=r"--input x\.npy, or --input-dims x=1,3,H,W"):
+        verify(out, path)
+    assert cli.main(["verify", str(out), "--model", str(path)]) == 1
+    assert "--input-dims" in capsys.readouterr().err
+    report = verify(out, path, input_dims={"x": (1, 3, 7, 5)})
+    assert report.ok, report.table()
+    assert "x [1, 3, 7, 5]" in report.input
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((2, 3, 4, 4), np.float32))
+    assert cli.main(["verify", str(out), "--model", str(path), "--input", str(x)]) == 0
+    assert cli.main(["verify", str(out), "--model", str(path), "--input-dims",
+                     "x=1,3,9,9"]) == 0
+
+
+def test_recorded_dims_are_used(tmp_path: Path) -> None:
+    path = _symbolic(tmp_path)
+    out = tmp_path / "out"
+    assert cli.main(["export", str(path), "-o", str(out), "-q"]) == 0
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["inputs"] = {"x": [None, 3, 10, 12]}
+    (out / "manifest.json").write_text(json.dumps(doc))
+    report = verify(out, path)
+    assert report.ok, report.table()
+    assert "x [1, 3, 10, 12]" in report.input
+    assert "recorded" in report.input
+    assert "symbolic batch" in report.input
+
+
+def test_an_input_too_small_for_a_kernel_is_said(tmp_path: Path) -> None:
+    """A 1x1 image meets only the centre tap of a 3x3 kernel (pads 1): verify says so and
+    does not pass."""
+    path = _symbolic(tmp_path)
+    out = tmp_path / "out"
+    assert cli.main(["export", str(path), "-o", str(out), "-q"]) == 0
+    report = verify(out, path, input_dims={"x": (1, 3, 1, 1)})
+    assert not report.ok
+    assert report.first_divergence is not None
+    assert "too small" in (report.first_divergence.error or "")
