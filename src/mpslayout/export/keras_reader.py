@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import keras_rnn
 from . import manifest as mf
 from .attrs import as_float, as_int
 from .keras_file import Source
@@ -106,6 +107,8 @@ class _Reader:
             handler = {"Conv2D": self.conv, "DepthwiseConv2D": self.conv,
                        "Conv2DTranspose": self.transposed, "Dense": self.dense,
                        "BatchNormalization": self.batch_norm}.get(n.cls)
+            if n.cls in keras_rnn.CLASSES or n.cls == "Bidirectional":
+                handler = lambda n: keras_rnn.read_layer(self, n)  # noqa: E731
             if handler is not None:
                 try:
                     handler(n)
