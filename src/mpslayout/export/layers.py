@@ -378,7 +378,8 @@ class Plan:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
-
+    # arrays that are not model weights (optimizer slots): listed, never exported
+    training_state: list[dict[str, Any]] = field(default_factory=list)
     inputs: dict[str, list[int | None]] = field(default_factory=dict)
 
     @staticmethod
