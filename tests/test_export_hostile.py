@@ -263,3 +263,157 @@ def test_missing_and_unknown_files(tmp_path):
     with pytest.raises(ValueError, match="cannot tell the format"):
         export(path, tmp_path / "out")
     assert_nothing_written(tmp_path, "weights.xyz")
+
+
+# ------------------------------------------------------------------------- input dims
+
+
+@pytest.mark.parametrize(("dims", "error", "match"), [
+    ({"nope": (1, 3, 8, 8)}, ValueError, r"'nope', which is not an input.*'x'"),
+    ({"x": (1, 3, 8)}, ValueError, "gives 3 dims.*rank 4"),
+    ({"x": (1, 3, 8, 8, 1)}, ValueError, "rank 4"),
+    ({"x": (1, 4, 8, 8)}, ValueError, r"dim 1 is 4, but the model fixes it to 3"),
+    ({"x": (1, 3, 0, 8)}, ValueError, "positive"),
+    ({"x": (1, 3, -8, 8)}, ValueError, "positive"),
+    ({"x": (1, 3, 1 << 40, 8)}, ValueError, "absurd"),
+    ({"x": ()}, TypeError, "non-empty"),
+    ({"x": (1, 3, 8.5, 8)}, TypeError, "ints"),
+    ({"x": (1, True, 8, 8)}, TypeError, "ints"),
+    ({"x": "1,3,8,8"}, TypeError, "ints"),
+    ({"x": 5}, TypeError, "sequence"),
+    ({3: (1, 3, 8, 8)}, TypeError, "names"),
+    ([("x", (1, 3, 8, 8))], TypeError, "mapping"),
+])
+def test_bad_input_dims(onnx, tmp_path, dims, error, match):
+    with pytest.raises(error, match=match):
+        export(EXAMPLE, tmp_path / "out", input_dims=dims, progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_input_dims_need_an_onnx_graph(tmp_path):
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, {"fc.weight": np.zeros((2, 3), np.float32)})
+    refused(path, tmp_path, "input_dims fixes the inputs of an ONNX graph",
+            input_dims={"x": (1, 3)})
+    assert_nothing_written(tmp_path, "m.safetensors")
+
+
+@pytest.mark.parametrize("arg", ["x", "x=", "=1,2", "x=1,,2", "x=1,a", "x=0,3", "x=1,-3"])
+def test_cli_bad_input_dims(tmp_path, arg):
+    proc = subprocess.run([sys.executable, "-m", "mpslayout", "export", str(EXAMPLE), "-o",
+                           str(tmp_path / "out"), "--input-dims", arg],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert "NAME=D0,D1" in proc.stderr
+    assert_nothing_written(tmp_path)
+
+
+def test_cli_input_dims_given_twice(onnx, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mpslayout", "export", str(EXAMPLE), "-o",
+                           str(tmp_path / "out"), "--input-dims", "x=1,3,8,8",
+                           "--input-dims", "x=2,3,8,8"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert "gives 'x' twice" in proc.stderr
+
+
+# ------------------------------------------------------------------------- odd constants
+
+
+def _graph(onnx, nodes, inits, x_shape, outputs=("y",)):
+    h = onnx.helper
+    graph = h.make_graph(
+        nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+        [h.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs],
+        [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _export_graph(onnx, tmp_path, model, **kw):
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    return export(path, tmp_path / "out", progress=False, **kw)
+
+
+@pytest.mark.parametrize(("shape", "folded"), [
+    ((1, 4, 1, 1), True), ((4, 1, 1), True), ((), True), ((1,), True), ((1, 1, 1, 1), True),
+    ((1, 4, 5, 5), False),  # a per-pixel map: not per-channel
+    ((1, 1, 5, 1), False),  # per-row
+    ((4,), False),          # along W, not C: an arithmetic layer
+    ((2, 4, 1, 1), False),  # along N: not even an MPS broadcast
+    ((1, 1, 1, 4, 1, 1), False),  # rank 6
+])
+def test_mul_after_conv_folds_only_when_per_channel(onnx, tmp_path, shape, folded):
+    """Whatever the constant's shape, its values reach the export: folded into the conv
+    when per-channel, else an arithmetic or tensor layer; and strict never fails."""
+    rng = np.random.default_rng(0)
+    h = onnx.helper
+    c = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    x_w = 5 if shape != (4,) else 4
+    model = _graph(onnx, [h.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                          h.make_node("Mul", ["c", "k"], ["y"], name="mul")],
+                   {"w": rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "k": c},
+                   [1, 3, 5, x_w])
+    manifest = _export_graph(onnx, tmp_path, model, strict=True)
+    e = {x["name"]: x for x in manifest["layers"]}
+    assert ("fused" in e["conv"]["source"]) == folded
+    if folded:
+        assert e["conv"]["source"]["tensors"] == ["w", "k"]
+        assert len(e) == 1
+        return
+    entry = e.get("mul") or e["mul.scale"]
+    assert entry["source"]["tensors"] == ["k"]
+    # along W, H or both is an MPS broadcast; along N or at rank 6 it is not
+    image = shape in ((1, 4, 5, 5), (1, 1, 5, 1), (4,))
+    assert entry["kind"] == ("arithmetic" if image else "tensor")
+
+
+@pytest.mark.parametrize("value", [0.0, np.inf, np.nan])
+def test_div_by_zero_or_non_finite_is_not_folded(onnx, tmp_path, value):
+    rng = np.random.default_rng(1)
+    h = onnx.helper
+    k = np.array([1.0, value, 2.0, 3.0], np.float32).reshape(1, 4, 1, 1)
+    model = _graph(onnx, [h.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                          h.make_node("Div", ["c", "k"], ["y"], name="div")],
+                   {"w": rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "k": k},
+                   [1, 3, 2, 2])
+    manifest = _export_graph(onnx, tmp_path, model, strict=True)
+    e = {x["name"]: x for x in manifest["layers"]}
+    assert "fused" not in e["conv"]["source"]
+    assert e["div"]["kind"] == "arithmetic"
+
+
+def test_constant_first_sub_and_shared_outputs_are_not_folded(onnx, tmp_path):
+    rng = np.random.default_rng(2)
+    h = onnx.helper
+    k = rng.standard_normal((1, 4, 1, 1)).astype(np.float32)
+    model = _graph(onnx, [h.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                          h.make_node("Sub", ["k", "c"], ["y"], name="rsub"),
+                          h.make_node("Conv", ["x", "w2"], ["c2"], name="conv2"),
+                          h.make_node("Add", ["c2", "k2"], ["y2"], name="add2")],
+                   {"w": rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "k": k,
+                    "w2": rng.standard_normal((4, 3, 1, 1)).astype(np.float32),
+                    "k2": k + 1},
+                   [1, 3, 2, 2], outputs=("y", "y2", "c2"))
+    manifest = _export_graph(onnx, tmp_path, model, strict=True)
+    e = {x["name"]: x for x in manifest["layers"]}
+    assert "fused" not in e["conv"]["source"]
+    assert e["rsub"]["constant_operand"] == "primary"
+    assert "fused" not in e["conv2"]["source"]  # c2 is also a graph output
+    assert e["add2"]["op"] == "add"
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (7,), (2, 3, 4, 5, 6), (0,)])
+def test_constants_of_odd_ranks_become_tensors(onnx, tmp_path, shape):
+    rng = np.random.default_rng(3)
+    h = onnx.helper
+    k = rng.standard_normal(shape).astype(np.float32)
+    model = _graph(onnx, [h.make_node("Add", ["x", "k"], ["y"], name="add")], {"k": k},
+                   [7])
+    manifest = _export_graph(onnx, tmp_path, model, strict=True)
+    (entry,) = manifest["layers"]
+    assert (entry["kind"], entry["role"], entry["source"]["tensors"]) == ("tensor", "shift",
+                                                                          ["k"])
+    assert entry["files"]["tensor"]["shape"] == list(shape)

@@ -487,7 +487,9 @@ def test_learned_tensors_of_other_ops_are_exported_with_their_role(tmp_path):
 def lstm_model(rng):
     return make_model(
         [helper.make_node("Foo", ["x"], ["f"], name="custom", domain="com.example"),
-         helper.make_node("LSTM", ["x", "W", "R", "B"], ["y"], name="rnn", hidden_size=3)],
+         # three activations per direction are required: one is malformed, not exported
+         helper.make_node("LSTM", ["x", "W", "R", "B"], ["y"], name="rnn", hidden_size=3,
+                          activations=["Sigmoid"])],
         {"x": [2, 1, 4]}, ["y", "f"],
         {"W": rand(rng, 1, 12, 4), "R": rand(rng, 1, 12, 3), "B": rand(rng, 1, 24)},
     )
@@ -511,7 +513,7 @@ def test_strict_fails_only_on_learned_tensors_left_behind(tmp_path):
         ("custom", None)]
 
 
-def test_lstm_is_listed_with_its_tensors(tmp_path):
+def test_unexported_lstm_is_listed_with_its_tensors(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(lstm_model(np.random.default_rng(15)), str(path))
     with pytest.raises(ValueError, match="no layer"):
@@ -524,9 +526,9 @@ def test_lstm_is_listed_with_its_tensors(tmp_path):
                                                             1, 1), "cw"))
     onnx.save(m, str(path))
     manifest = export(path, tmp_path / "out2", progress=False)
-    (rnn,) = [x for x in manifest["unsupported"] if x["name"] == "rnn"]
+    (rnn,) = [x for x in manifest["skipped"] if x["name"] == "rnn"]
     assert rnn["tensors"] == ["W", "R", "B"]
-    assert "recurrent" in rnn["reason"]
+    assert "activations" in rnn["reason"]
 
 
 def test_only_selects_and_reports_unknown_names(tmp_path):
@@ -639,3 +641,30 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
     assert quiet.getvalue() == ""
     export(EXAMPLE, tmp_path / "out", progress=True)  # stderr is not a terminal here
     assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------------- constants
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 1, 1), (4, 1, 1), (1, 1, 5, 1), (1, 1, 1, 6),
+                                   (6,), (1, 4, 5, 6), (), (5, 1), (1, 1, 1, 1)])
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("first", [False, True])
+def test_arithmetic_constants_match_ort(tmp_path, shape, op, first):
+    """A constant operand after a Sigmoid (nothing to fold into): an arithmetic layer whose
+    constant image and broadcast strides reproduce ONNX Runtime (export_ref reads the
+    slices and broadcasts along the axes where the constant holds one value)."""
+    rng = np.random.default_rng(21)
+    k = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    ins = ["k", "r"] if first else ["r", "k"]
+    model = make_model([helper.make_node("Sigmoid", ["x"], ["r"], name="sig"),  # c / x > 0
+                        helper.make_node(op, ins, ["y"], name="arith")],
+                       {"x": [1, 4, 5, 6]}, ["y"], {"k": k})
+    manifest = export_and_check(model, tmp_path, strict=True)
+    (entry,) = manifest["layers"]
+    assert entry["constant_operand"] == ("primary" if first else "secondary")
+    full = (1,) * (4 - len(shape)) + shape
+    assert entry["constant_shape"] == {"height": full[2], "width": full[3],
+                                       "channels": full[1]}
+    assert entry["broadcast_strides"] == {"x": int(full[3] > 1), "y": int(full[2] > 1),
+                                          "feature_channels": int(full[1] > 1)}

@@ -1,7 +1,7 @@
 """mpslayout: exact, fast tensor layout conversion for Apple's Metal Performance Shaders.
 
 Every function returns a new C-contiguous numpy array (or fills ``out=``), bit-identical to
-the numpy one-liner its docstring gives. The layout rules are in MPS_LAYOUTS.md.
+the numpy one-liner its docstring gives. The layout rules are in docs/layouts.md.
 """
 
 import os as _os
@@ -23,6 +23,7 @@ from .mps import (
     expand_depthwise,
     fc_weights,
 )
+from .quantize import dequantize_weights, quantize_weights
 from .rnn import gru_weights, lstm_weights, rnn_weights
 
 __version__ = _core.__version__
@@ -45,6 +46,7 @@ __all__ = [
     "convert",
     "dense_reshape",
     "depthwise_weights",
+    "dequantize_weights",
     "expand_depthwise",
     "export",
     "fc_weights",
@@ -54,6 +56,7 @@ __all__ = [
     "image_slices",
     "lstm_weights",
     "permute",
+    "quantize_weights",
     "reshape_gather",
     "reshape_slices",
     "rnn_weights",

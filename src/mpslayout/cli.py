@@ -146,6 +146,10 @@ def _export(args: argparse.Namespace) -> int:
         for x in doc["unsupported"] + doc["skipped"]:
             left = f" [left behind: {', '.join(x['tensors'])}]" if x.get("tensors") else ""
             print(f"not exported: {x['name']} ({x['op']}): {x['reason']}{left}")
+        for layer in doc["layers"]:  # exported, but MPS computes another function
+            for note in layer["notes"]:
+                if note.startswith("not exact: "):
+                    print(f"not exact on MPS: {layer['name']}: {note[11:]}")
         print(
             f"exported {len(doc['layers'])} layers ({doc['total_bytes']} bytes, "
             f"{doc['weights_dtype']} weights) to {args.output}"
@@ -169,6 +173,17 @@ def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
 def _verify(args: argparse.Namespace) -> int:
     import json
 
+    from .verify_keras import KerasMissing, is_keras_file, verify_keras
+
+    if is_keras_file(args.model):  # Keras itself is the oracle
+        try:
+            report = verify_keras(args.outdir, args.model, input=args.input, atol=args.atol,
+                                  rtol=args.rtol, storage=args.storage, seed=args.seed)
+        except KerasMissing as e:
+            print(f"mpslayout: error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+        return 0 if report.ok else 1
     from .verify import verify  # imported here: only this command needs onnx/onnxruntime
 
     given: dict[str | None, str] = {}
@@ -238,27 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time mpslayout's conversions against numpy, PyTorch and memcpy on real "
         "weight shapes (cold cache, interleaved runs). See bench/README.md in the repository.",
     )
-    p.add_argument(
-        "--quick", action="store_true", help="a few cases, 3 repeats: finishes in under a minute"
-    )
-    p.add_argument(
-        "--cases",
-        metavar="SUBSTRING",
-        help="only cases whose name or input shape contains SUBSTRING",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        metavar="N",
-        help="timed runs per contender (default 15, 3 with --quick)",
-    )
-    p.add_argument(
-        "--threads", metavar="LIST", help="comma separated thread counts (default: 1 and all CPUs)"
-    )
-    p.add_argument("--json", metavar="PATH", help="write the full results as JSON")
-    p.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
-    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    from .bench.cli import add_arguments as add_bench_arguments  # the options bench/run.py has
+
+    add_bench_arguments(p)
     p.set_defaults(func=_bench)
 
     p = sub.add_parser(
@@ -331,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("outdir", metavar="OUTDIR", help="folder written by mpslayout export")
     p.add_argument(
-        "--model", required=True, metavar="MODEL.onnx", help="the ONNX model the export came from"
+        "--model", required=True, metavar="MODEL",
+        help="the model the export came from: MODEL.onnx (ONNX Runtime is the oracle) or "
+        "MODEL.keras / MODEL.h5 (Keras is, with --input in NHWC)"
     )
     p.add_argument(
         "--input",
