@@ -175,9 +175,21 @@ def _verify(args: argparse.Namespace) -> int:
 
     from .verify_keras import KerasMissing, is_keras_file, verify_keras
 
+    given: dict[str | None, str] = {}
+    for text in args.input:  # X.npy, or NAME=X.npy for a model with several inputs
+        name, sep, path = text.partition("=")
+        if sep and not name.endswith(".npy"):
+            given[name] = path
+        else:
+            given[None] = text
     if is_keras_file(args.model):  # Keras itself is the oracle
+        if len(given) > 1:
+            print("mpslayout: error: verify --model MODEL.keras takes one --input",
+                  file=sys.stderr)
+            return 2
         try:
-            report = verify_keras(args.outdir, args.model, input=args.input, atol=args.atol,
+            report = verify_keras(args.outdir, args.model,
+                                  input=next(iter(given.values()), None), atol=args.atol,
                                   rtol=args.rtol, storage=args.storage, seed=args.seed)
         except KerasMissing as e:
             print(f"mpslayout: error: {e}", file=sys.stderr)
@@ -186,13 +198,6 @@ def _verify(args: argparse.Namespace) -> int:
         return 0 if report.ok else 1
     from .verify import verify  # imported here: only this command needs onnx/onnxruntime
 
-    given: dict[str | None, str] = {}
-    for text in args.input:
-        name, sep, path = text.partition("=")
-        if sep and not name.endswith(".npy"):
-            given[name] = path
-        else:
-            given[None] = text
     report = verify(
         args.outdir,
         args.model,

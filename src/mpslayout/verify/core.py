@@ -72,5 +72,7 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
     ex.run(arrays)
     if recurrent:  # sequences, not images: checked node by node (mpslayout.verify_rnn)
         done = verify_rnn.check_layers(g, recurrent, values, report)
+        before = len(report.not_verified)
         report.not_verified = [x for x in report.not_verified if x["name"] not in done]
+        report.operators_verified += before - len(report.not_verified)
     return report
