@@ -11,12 +11,12 @@ import json
 
 import numpy as np
 import pytest
-from export_ref import assert_matches, load_export, run_layer
+from export_ref import assert_matches, load_export, ort_values, run_layer
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 import corpus  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
 
 from mpslayout.export import export  # noqa: E402
 
@@ -25,19 +25,6 @@ def _corpus(name):
     if name in corpus.TORCH_NAMES:
         pytest.importorskip("torch")
     return corpus.build(name)
-
-
-def ort_values(model, feeds, names):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for n in sorted(set(names) - have - set(feeds)):
-        m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    outs = [o.name for o in sess.get_outputs()]
-    values = dict(zip(outs, sess.run(outs, feeds)))
-    values.update(feeds)
-    return values
 
 
 def as_image(a):
