@@ -85,10 +85,9 @@ def test_corpus_export_carries_every_learned_tensor(name, fold_bn, tmp_path):
     assert manifest["options"]["input_dims"] == manifest["inputs"]
 
 
-@pytest.mark.parametrize("name", corpus.NAMES)
-def test_corpus_layers_match_onnx_runtime(name, tmp_path):
+def check_corpus_layers(name, tmp_path, dtype):
     cm = _corpus(name)
-    manifest, out = export_corpus(cm, tmp_path, fold_bn=True)
+    manifest, out = export_corpus(cm, tmp_path, fold_bn=True, dtype=dtype)
     again, arrays = load_export(out)
     assert again == manifest
     feeds = corpus.feeds(cm)
@@ -101,14 +100,25 @@ def test_corpus_layers_match_onnx_runtime(name, tmp_path):
         a = arrays[entry["name"]]
         if entry["kind"] == "tensor":
             (src,) = entry["source"]["tensors"]
-            np.testing.assert_array_equal(a["tensor"], inits[src].astype(np.float32))
+            np.testing.assert_array_equal(a["tensor"], inits[src].astype(dtype))
             continue
         got = run_entry(entry, a, as_image(values[entry["source"]["input"]]))
         want = as_image(values[before_through(cm.model, entry)])
         try:
-            assert_matches(got, want, "float32")
+            assert_matches(got, want, dtype)
         except AssertionError as e:
             raise AssertionError(f"layer {entry['name']} ({entry['kind']}): {e}") from None
+
+
+@pytest.mark.parametrize("name", corpus.NAMES)
+def test_corpus_layers_match_onnx_runtime(name, tmp_path):
+    check_corpus_layers(name, tmp_path, "float32")
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_db", "conv_affine", "norms", "attention",
+                                  "hardswish_decomposed"])
+def test_corpus_layers_match_onnx_runtime_float16(name, tmp_path):
+    check_corpus_layers(name, tmp_path, "float16")
 
 
 def test_corpus_schema(tmp_path):
