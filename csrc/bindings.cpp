@@ -8,7 +8,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <functional>
 #include <stdexcept>
 #include <thread>
 #include <tuple>
@@ -24,9 +23,10 @@ namespace {
 
 // Byte range [lo, hi) that an array's elements occupy, relative to its data pointer.
 Range array_range(const py::array& a) {
-  std::vector<Dim> dims;
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) dims.push_back({a.shape(i), a.strides(i), a.strides(i)});
-  return touched(dims, true, a.itemsize());
+  Dim dims[kMaxAxes];
+  const int n = static_cast<int>(std::min<py::ssize_t>(a.ndim(), kMaxAxes));
+  for (int i = 0; i < n; ++i) dims[i] = {a.shape(i), a.strides(i), a.strides(i)};
+  return touched(dims, n, true, a.itemsize());
 }
 
 void check_inside(const std::vector<Dim>& dims, bool source, int64_t offset, int64_t esize,
@@ -123,22 +123,50 @@ void copy(const py::array& src, py::array& dst, const std::vector<int64_t>& shap
   run_boxes(req, boxes, threads);
 }
 
-// Runs checked boxes with the GIL released. Ctrl-C: every 50 ms the calling thread takes
-// the GIL back for a moment and lets Python run its signal handlers; a KeyboardInterrupt
-// stops the conversion within one chunk.
-void run_boxes(const Request& req, const std::vector<Box>& boxes, int threads) {
-  auto last = std::chrono::steady_clock::now();
-  std::function<bool()> cancelled = [&last]() {
+// Ctrl-C while the GIL is released: every 50 ms the calling thread takes the GIL back for
+// a moment and lets Python run its signal handlers; a KeyboardInterrupt stops the
+// conversion within one chunk.
+struct SignalPoll {
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  static bool poll(void* ctx) {
+    auto& self = *static_cast<SignalPoll*>(ctx);
     const auto now = std::chrono::steady_clock::now();
-    if (now - last < std::chrono::milliseconds(50)) return false;
-    last = now;
+    if (now - self.last < std::chrono::milliseconds(50)) return false;
+    self.last = now;
     py::gil_scoped_acquire gil;
     return PyErr_CheckSignals() != 0;
-  };
+  }
+};
+
+// Copies below this many bytes (read + written) keep the GIL: they take microseconds, less
+// than handing the GIL over and back costs a cold call.
+constexpr int64_t kKeepGilBytes = int64_t(1) << 20;
+
+// Runs checked boxes with the GIL released (see SignalPoll).
+void run_boxes(const Request& req, const std::vector<Box>& boxes, int threads) {
+  SignalPoll signals;
   bool finished;
   {
     py::gil_scoped_release release;
-    finished = execute(boxes, req.esrc, req.edst, req.cast, threads < 1 ? 1 : threads, cancelled);
+    finished = execute(boxes, req.esrc, req.edst, req.cast, threads < 1 ? 1 : threads,
+                       Cancel{&SignalPoll::poll, &signals});
+  }
+  if (!finished) throw py::error_already_set();
+}
+
+// One plain box (the fast path's), planned on the stack.
+void run_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc, int edst, Cast cast,
+             int threads, int64_t bytes) {
+  if (bytes < kKeepGilBytes) {
+    execute_box(src, dst, dims, ndim, esrc, edst, cast, 1);
+    return;
+  }
+  SignalPoll signals;
+  bool finished;
+  {
+    py::gil_scoped_release release;
+    finished = execute_box(src, dst, dims, ndim, esrc, edst, cast, threads,
+                           Cancel{&SignalPoll::poll, &signals});
   }
   if (!finished) throw py::error_already_set();
 }
@@ -241,9 +269,8 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
     if (overflow || n_threads < 1 || n_threads > 1024) return py::none();
   }
   const int64_t edst = cast == Cast::None ? esize : cast_dst_size(cast);
-  std::vector<py::ssize_t> shape(static_cast<size_t>(nout));
-  Request req{static_cast<const char*>(a.data()), nullptr, static_cast<int>(esize),
-              static_cast<int>(edst), cast, {}, {}};
+  py::ssize_t shape[8];
+  Dim dims[8];
   unsigned seen = 0;
   for (py::ssize_t i = 0; i < nout; ++i) {
     PyObject* item = PySequence_Fast_GET_ITEM(ax, i);
@@ -254,33 +281,35 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
       return py::none();
     }
     seen |= 1u << p;
-    shape[static_cast<size_t>(i)] = a.shape(p);
-    req.dims.push_back({a.shape(p), a.strides(p), 0});
+    shape[i] = a.shape(p);
+    dims[i] = {a.shape(p), a.strides(p), 0};
   }
   for (py::ssize_t p = 0; p < nd; ++p)
     if (!((seen >> p) & 1u) && a.shape(p) != 1) return py::none();  // only unit axes drop
-  py::array result;
+  py::object result;
   if (out.is_none()) {
-    result = py::array(out_dt, shape);
+    result = py::array(out_dt, std::vector<py::ssize_t>(shape, shape + nout));
   } else {
     if (Py_TYPE(out.ptr()) != api.PyArray_Type_) return py::none();
-    result = py::reinterpret_borrow<py::array>(out);
+    const auto o = py::reinterpret_borrow<py::array>(out);
     constexpr int kCContiguous = 0x1, kWriteable = 0x400;
-    const int flags = py::detail::array_proxy(result.ptr())->flags;
-    if (!(flags & kCContiguous) || !(flags & kWriteable) || result.ndim() != nout ||
-        !api.PyArray_EquivTypes_(out_dt.ptr(), result.dtype().ptr()))
+    const int flags = py::detail::array_proxy(o.ptr())->flags;
+    if (!(flags & kCContiguous) || !(flags & kWriteable) || o.ndim() != nout ||
+        !api.PyArray_EquivTypes_(out_dt.ptr(), o.dtype().ptr()))
       return py::none();
     for (py::ssize_t i = 0; i < nout; ++i)
-      if (result.shape(i) != shape[static_cast<size_t>(i)]) return py::none();
-    if (spans_overlap(a, array_range(a), result, array_range(result))) return py::none();
+      if (o.shape(i) != shape[i]) return py::none();
+    if (spans_overlap(a, array_range(a), o, array_range(o))) return py::none();
+    result = o;
   }
-  req.dst = static_cast<char*>(result.mutable_data());
+  const char* src = static_cast<const char*>(a.data());
+  char* dst = static_cast<char*>(py::detail::array_proxy(result.ptr())->data);
   // C-contiguous destination strides; `in_order`: the source already is in that order
   // (a 1x1 or depthwise kernel, a permutation of unit axes), a straight copy
   int64_t step = edst, src_step = esize;
   bool in_order = cast == Cast::None;
-  for (size_t i = req.dims.size(); i-- > 0;) {
-    Dim& d = req.dims[i];
+  for (py::ssize_t i = nout; i-- > 0;) {
+    Dim& d = dims[i];
     d.ds = step;
     step *= std::max<int64_t>(d.n, 1);
     if (d.n != 1) {
@@ -288,13 +317,14 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
       src_step *= d.n;
     }
   }
-  const int64_t bytes = a.size() * esize;
-  if (in_order && 2 * bytes < kParallelBytes) {  // small enough for one thread: a memcpy
-    if (bytes > 0) std::memcpy(req.dst, req.src, static_cast<size_t>(bytes));
+  const int64_t elements = a.size();
+  if (in_order && 2 * elements * esize < kParallelBytes) {  // small enough for one thread: a memcpy
+    if (elements > 0) std::memcpy(dst, src, static_cast<size_t>(elements * esize));
   } else {
-    run_boxes(req, decompose(req), static_cast<int>(n_threads));
+    run_box(src, dst, dims, static_cast<int>(nout), static_cast<int>(esize), static_cast<int>(edst),
+            cast, static_cast<int>(n_threads), elements * (esize + edst));
   }
-  return std::move(result);
+  return result;
 }
 
 // fast_permute as a plain METH_FASTCALL function: its whole point is a short path from
@@ -338,7 +368,24 @@ PYBIND11_MODULE(_core, m) {
   m.def("plan", &plan, py::arg("src"), py::arg("dst"), py::arg("shape"), py::arg("src_strides"),
         py::arg("dst_strides"), py::arg("src_offset") = 0, py::arg("dst_offset") = 0,
         py::arg("bounds") = std::vector<BoundTuple>{}, py::arg("cast") = 0,
-        "Name of the kernel shape the planner picks: 'row', 'tile', 'strided' or 'empty'.");
+        "Name of the kernel the planner picks: 'row', 'tile' (direct 8x8 tiles), 'staged' "
+        "(panels built in a buffer, copied out), 'stream' (the same with non-temporal "
+        "stores), 'strided' or 'empty'.");
+  m.def("set_tile_kernel", [](const std::string& name) {
+    if (name == "auto") set_tile_kernel_override(TileKernel::kAuto);
+    else if (name == "direct") set_tile_kernel_override(TileKernel::kDirect);
+    else if (name == "staged") set_tile_kernel_override(TileKernel::kStaged);
+    else if (name == "stream") set_tile_kernel_override(TileKernel::kStream);
+    else throw py::value_error("tile kernel must be 'auto', 'direct', 'staged' or 'stream'");
+  }, py::arg("name"), "Force the transpose kernel (tests and benchmarks; not thread-safe).");
+  m.def("tile_kernel", [] {
+    switch (tile_kernel_override()) {
+      case TileKernel::kDirect: return std::string("direct");
+      case TileKernel::kStaged: return std::string("staged");
+      case TileKernel::kStream: return std::string("stream");
+      default: return std::string("auto");
+    }
+  }, "The forced transpose kernel, or 'auto'.");
   m.add_object("fast_permute", py::reinterpret_steal<py::object>(
                                    PyCFunction_NewEx(&fast_permute_def, nullptr, m.attr("__name__").ptr())));
   m.def("set_default_threads", [](int n) { g_default_threads.store(n < 0 ? 0 : n); },

@@ -16,7 +16,7 @@ CASE = "mobilenet.depthwise"  # (512, 1, 3, 3): 18 kB, the smallest case
 
 def small_run(**kwargs):
     options = {"cases": CASE, "repeats": 1, "threads": [1], "tiny": False, "progress": False,
-               "flush_bytes": 1 << 20}
+               "flush_bytes": 1 << 20, "modes": ("cold",)}
     options.update(kwargs)
     return bench.run_benchmark(**options)
 
@@ -103,10 +103,81 @@ def test_unknown_case_is_an_error():
 
 def test_cli_and_script_take_the_same_options():
     argv = ["--quick", "--cases", "vgg", "--repeats", "2", "--threads", "1,2", "--json", "a.json",
-            "--markdown", "a.md", "--plot", "a.png", "--no-torch"]
+            "--markdown", "a.md", "--plot", "a.png", "--no-torch", "--modes", "cold",
+            "--processes", "3"]
     from_cli = vars(cli.build_parser().parse_args(["bench", *argv]))
     from_script = vars(bench.build_parser().parse_args(argv))
     assert from_cli.pop("command") == "bench"
     assert from_cli.pop("func") is not None
     assert from_cli == from_script
     assert bench._thread_list(from_script["threads"]) == [1, 2]
+
+
+def test_cold_data_mode_cycles_distinct_copies_without_flushing():
+    """cold-data: each run takes the next copy of the data (so no run finds the previous
+    one's data in cache) and nothing is flushed; cold: every run flushed, one copy."""
+    from mpslayout.bench.contenders import Contender, Setup
+
+    ran: list[tuple[int, str]] = []
+    flushes = []
+
+    def setup(k):
+        return Setup([Contender(name, (lambda k=k, name=name: ran.append((k, name))), 1, 1,
+                                lambda r: None) for name in ("mpslayout", "np.copyto", "memcpy")])
+
+    setups = [setup(k) for k in range(4)]
+    times = bench.measure(setups, 3, lambda: flushes.append(1), mode="cold-data")
+    assert not flushes
+    assert [k for k, _ in ran] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    assert [name for _, name in ran[:6]] == ["mpslayout", "np.copyto", "memcpy",
+                                             "np.copyto", "memcpy", "mpslayout"]
+    assert {n: len(t) for n, t in times.items()} == {"mpslayout": 3, "np.copyto": 3, "memcpy": 3}
+    ran.clear()
+    bench.measure(setups, 2, lambda: flushes.append(1), mode="cold")
+    assert len(flushes) == 6
+    assert {k for k, _ in ran} == {0}
+    with pytest.raises(ValueError, match="mode"):
+        bench.measure(setups, 1, lambda: None, mode="warm")
+
+
+def test_copies_fill_twice_the_last_level_cache():
+    from mpslayout.bench.timing import MAX_COPIES, copies_for
+
+    assert copies_for(36 << 10, 32 << 20) == -(-(64 << 20) // (36 << 10))
+    assert copies_for(800 << 20, 32 << 20) == 1  # one run alone is past the LLC
+    assert copies_for(1, 32 << 20) == MAX_COPIES
+
+
+def test_both_modes_and_processes_merge():
+    """A run in both modes, and two runs merged as --processes 2 merges them: times and
+    paired ratios pooled, each process's median kept and shown as a range."""
+    runs = [small_run(modes=("cold", "cold-data"), dtypes=("float32",)) for _ in range(2)]
+    assert [(r["mode"], r["data_copies"] > 1) for r in runs[0]["results"]] == [
+        ("cold", False), ("cold-data", True)]
+    merged = bench.merge_reports(runs)
+    assert merged["settings"]["processes"] == 2
+    for i, res in enumerate(merged["results"]):
+        for j, c in enumerate(res["contenders"]):
+            each = [run["results"][i]["contenders"][j] for run in runs]
+            assert c["times_s"] == each[0]["times_s"] + each[1]["times_s"]
+            assert c["ratio_vs_memcpy"]["process_medians"] == [
+                e["ratio_vs_memcpy"]["median"] for e in each]
+            assert c["min_s"] == min(e["min_s"] for e in each)
+    text = bench.render_markdown(merged)
+    lo, hi = sorted(merged["results"][0]["contenders"][0]["ratio_vs_numpy"]["process_medians"])
+    assert f"({lo:.2f}-{hi:.2f})" in text
+    assert "cold-data" in text
+    json.dumps(merged)
+    with pytest.raises(ValueError, match="different configurations"):
+        bench.merge_reports([runs[0], small_run(dtypes=("float16",))])
+
+
+def test_processes_option_runs_fresh_processes(tmp_path):
+    path = tmp_path / "r.json"
+    code = bench.main(["--cases", CASE, "--repeats", "1", "--threads", "1", "--modes", "cold",
+                       "--no-torch", "--processes", "2", "--json", str(path)])
+    assert code == 0
+    report = json.loads(path.read_text())
+    assert report["settings"]["processes"] == 2
+    assert all(len(c["times_s"]) == 2 for r in report["results"] for c in r["contenders"])
+    assert bench.main(["--modes", "lukewarm"]) == 1

@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import mpslayout
+from mpslayout import _core
 
 SWEEP = r"""
 import itertools, sys
@@ -106,3 +108,70 @@ def test_unsupported_isa_is_refused() -> None:
     assert proc.returncode != 0
     assert "MPSLAYOUT_ISA" in proc.stderr
     assert "unsupported" in proc.stderr
+
+
+# The transpose kernels per shape (engine.hpp, TileKernel): "direct" 8x8 tiles into the
+# destination; "staged": each panel (a conv output channel's (kH*kW, I) block) built in a
+# buffer and copied out; "stream": the same leaving with non-temporal stores. The planner
+# picks by size; MPSLAYOUT_TILE forces one for the whole sweep above.
+@pytest.mark.parametrize("tile", ["direct", "staged", "stream"])
+def test_every_tile_kernel_matches_numpy(tile: str) -> None:
+    env = dict(os.environ, MPSLAYOUT_TILE=tile)
+    proc = subprocess.run(
+        [sys.executable, "-c", SWEEP], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+CONV_SHAPES = [(64, 3, 7, 7), (64, 64, 3, 3), (24, 40, 5, 5), (17, 33, 3, 3), (8, 1024, 3, 3),
+               (12, 9, 1, 7), (256, 128, 3, 3)]
+
+
+@pytest.mark.parametrize("tile", ["direct", "staged", "stream", "auto"])
+def test_conv_weights_on_every_tile_kernel(tile: str) -> None:
+    """Forced through the private hook, in this process: conv weights (3x3, 5x5, 7x7 and
+    odd channel counts, float32 and the fused float16 cast, aligned and unaligned outputs)
+    equal numpy's transpose bit for bit, NaNs and infinities included."""
+    rng = np.random.default_rng(11)
+    _core.set_tile_kernel(tile)
+    try:
+        assert _core.tile_kernel() == tile
+        for shape in CONV_SHAPES:
+            w = rng.standard_normal(shape).astype(np.float32)
+            specials = np.array([np.nan, np.inf, -np.inf, 7e4, -0.0, 1e-8, 65520.0], np.float32)
+            w.flat[rng.choice(w.size, size=len(specials), replace=False)] = specials
+            want = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+            with np.errstate(over="ignore"):
+                want16 = want.astype(np.float16)
+            for offset in (0, 4, 16):
+                raw = np.empty(w.nbytes + 64, np.uint8)
+                start = (-raw.ctypes.data) % 64 + offset
+                out = raw[start : start + w.nbytes].view(np.float32).reshape(want.shape)
+                got = mpslayout.conv_weights(w, out=out, threads=1)
+                assert got.tobytes() == want.tobytes(), (tile, shape, offset)
+            got16 = mpslayout.conv_weights(w, dtype=np.float16, threads=2)
+            assert got16.tobytes() == want16.tobytes(), (tile, shape)
+    finally:
+        _core.set_tile_kernel("auto")
+
+
+def test_planner_picks_a_kernel_by_size() -> None:
+    """The names _core.plan reports for conv weights: direct tiles for small ones, staged
+    and streamed panels from 64 KiB of output, and each forced kernel when forced."""
+    def plan(shape: tuple[int, ...]) -> str:
+        w = np.zeros(shape, np.float32)
+        o = np.empty((shape[0], shape[2], shape[3], shape[1]), np.float32)
+        st = w.strides
+        return _core.plan(w, o, [shape[0], shape[2], shape[3], shape[1]],
+                          [st[0], st[2], st[3], st[1]], [])
+
+    assert plan((16, 16, 3, 3)) == "tile"  # 9 KiB
+    assert plan((256, 256, 3, 3)) == "stream"
+    for tile, name in [("direct", "tile"), ("staged", "staged"), ("stream", "stream")]:
+        _core.set_tile_kernel(tile)
+        try:
+            assert plan((16, 16, 3, 3)) == name
+        finally:
+            _core.set_tile_kernel("auto")
+    with pytest.raises(ValueError, match="tile kernel"):
+        _core.set_tile_kernel("fastest")

@@ -41,7 +41,7 @@ void fill_scalar(KernelSet& ks) {
   MPSL_FILL(tile, scalar::tile)
   MPSL_FILL(strided, scalar::strided)
 #undef MPSL_FILL
-  for (int i = 0; i < kNumOps; ++i) ks.stream_tile[i] = ks.tile[i];
+  for (int i = 0; i < kNumOps; ++i) ks.staged_tile[i] = ks.stream_tile[i] = ks.tile[i];
 }
 
 #if defined(MPSLAYOUT_X86)
@@ -95,8 +95,8 @@ void tile2_sse2(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na
 void fill_sse2(KernelSet& ks) {
   fill_scalar(ks);
   ks.isa = "sse2";
-  ks.tile[kCopy4] = ks.stream_tile[kCopy4] = tile4_sse2;
-  ks.tile[kCopy2] = ks.stream_tile[kCopy2] = tile2_sse2;
+  ks.tile[kCopy4] = ks.staged_tile[kCopy4] = ks.stream_tile[kCopy4] = tile4_sse2;
+  ks.tile[kCopy2] = ks.staged_tile[kCopy2] = ks.stream_tile[kCopy2] = tile2_sse2;
 }
 
 // cpuid leaf `leaf`, subleaf `sub` into r = {eax, ebx, ecx, edx}; the compiler-specific

@@ -11,7 +11,6 @@
 #include "threads.hpp"
 
 #include <atomic>
-#include <functional>
 #include <thread>
 
 namespace mpslayout {
@@ -19,6 +18,15 @@ namespace mpslayout {
 namespace {
 
 constexpr int64_t kItemElements = 16 * 1024;    // elements per work item (about L1..L2)
+constexpr int64_t kCancelBytes = int64_t(4) << 20;  // bytes between two cancel polls
+// Tile plans whose bands are contiguous destination panels of at most kStreamPanelRows
+// rows (conv output channels up to 7x7), in destinations from kStreamMinBytes up to
+// kStreamMaxBytes, stage each panel and stream it out (kStream). Past kStreamMaxBytes a
+// plain store's line stays in the last-level cache and is not written back within the
+// call, which non-temporal stores always are: the direct tile measured faster there
+// (up to stream_bytes(), where nothing fits any more).
+constexpr int64_t kStreamPanelRows = 49;
+constexpr int64_t kStreamMinBytes = int64_t(64) << 10, kStreamMaxBytes = int64_t(8) << 20;
 // Destinations past the last-level cache get non-temporal stores. MPSLAYOUT_STREAM_BYTES
 // overrides the threshold (for benchmarking the two store paths against each other).
 int64_t stream_bytes() {
@@ -75,37 +83,38 @@ void split(const Request& req, std::vector<Box>& out, Box box, size_t k) {
 
 enum class Shape { Row, Tile, Strided };
 
+// Everything run_items needs, in fixed arrays: a plan lives on the caller's stack.
 struct Plan {
-  Shape shape;
-  const char* src;
-  char* dst;
-  std::vector<Dim> outer;  // outermost first
+  Shape shape = Shape::Row;
+  const char* src = nullptr;
+  char* dst = nullptr;
+  Dim outer[kMaxAxes];  // outermost first
+  int nouter = 0;
   Dim a{1, 0, 0}, d{1, 0, 0};
   int64_t outer_count = 1, band = 1, bands = 1, items = 1;
 };
 
-Plan make_plan(const Box& box, int esrc, int edst) {
-  Plan p;
-  p.src = box.src;
-  p.dst = box.dst;
-  std::vector<Dim> dims = box.dims;
-  if (!canonicalize(dims, p.src, p.dst)) {
+// Plans dims[0, n) (n <= kMaxAxes); dims is scratch, left canonicalized.
+void make_plan(Plan& p, Dim* dims, int n, const char* src, char* dst, int esrc, int edst) {
+  p.src = src;
+  p.dst = dst;
+  if (!canonicalize(dims, n, p.src, p.dst)) {
     p.items = 0;
-    return p;
+    return;
   }
-  if (dims.empty()) dims.push_back({1, esrc, edst});
-  p.d = dims.back();
-  dims.pop_back();
+  if (n == 0) dims[n++] = {1, esrc, edst};
+  p.d = dims[--n];
   if (p.d.ds == edst && p.d.ss == esrc) {
     p.shape = Shape::Row;
   } else {
     // the source's fastest remaining axis
     int best = -1;
-    for (int i = 0; i < static_cast<int>(dims.size()); ++i)
+    for (int i = 0; i < n; ++i)
       if (dims[i].ss != 0 && (best < 0 || iabs(dims[i].ss) < iabs(dims[best].ss))) best = i;
     if (best >= 0) {
       p.a = dims[best];
-      dims.erase(dims.begin() + best);
+      for (int i = best; i + 1 < n; ++i) dims[i] = dims[i + 1];
+      --n;
       if (p.a.ss < 0) {  // walk a flipped axis forwards in the source
         p.src += (p.a.n - 1) * p.a.ss;
         p.dst += (p.a.n - 1) * p.a.ds;
@@ -115,8 +124,11 @@ Plan make_plan(const Box& box, int esrc, int edst) {
     }
     p.shape = (p.d.ds == edst && p.a.ss == esrc && p.a.n > 1) ? Shape::Tile : Shape::Strided;
   }
-  p.outer = std::move(dims);
-  for (const Dim& o : p.outer) p.outer_count *= o.n;
+  p.nouter = n;
+  for (int i = 0; i < n; ++i) {
+    p.outer[i] = dims[i];
+    p.outer_count *= dims[i].n;
+  }
   if (p.shape == Shape::Row) {
     // a lone long row is cut in pieces so threads can share it
     p.band = p.outer_count == 1 ? kItemElements : p.d.n;
@@ -128,17 +140,15 @@ Plan make_plan(const Box& box, int esrc, int edst) {
     p.bands = (p.a.n + p.band - 1) / p.band;
   }
   p.items = p.outer_count * p.bands;
-  return p;
 }
 
-void run_items(const Plan& p, const KernelSet& ks, Op op, bool stream, int64_t begin, int64_t end) {
-  const TileFn tile = stream ? ks.stream_tile[op] : ks.tile[op];
+void run_items(const Plan& p, const KernelSet& ks, Op op, TileFn tile, int64_t begin, int64_t end) {
   for (int64_t item = begin; item < end; ++item) {
     int64_t m = item / p.bands;
     const int64_t band = item % p.bands;
     const char* s = p.src;
     char* d = p.dst;
-    for (size_t i = p.outer.size(); i-- > 0;) {
+    for (int i = p.nouter; i-- > 0;) {
       const int64_t idx = m % p.outer[i].n;
       m /= p.outer[i].n;
       s += idx * p.outer[i].ss;
@@ -164,23 +174,49 @@ void run_items(const Plan& p, const KernelSet& ks, Op op, bool stream, int64_t b
   }
 }
 
+TileKernel g_tile_kernel = [] {
+  const char* env = std::getenv("MPSLAYOUT_TILE");
+  if (env && std::strcmp(env, "direct") == 0) return TileKernel::kDirect;
+  if (env && std::strcmp(env, "staged") == 0) return TileKernel::kStaged;
+  if (env && std::strcmp(env, "stream") == 0) return TileKernel::kStream;
+  return TileKernel::kAuto;
+}();
+
+// The transpose kernel for a tile plan (see TileKernel); kAuto's thresholds were measured on
+// the 2-core EPYC VM (bench/README.md, "Kernels per shape").
+TileKernel tile_kernel_for(const Plan& p, int edst, int64_t dst_bytes) {
+  if (p.shape != Shape::Tile) return TileKernel::kDirect;
+  if (g_tile_kernel != TileKernel::kAuto) return g_tile_kernel;
+  if (dst_bytes >= stream_bytes()) return TileKernel::kStream;
+  const bool panels = p.a.ds == p.d.n * edst && p.band <= kStreamPanelRows;
+  return panels && dst_bytes >= kStreamMinBytes && dst_bytes < kStreamMaxBytes
+             ? TileKernel::kStream
+             : TileKernel::kDirect;
+}
+
+TileFn tile_fn(const KernelSet& ks, Op op, TileKernel k) {
+  switch (k) {
+    case TileKernel::kStaged: return ks.staged_tile[op];
+    case TileKernel::kStream: return ks.stream_tile[op];
+    default: return ks.tile[op];
+  }
+}
+
 void zero_fill(const Box& box, int edst) {
-  std::vector<Dim> dims = box.dims;
-  for (Dim& d : dims) d.ss = 0;
+  Dim dims[kMaxAxes];
+  int n = static_cast<int>(box.dims.size());
+  for (int i = 0; i < n; ++i) dims[i] = {box.dims[i].n, 0, box.dims[i].ds};
   const char* s = nullptr;
   char* dst = box.dst;
-  if (!canonicalize(dims, s, dst)) return;
+  if (!canonicalize(dims, n, s, dst)) return;
   int64_t run = edst;  // contiguous bytes at the bottom
-  while (!dims.empty() && dims.back().ds == run) {
-    run *= dims.back().n;
-    dims.pop_back();
-  }
+  while (n > 0 && dims[n - 1].ds == run) run *= dims[--n].n;
   int64_t count = 1;
-  for (const Dim& d : dims) count *= d.n;
+  for (int i = 0; i < n; ++i) count *= dims[i].n;
   for (int64_t m = 0; m < count; ++m) {
     int64_t r = m;
     char* d = dst;
-    for (size_t i = dims.size(); i-- > 0;) {
+    for (int i = n; i-- > 0;) {
       d += (r % dims[i].n) * dims[i].ds;
       r /= dims[i].n;
     }
@@ -202,53 +238,93 @@ std::vector<Box> decompose(const Request& req) {
   return boxes;
 }
 
-bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int threads,
-             const std::function<bool()>& cancelled) {
+bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc, int edst,
+                 Cast cast, int threads, Cancel cancel) {
+  Dim scratch[kMaxAxes];
+  int64_t elements = 1;
+  for (int i = 0; i < ndim; ++i) {
+    scratch[i] = dims[i];
+    elements *= dims[i].n;
+  }
+  Plan p;
+  make_plan(p, scratch, ndim, src, dst, esrc, edst);
+  if (p.items == 0) return true;
   const KernelSet& ks = kernels();
   const Op op = op_for(cast, esrc);
+  const int64_t bytes = elements * (esrc + edst);
+  const TileKernel kernel = tile_kernel_for(p, edst, elements * edst);
+  const TileFn tile = tile_fn(ks, op, kernel);
+  // non-temporal stores are weakly ordered: each thread fences its own before it reports
+  const bool fence = kernel == TileKernel::kStream;
+  if (threads <= 1 || bytes < kParallelBytes || p.items == 1) {
+    if (!cancel.poll || bytes < kCancelBytes) {  // the short path: one call, no chunks
+      run_items(p, ks, op, tile, 0, p.items);
+      if (fence) std::atomic_thread_fence(std::memory_order_seq_cst);
+      return true;
+    }
+  }
+  // Work goes in chunks of a few MiB; between chunks the calling thread asks whether the
+  // caller wants to stop (Ctrl-C), and every thread stops taking chunks once it does.
+  const int64_t per_item = std::max<int64_t>(1, bytes / p.items);
+  const int64_t chunk = std::max<int64_t>(1, kCancelBytes / per_item);
   const std::thread::id caller = std::this_thread::get_id();
   std::atomic<bool> stop{false};
+  auto body = [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e && !stop.load(std::memory_order_relaxed); i += chunk) {
+      run_items(p, ks, op, tile, i, std::min(e, i + chunk));
+      if (fence) std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (cancel.poll && std::this_thread::get_id() == caller && cancel.poll(cancel.ctx)) stop.store(true);
+    }
+  };
+  if (threads <= 1 || bytes < kParallelBytes || p.items == 1) {
+    body(0, p.items);
+  } else {
+    const int64_t per_thread = (p.items + threads - 1) / threads;
+    const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(per_thread / 4, 64));
+    ThreadPool::instance().run(p.items, grain, threads, body);
+  }
+  return !stop.load();
+}
+
+bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int threads,
+             Cancel cancel) {
   for (const Box& box : boxes) {
     if (box.zero) {
       zero_fill(box, edst);
       continue;
     }
-    const Plan p = make_plan(box, esrc, edst);
-    if (p.items == 0) continue;
-    int64_t elements = 1;
-    for (const Dim& d : box.dims) elements *= d.n;
-    const int64_t bytes = elements * (esrc + edst);
-    const bool stream = elements * edst >= stream_bytes();
-    // Work goes in chunks of a few MiB; between chunks the calling thread asks whether the
-    // caller wants to stop (Ctrl-C), and every thread stops taking chunks once it does.
-    const int64_t per_item = std::max<int64_t>(1, bytes / p.items);
-    const int64_t chunk = std::max<int64_t>(1, (int64_t(4) << 20) / per_item);
-    auto body = [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e && !stop.load(std::memory_order_relaxed); i += chunk) {
-        run_items(p, ks, op, stream, i, std::min(e, i + chunk));
-        if (cancelled && std::this_thread::get_id() == caller && cancelled()) stop.store(true);
-      }
-    };
-    if (threads <= 1 || bytes < kParallelBytes || p.items == 1) {
-      body(0, p.items);
-    } else {
-      const int64_t per_thread = (p.items + threads - 1) / threads;
-      const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(per_thread / 4, 64));
-      ThreadPool::instance().run(p.items, grain, threads, body);
-    }
-    if (stop.load()) return false;
+    if (!execute_box(box.src, box.dst, box.dims.data(), static_cast<int>(box.dims.size()), esrc,
+                     edst, cast, threads, cancel))
+      return false;
   }
   return true;
 }
 
+TileKernel tile_kernel_override() { return g_tile_kernel; }
+void set_tile_kernel_override(TileKernel k) { g_tile_kernel = k; }
+
 const char* describe_plan(const Request& req) {
   const std::vector<Box> boxes = decompose(req);
   if (boxes.empty()) return "empty";
-  const Plan p = make_plan(boxes.front(), req.esrc, req.edst);
+  const Box& box = boxes.front();
+  Dim scratch[kMaxAxes];
+  const int n = static_cast<int>(box.dims.size());
+  int64_t elements = 1;
+  for (int i = 0; i < n; ++i) {
+    scratch[i] = box.dims[i];
+    elements *= box.dims[i].n;
+  }
+  Plan p;
+  make_plan(p, scratch, n, box.src, box.dst, req.esrc, req.edst);
   if (p.items == 0) return "empty";
   switch (p.shape) {
     case Shape::Row: return "row";
-    case Shape::Tile: return "tile";
+    case Shape::Tile:
+      switch (tile_kernel_for(p, req.edst, elements * req.edst)) {
+        case TileKernel::kStaged: return "staged";
+        case TileKernel::kStream: return "stream";
+        default: return "tile";
+      }
     default: return "strided";
   }
 }

@@ -3,7 +3,6 @@
 // (blocked destination) or partly absent (blocked source). Pure C++17, no Python.
 #pragma once
 #include <cstdint>
-#include <functional>
 #include <vector>
 #include "cast.hpp"
 #include "shape.hpp"
@@ -44,11 +43,32 @@ constexpr int64_t kParallelBytes = 4 << 20;
 // Splits a request into plain boxes. Throws std::invalid_argument on inconsistent bounds.
 std::vector<Box> decompose(const Request& req);
 
-// Runs boxes on up to `threads` threads (under kParallelBytes on the caller). The calling
-// thread polls `cancelled` (if set) between chunks of a few MiB; returns false if it said
-// stop, in which case the destination is partly written.
+// Asked by the calling thread between chunks of a few MiB: true means stop. A plain
+// function pointer and its context (no std::function: nothing to allocate or call through
+// on the way in).
+struct Cancel {
+  bool (*poll)(void* ctx) = nullptr;
+  void* ctx = nullptr;
+};
+
+// Runs boxes on up to `threads` threads (under kParallelBytes on the caller). Returns false
+// if `cancel` said stop, in which case the destination is partly written.
 bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int threads,
-             const std::function<bool()>& cancelled = {});
+             Cancel cancel = {});
+
+// One box with no blocked axes, dims[0, ndim) (ndim <= kMaxAxes), planned on the stack:
+// the short path of a small call. Same contract as execute.
+bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc, int edst,
+                 Cast cast, int threads, Cancel cancel = {});
+
+// Which transpose kernel a tile plan runs: the direct 8x8 tile into the destination, or
+// each panel (one output channel's (kH*kW, I) block of a conv weight) staged in an
+// L1/L2 buffer and copied out in address order, with plain stores (kStaged) or
+// non-temporal ones (kStream). kAuto picks by size (see engine.cpp);
+// MPSLAYOUT_TILE=direct|staged|stream forces one (tests, benchmarks).
+enum class TileKernel { kAuto, kDirect, kStaged, kStream };
+TileKernel tile_kernel_override();
+void set_tile_kernel_override(TileKernel k);  // not thread-safe: tests and tools only
 
 // Describes the kernel the planner picks for a request's first box (for tests and bench).
 const char* describe_plan(const Request& req);

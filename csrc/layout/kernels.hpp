@@ -31,7 +31,8 @@ struct KernelSet {
   RowFn row[kNumOps];
   TileFn tile[kNumOps];
   StridedFn strided[kNumOps];
-  TileFn stream_tile[kNumOps];  // tile variant with non-temporal stores (big destinations)
+  TileFn staged_tile[kNumOps];  // tile variant building each panel in a buffer, copied out
+  TileFn stream_tile[kNumOps];  // the same leaving with non-temporal stores (the caller fences)
 };
 
 inline namespace MPSLAYOUT_ISA_NS {  // see cast.hpp

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include "kernels_scalar.hpp"
 
 // Everything below, and only that, may use AVX2/F16C/FMA: headers above keep the baseline
@@ -220,20 +221,68 @@ inline void stream_copy(char* d, const char* s, int64_t n) {
   std::memcpy(d + i, s + i, static_cast<size_t>(n - i));
 }
 
+constexpr int64_t kScratchBytes = 192 * 1024;
+
+// One scratch buffer per thread for the staged kernels, allocated at first use and freed
+// when the thread exits; nullptr if it cannot be had (the caller then tiles directly).
+// Static thread_local arrays would put every kernel's buffer in the module's TLS block
+// (megabytes per thread) and cost a __tls_get_addr call per panel; this is one pointer,
+// initial-exec: a single %fs-relative load.
+struct Scratch {
+  char* p = nullptr;
+  ~Scratch() { ::operator delete[](p, std::align_val_t(64)); }
+};
+#if defined(__GNUC__)
+#define MPSL_TLS_INITIAL_EXEC __attribute__((tls_model("initial-exec")))
+#else
+#define MPSL_TLS_INITIAL_EXEC
+#endif
+inline char* scratch_buffer() {
+  static thread_local Scratch s MPSL_TLS_INITIAL_EXEC;
+  if (s.p == nullptr)
+    s.p = static_cast<char*>(::operator new[](kScratchBytes, std::align_val_t(64), std::nothrow));
+  return s.p;
+}
+
+// How tile8 writes the destination.
+enum class Out {
+  kDirect,  // 8x8 blocks straight into the destination
+  kStaged,  // the panel built in an L1/L2 buffer, then copied out row by row, in address order
+  kStream,  // the same, or eight rows at a time, leaving with non-temporal stores
+};
+
+// Copies n bytes with plain 32-byte stores (glibc's memcpy takes `rep movsb` from ~2 KiB,
+// slow on the AMD parts measured when the destination is not 64-byte aligned).
+inline void plain_copy(char* d, const char* s, int64_t n) {
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 32), hi);
+  }
+  std::memcpy(d + i, s + i, static_cast<size_t>(n - i));
+}
+
 // Macro-kernel: bands of 32 rows of a; inside a band, groups of 8x8 blocks that together
 // fill one 64-byte line of each destination row before moving on (so a line is written
 // once, not evicted half-done when rows are a power-of-two apart). Edges reuse a full block
 // shifted back to overlap its neighbour: rewriting equal values beats a scalar edge loop.
 //
-// NT (destinations far larger than the last-level cache): eight whole destination rows are
-// built in an L1/L2 buffer, then leave in address order with non-temporal stores. Written
-// in transposed order instead, streaming stores run at half the speed of ordinary ones on
-// the machines measured; in address order they skip the read-for-ownership.
-template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na, int64_t nd) {
+// kStaged / kStream: a panel (one conv output channel's (kH*kW, I) block) is transposed
+// into a buffer, reading the source in address order, then leaves in address order: one
+// write stream instead of kH*kW, which the hardware prefetcher follows. kStream's
+// non-temporal stores also skip the read-for-ownership of every destination line (the
+// caller fences once at the end, not per panel). Written in transposed order instead,
+// streaming stores run at half the speed of ordinary ones on the machines measured.
+template <Op OP, Out M> void tile8(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na, int64_t nd) {
   using K = typename OpTraits<OP>::K;
   constexpr int64_t es = sizeof(typename K::S), ed = sizeof(typename K::D);
   constexpr int64_t group = 64 / ed;  // destination elements per cache line
-  constexpr int64_t kRowBuffer = 32 * 1024, kPanelBuffer = 192 * 1024;
+  constexpr int64_t kRowBuffer = 32 * 1024;
+  // staged panels: rows at most (7x7 kernels; every band of a tile plan has <= 32 rows),
+  // and bytes per column chunk (with the source lines it reads, about half of L1)
+  constexpr int64_t kPanelRows = 49, kPanelChunk = 12 * 1024;
   if constexpr (OP != kF16F32) {
     if (nd == 4 && dsa == 4 * ed) return interleave4<OP>(src, ssd, dst, na);
     if (nd == 3 && dsa == 3 * ed) return interleave3<OP>(src, ssd, dst, na);
@@ -256,24 +305,40 @@ template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, in
         scalar::tile<K>(s - back * es, ssd, d - back * stride, stride, 8, 8);
     }
   };
-  // Buffer rows are padded by one line: rows a power of two apart would share L1 sets.
-  const int64_t pstride = row_bytes + 64;
-  if (NT && na * pstride <= kPanelBuffer) {
-    // The whole panel fits in L2: read the source in address order (d outer), transpose
-    // into the buffer, then stream it out in address order too.
-    alignas(64) static thread_local char panel[kPanelBuffer];
-    for (int64_t d0 = 0; d0 < nd; d0 += 8) {
-      const int64_t dd = std::min(d0, nd - 8);
-      for (int64_t a0 = 0; a0 < na; a0 += 8) move(a0, dd, panel + a0 * pstride + dd * ed, pstride);
+  char* const scratch = M == Out::kDirect ? nullptr : scratch_buffer();
+  if (scratch && na <= kPanelRows) {
+    // Panels of up to kPanelRows rows (a conv output channel's kH*kW) go through the buffer
+    // in column chunks of at most kPanelChunk bytes, so that a chunk and the source lines
+    // it reads share L1: the source is read in address order (d outer), each chunk is
+    // transposed into the buffer, then copied out in address order. A chunk spanning the
+    // whole of a contiguous panel leaves as one block.
+    const int64_t chunks = (na * nd * ed + kPanelChunk - 1) / kPanelChunk;
+    const int64_t chunk = ((nd + chunks - 1) / chunks + 15) / 16 * 16;
+    for (int64_t c0 = 0; c0 < nd; c0 += chunk) {
+      const int64_t c1 = std::min(nd, c0 + chunk), cs = std::min(c0, c1 - 8);  // >= 8 wide
+      const int64_t width = (c1 - cs) * ed;
+      // buffer rows a multiple of 4 KiB apart would share L1 sets: pad them by a line
+      const int64_t pstride = width % 4096 ? width : width + 64;
+      for (int64_t d0 = cs; d0 < c1; d0 += 8) {
+        const int64_t dd = std::min(d0, c1 - 8);
+        for (int64_t a0 = 0; a0 < na; a0 += 8) move(a0, dd, scratch + a0 * pstride + (dd - cs) * ed, pstride);
+      }
+      const bool whole = width == row_bytes && dsa == row_bytes && pstride == width;
+      for (int64_t r = 0; r < (whole ? 1 : na); ++r) {
+        char* d = dst + r * dsa + cs * ed;
+        const char* p = scratch + r * pstride;
+        const int64_t n = whole ? na * width : width;
+        if constexpr (M == Out::kStream)
+          stream_copy(d, p, n);
+        else
+          plain_copy(d, p, n);
+      }
     }
-    for (int64_t r = 0; r < na; ++r) stream_copy(dst + r * dsa, panel + r * pstride, row_bytes);
-    _mm_sfence();
     return;
   }
-  if (NT && row_bytes * 8 <= kRowBuffer) {
+  if (scratch && M == Out::kStream && row_bytes * 8 <= kRowBuffer) {
     // Eight whole rows at a time in an L1 buffer (row 0 of the buffer is row a0).
-    alignas(64) static thread_local char buf[kRowBuffer + 8 * 64];
-    char* rows = buf + 8 * 64;  // room for a shifted last block's earlier rows
+    char* rows = scratch + 8 * 64;  // room for a shifted last block's earlier rows
     for (int64_t a0 = 0; a0 < na; a0 += 8) {
       const int64_t n = std::min<int64_t>(8, na - a0);
       if (n < 8) {
@@ -298,7 +363,6 @@ template <Op OP, bool NT> void tile8(const char* src, int64_t ssd, char* dst, in
         for (int64_t r = 0; r < n; ++r) stream_copy(dst + (a0 + r) * dsa, rows + r * row_bytes, row_bytes);
       }
     }
-    _mm_sfence();
     return;
   }
   for (int64_t a1 = 0; a1 < na; a1 += 32) {
@@ -408,14 +472,17 @@ void row_bf16_f32(const char* src, char* dst, int64_t n) {
 void fill_avx2(KernelSet& ks) {
   fill_sse2(ks);
   ks.isa = "avx2";
-  ks.tile[kCopy4] = tile8<kCopy4, false>;
-  ks.tile[kF32F16] = tile8<kF32F16, false>;
-  ks.tile[kF16F32] = tile8<kF16F32, false>;
-  for (int i = 0; i < kNumOps; ++i) ks.stream_tile[i] = ks.tile[i];
-  ks.stream_tile[kCopy4] = tile8<kCopy4, true>;
-  ks.stream_tile[kF32F16] = tile8<kF32F16, true>;
-  ks.stream_tile[kF16F32] = tile8<kF16F32, true>;
-  ks.tile[kCopy8] = ks.stream_tile[kCopy8] = tile8_avx;
+  ks.tile[kCopy4] = tile8<kCopy4, Out::kDirect>;
+  ks.tile[kF32F16] = tile8<kF32F16, Out::kDirect>;
+  ks.tile[kF16F32] = tile8<kF16F32, Out::kDirect>;
+  for (int i = 0; i < kNumOps; ++i) ks.staged_tile[i] = ks.stream_tile[i] = ks.tile[i];
+  ks.staged_tile[kCopy4] = tile8<kCopy4, Out::kStaged>;
+  ks.staged_tile[kF32F16] = tile8<kF32F16, Out::kStaged>;
+  ks.staged_tile[kF16F32] = tile8<kF16F32, Out::kStaged>;
+  ks.stream_tile[kCopy4] = tile8<kCopy4, Out::kStream>;
+  ks.stream_tile[kF32F16] = tile8<kF32F16, Out::kStream>;
+  ks.stream_tile[kF16F32] = tile8<kF16F32, Out::kStream>;
+  ks.tile[kCopy8] = ks.staged_tile[kCopy8] = ks.stream_tile[kCopy8] = tile8_avx;
   ks.row[kF32F16] = row_f32_f16;
   ks.row[kF16F32] = row_f16_f32;
   ks.row[kF64F32] = row_f64_f32;

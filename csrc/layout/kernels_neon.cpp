@@ -293,7 +293,7 @@ void fill_neon(KernelSet& ks) {
   ks.tile[kF32F16] = tile4<kF32F16, F32F16>;
   ks.tile[kF16F32] = tile4<kF16F32, F16F32>;
   // No streaming variant: AArch64's non-temporal STNP is only a hint, not exposed by ACLE.
-  for (int i = 0; i < kNumOps; ++i) ks.stream_tile[i] = ks.tile[i];
+  for (int i = 0; i < kNumOps; ++i) ks.staged_tile[i] = ks.stream_tile[i] = ks.tile[i];
   ks.row[kF32F16] = row_f32_f16;
   ks.row[kF16F32] = row_f16_f32;
   ks.row[kF64F32] = row_f64_f32;

@@ -50,24 +50,32 @@ inline int64_t count_of(const std::vector<Dim>& dims) {
 struct Range {
   int64_t lo, hi;
 };
-inline Range touched(const std::vector<Dim>& dims, bool source, int64_t e) {
+inline Range touched(const Dim* dims, int n, bool source, int64_t e) {
   int64_t lo = 0, hi = 0;
-  for (const Dim& d : dims) {
+  for (int i = 0; i < n; ++i) {
+    const Dim& d = dims[i];
     if (d.n == 0) return {0, 0};
     const int64_t span = checked_mul(d.n - 1, source ? d.ss : d.ds);
     if (span < 0) lo = checked_add(lo, span); else hi = checked_add(hi, span);
   }
   return {lo, checked_add(hi, e)};
 }
+inline Range touched(const std::vector<Dim>& dims, bool source, int64_t e) {
+  return touched(dims.data(), static_cast<int>(dims.size()), source, e);
+}
+
+// Most axes a box may have (the bindings refuse more): plans keep their axes in fixed
+// arrays of this size, on the stack, so a call allocates nothing.
+constexpr int kMaxAxes = 64;
 
 // Drops unit axes, flips axes the destination walks backwards (so every destination stride
 // is >= 0; the pointers move to the other end), orders axes by decreasing destination
-// stride, and merges neighbours that are one axis on both sides. Pointers are adjusted in
-// place. Returns false if the box is empty.
-inline bool canonicalize(std::vector<Dim>& dims, const char*& src, char*& dst) {
-  std::vector<Dim> kept;
-  kept.reserve(dims.size());
-  for (Dim d : dims) {
+// stride, and merges neighbours that are one axis on both sides. Works in place on
+// dims[0, n) (n updated) and adjusts the pointers. Returns false if the box is empty.
+inline bool canonicalize(Dim* dims, int& n, const char*& src, char*& dst) {
+  int kept = 0;
+  for (int i = 0; i < n; ++i) {
+    Dim d = dims[i];
     if (d.n == 0) return false;
     if (d.n == 1) continue;
     if (d.ds < 0) {
@@ -76,17 +84,22 @@ inline bool canonicalize(std::vector<Dim>& dims, const char*& src, char*& dst) {
       d.ss = -d.ss;
       d.ds = -d.ds;
     }
-    kept.push_back(d);
+    // stable insertion: decreasing destination stride, then decreasing |source stride|
+    const int64_t as = d.ss < 0 ? -d.ss : d.ss;
+    int j = kept++;
+    for (; j > 0; --j) {
+      const Dim& p = dims[j - 1];
+      const int64_t ps = p.ss < 0 ? -p.ss : p.ss;
+      if (p.ds > d.ds || (p.ds == d.ds && ps >= as)) break;
+      dims[j] = p;
+    }
+    dims[j] = d;
   }
-  std::stable_sort(kept.begin(), kept.end(), [](const Dim& a, const Dim& b) {
-    if (a.ds != b.ds) return a.ds > b.ds;
-    const int64_t as = a.ss < 0 ? -a.ss : a.ss, bs = b.ss < 0 ? -b.ss : b.ss;
-    return as > bs;
-  });
-  dims.clear();
-  for (const Dim& d : kept) {
-    if (!dims.empty()) {
-      Dim& o = dims.back();
+  int out = 0;
+  for (int i = 0; i < kept; ++i) {
+    const Dim d = dims[i];
+    if (out > 0) {
+      Dim& o = dims[out - 1];
       if (o.ss == d.ss * d.n && o.ds == d.ds * d.n) {
         o.n *= d.n;
         o.ss = d.ss;
@@ -94,9 +107,17 @@ inline bool canonicalize(std::vector<Dim>& dims, const char*& src, char*& dst) {
         continue;
       }
     }
-    dims.push_back(d);
+    dims[out++] = d;
   }
+  n = out;
   return true;
+}
+
+inline bool canonicalize(std::vector<Dim>& dims, const char*& src, char*& dst) {
+  int n = static_cast<int>(dims.size());
+  const bool nonempty = canonicalize(dims.data(), n, src, dst);
+  dims.resize(static_cast<size_t>(nonempty ? n : 0));
+  return nonempty;
 }
 
 }  // namespace mpslayout

@@ -7,7 +7,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <mutex>
 #if !defined(_WIN32)
 #include <pthread.h>
@@ -17,9 +16,23 @@
 
 namespace mpslayout {
 
+// A borrowed callable (two pointers): the pool calls the caller's lambda without copying it
+// into a std::function (no allocation, no type-erased copy on the way in).
+class BodyRef {
+ public:
+  template <class F>
+  BodyRef(const F& f)  // NOLINT: implicit on purpose, like std::function
+      : obj_(&f), call_([](const void* o, int64_t b, int64_t e) { (*static_cast<const F*>(o))(b, e); }) {}
+  void operator()(int64_t begin, int64_t end) const { call_(obj_, begin, end); }
+
+ private:
+  const void* obj_;
+  void (*call_)(const void*, int64_t, int64_t);
+};
+
 class ThreadPool {
  public:
-  using Body = std::function<void(int64_t begin, int64_t end)>;
+  using Body = BodyRef;
 
   static ThreadPool& instance() {
     static const bool registered = [] {

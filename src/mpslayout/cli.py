@@ -234,27 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time mpslayout's conversions against numpy, PyTorch and memcpy on real "
         "weight shapes (cold cache, interleaved runs). See bench/README.md in the repository.",
     )
-    p.add_argument(
-        "--quick", action="store_true", help="a few cases, 3 repeats: finishes in under a minute"
-    )
-    p.add_argument(
-        "--cases",
-        metavar="SUBSTRING",
-        help="only cases whose name or input shape contains SUBSTRING",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        metavar="N",
-        help="timed runs per contender (default 15, 3 with --quick)",
-    )
-    p.add_argument(
-        "--threads", metavar="LIST", help="comma separated thread counts (default: 1 and all CPUs)"
-    )
-    p.add_argument("--json", metavar="PATH", help="write the full results as JSON")
-    p.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
-    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    from .bench.cli import add_arguments as add_bench_arguments  # the options bench/run.py has
+
+    add_bench_arguments(p)
     p.set_defaults(func=_bench)
 
     p = sub.add_parser(
