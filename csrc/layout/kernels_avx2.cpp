@@ -56,11 +56,6 @@ inline bool any_nan8(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m2
   return !_mm256_testz_ps(m, m);
 }
 
-inline __m256 load_halves(const char* lo, const char* hi) {
-  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(reinterpret_cast<const float*>(lo))),
-                              _mm_loadu_ps(reinterpret_cast<const float*>(hi)), 1);
-}
-
 // Stores 8 float32 lanes, or (fused cast) the 8 float16 lanes they round to.
 template <Op OP> inline void store8(char* d, __m256 v) {
   if constexpr (OP == kF32F16)

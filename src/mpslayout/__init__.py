@@ -23,6 +23,7 @@ from .mps import (
     expand_depthwise,
     fc_weights,
 )
+from .quantize import dequantize_weights, quantize_weights
 from .rnn import gru_weights, lstm_weights, rnn_weights
 
 __version__ = _core.__version__
@@ -45,6 +46,7 @@ __all__ = [
     "convert",
     "dense_reshape",
     "depthwise_weights",
+    "dequantize_weights",
     "expand_depthwise",
     "export",
     "fc_weights",
@@ -54,6 +56,7 @@ __all__ = [
     "image_slices",
     "lstm_weights",
     "permute",
+    "quantize_weights",
     "reshape_gather",
     "reshape_slices",
     "rnn_weights",

@@ -149,6 +149,10 @@ def _export(args: argparse.Namespace) -> int:
         for x in doc["unsupported"] + doc["skipped"]:
             left = f" [left behind: {', '.join(x['tensors'])}]" if x.get("tensors") else ""
             print(f"not exported: {x['name']} ({x['op']}): {x['reason']}{left}")
+        for layer in doc["layers"]:  # exported, but MPS computes another function
+            for note in layer["notes"]:
+                if note.startswith("not exact: "):
+                    print(f"not exact on MPS: {layer['name']}: {note[11:]}")
         print(
             f"exported {len(doc['layers'])} layers ({doc['total_bytes']} bytes, "
             f"{doc['weights_dtype']} weights) to {args.output}"
@@ -172,6 +176,17 @@ def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
 def _verify(args: argparse.Namespace) -> int:
     import json
 
+    from .verify_keras import KerasMissing, is_keras_file, verify_keras
+
+    if is_keras_file(args.model):  # Keras itself is the oracle
+        try:
+            report = verify_keras(args.outdir, args.model, input=args.input, atol=args.atol,
+                                  rtol=args.rtol, storage=args.storage, seed=args.seed)
+        except KerasMissing as e:
+            print(f"mpslayout: error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+        return 0 if report.ok else 1
     from .verify import verify  # imported here: only this command needs onnx/onnxruntime
 
     report = verify(
@@ -309,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("outdir", metavar="OUTDIR", help="folder written by mpslayout export")
     p.add_argument(
-        "--model", required=True, metavar="MODEL.onnx", help="the ONNX model the export came from"
+        "--model", required=True, metavar="MODEL",
+        help="the model the export came from: MODEL.onnx (ONNX Runtime is the oracle) or "
+        "MODEL.keras / MODEL.h5 (Keras is, with --input in NHWC)"
     )
     p.add_argument(
         "--input",

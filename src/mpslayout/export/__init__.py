@@ -234,6 +234,8 @@ def export(
         "unsupported": plan.unsupported,
         "assumptions": plan.assumptions,
     }
+    if plan.training_state:
+        fields["training_state"] = plan.training_state
     bar = Progress(len(plan.layers), sum(x.source_bytes for x in plan.layers), progress)
     return write_all(outdir, plan.layers, out_dtype, force=force, progress=bar,
                      manifest_fields=fields, version=__version__)

@@ -22,9 +22,9 @@ from ..engine import _cast_code
 from . import manifest as mf
 
 KINDS = ("convolution", "depthwise", "transposed", "fully_connected", "subpixel",
-         "batch_normalization", "arithmetic", "tensor")
+         "batch_normalization", "arithmetic", "tensor", "lstm", "gru", "rnn")
 RULES = ("conv", "depthwise", "expand_depthwise", "transposed", "fc", "dense_reshape",
-         "conv_subpixel", "batch_norm", "arithmetic", "tensor")
+         "conv_subpixel", "batch_norm", "arithmetic", "tensor", "lstm", "gru", "rnn")
 BN_ROLES = ("gamma", "beta", "mean", "variance")
 CHUNK_BYTES = 64 << 20  # output bytes converted at a time where a rule allows slicing
 
@@ -231,6 +231,11 @@ def convert_layer(layer: Layer, dtype: np.dtype,
     """Yield ``(role, array, source_bytes)``: the weights, possibly in several chunks whose
     concatenation along axis 0 is the whole result, then the float32 vectors (bias, or a
     batch norm's gamma/beta/mean/variance). ``source_bytes`` is for progress."""
+    if layer.rule in ("lstm", "gru", "rnn"):  # one file per gate data source
+        from .rnn_layers import convert
+
+        yield from convert(layer, dtype)
+        return
     if layer.rule in ("arithmetic", "tensor"):
         ref = layer.weight
         if ref is None:
@@ -372,7 +377,8 @@ class Plan:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
-
+    # arrays that are not model weights (optimizer slots): listed, never exported
+    training_state: list[dict[str, Any]] = field(default_factory=list)
     inputs: dict[str, list[int | None]] = field(default_factory=dict)
 
     @staticmethod

@@ -200,7 +200,10 @@ def layer_entry(layer: Any, files: dict[str, dict[str, Any]], dtype: str) -> dic
 def build(*, source: dict[str, Any], dtype: str, options: dict[str, Any],
           layers: list[dict[str, Any]], skipped: list[dict[str, Any]],
           unsupported: list[dict[str, Any]], assumptions: list[str],
-          version: str, inputs: dict[str, list[int | None]]) -> dict[str, Any]:
+          version: str, inputs: dict[str, list[int | None]],
+          **optional: Any) -> dict[str, Any]:
+    """The manifest document; ``optional`` fields (``training_state``) go in only when
+    given."""
     total = sum(f["bytes"] for entry in layers for f in entry["files"].values())
     return {
         "format": FORMAT,
@@ -215,5 +218,6 @@ def build(*, source: dict[str, Any], dtype: str, options: dict[str, Any],
         "skipped": skipped,
         "unsupported": unsupported,
         "assumptions": assumptions,
+        **optional,
         "total_bytes": total,
     }

@@ -9,8 +9,7 @@
   source takes it as it is): LayerNormalization and InstanceNormalization scale and bias,
   PRelu slopes, the table of an embedding ``Gather``, the constant first operand of a
   ``MatMul``, and any other floating constant an op reads as data.
-- LSTM/GRU/RNN: :func:`recurrent` is the hook for recurrent layers; until they have an
-  exporter it lists the node as unsupported, naming its W, R and B tensors.
+- LSTM/GRU/RNN are recurrent layers: :mod:`.onnx_rnn`.
 """
 
 from __future__ import annotations
@@ -136,13 +135,6 @@ def gather(g: Graph, node: Any) -> None:
             g, node, ref, "table", f"{g.name(node)}.table",
             "a lookup in a constant table (an embedding): no MPSCNN kernel; for a custom "
             "Metal kernel"))
-
-
-def recurrent(g: Graph, node: Any) -> None:
-    """The hook for LSTM/GRU/RNN nodes (an exporter for them replaces this): listed as
-    unsupported, naming the learned tensors they leave behind."""
-    g.list_node(node, f"{node.op_type}: recurrent layers (MPSRNNMatrixInferenceLayer / "
-                "MPSLSTMDescriptor) are not exported yet; its weights are listed here")
 
 
 def leftover(g: Graph, node: Any, why: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from . import onnx_constants as oc
 from . import onnx_layers as ol
+from . import onnx_rnn
 from .layers import Overrides, Plan
 from .onnx_graph import STRUCTURAL, WEIGHTLESS, Graph
 from .onnx_tensors import _onnx, tensor_ref
@@ -25,7 +26,7 @@ from .onnx_tensors import _onnx, tensor_ref
 __all__ = ["BUILDERS", "read", "tensor_ref"]
 
 # op -> builder(graph, node); a builder appends layers or raises SkipLayer. LSTM/GRU/RNN
-# go to onnx_constants.recurrent: the one hook for a recurrent-layer exporter.
+# go to onnx_rnn.read_node: one MPS recurrent layer per direction.
 BUILDERS: dict[str, Callable[[Graph, Any], None]] = {
     "Conv": ol.conv,
     "ConvTranspose": ol.conv_transpose,
@@ -37,9 +38,7 @@ BUILDERS: dict[str, Callable[[Graph, Any], None]] = {
     "InstanceNormalization": oc.norm,
     "PRelu": oc.prelu,
     "Gather": oc.gather,
-    "LSTM": oc.recurrent,
-    "GRU": oc.recurrent,
-    "RNN": oc.recurrent,
+    **{op: onnx_rnn.read_node for op in onnx_rnn.OPS},
 }
 
 

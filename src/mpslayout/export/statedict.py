@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as mf
+from . import statedict_rnn
 from .layers import Layer, Overrides, Plan, TensorRef, const_tensor, is_float, reshape_layer
 
 ASSUMPTIONS = [
@@ -46,7 +47,10 @@ def _modules(tensors: dict[str, TensorRef]) -> dict[str, dict[str, TensorRef]]:
 def plan(tensors: dict[str, TensorRef], fmt: str, overrides: Overrides) -> Plan:
     p = Plan(fmt, assumptions=list(ASSUMPTIONS))
     for prefix, leaves in _modules(tensors).items():
-        used = _module(p, prefix or "(root)", leaves, overrides)
+        if statedict_rnn.is_recurrent(leaves):  # nn.LSTM / GRU / RNN weight families
+            used = statedict_rnn.module(p, prefix or "(root)", leaves)
+        else:
+            used = _module(p, prefix or "(root)", leaves, overrides)
         for leaf, ref in leaves.items():
             if leaf in used or leaf == "num_batches_tracked":
                 continue

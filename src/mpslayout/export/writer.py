@@ -20,6 +20,7 @@ import numpy as np
 
 from . import manifest as mf
 from .layers import Layer, convert_layer
+from .rnn_layers import file_layout
 
 _WRITE_BLOCK = 16 << 20
 
@@ -161,6 +162,8 @@ class _BinFile:
 
 
 def _layout(layer: Layer, role: str) -> str:
+    if layer.rule in ("lstm", "gru", "rnn"):
+        return file_layout(role)
     if role in ("constant", "tensor"):
         return "image_slices" if role == "constant" else "source"
     if role != "weights":

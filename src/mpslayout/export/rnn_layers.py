@@ -1,0 +1,136 @@
+"""Recurrent layers in an export: one :class:`Layer` per direction (an MPSRNN layer with an
+``MPSLSTMDescriptor``, ``MPSGRUDescriptor`` or ``MPSRNNSingleGateDescriptor``), whose files
+are the descriptor's gate data sources, one file per property (``STEM.<property>.bin``,
+biases ``STEM.<property>.bias.bin``). The readers (ONNX, state_dict, Keras) only find the
+tensors and the cell's settings; the rules are :mod:`mpslayout.rnn` (docs/layouts.md,
+section 9).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .. import rnn
+from .layers import Layer, TensorRef
+
+CELLS = {"lstm": ("MPSLSTMDescriptor", 4), "gru": ("MPSGRUDescriptor", 3),
+         "rnn": ("MPSRNNSingleGateDescriptor", 1)}
+RULES = tuple(CELLS)
+DIRECTIONS = ("forward", "backward")
+
+# ONNX activation -> MPSCNNNeuronType (a, b), with ONNX's default alpha/beta; None: no
+# MPS neuron computes it
+_ONNX_NEURONS: dict[str, tuple[str, float | None, float | None] | None] = {
+    "Sigmoid": ("Sigmoid", None, None),
+    "Tanh": ("TanH", 1.0, 1.0),
+    "Relu": ("ReLU", 0.0, None),
+    "LeakyRelu": ("ReLU", 0.01, None),
+    "HardSigmoid": ("HardSigmoid", 0.2, 0.5),
+    "Affine": ("Linear", 1.0, 0.0),
+    "ScaledTanh": ("TanH", 1.0, 1.0),
+    "Elu": ("ELU", 1.0, None),
+    "Softsign": ("SoftSign", None, None),
+    "Softplus": ("SoftPlus", 1.0, 1.0),
+    "ThresholdedRelu": None,
+}
+# Keras activation names -> the ONNX spelling above
+KERAS_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu",
+                     "hard_sigmoid": "KerasHardSigmoid", "linear": "Affine",
+                     "softsign": "Softsign", "softplus": "Softplus", "elu": "Elu"}
+
+SIGMOID = {"type": "Sigmoid", "a": 1.0, "b": 1.0}
+TANH = {"type": "TanH", "a": 1.0, "b": 1.0}
+
+
+def neuron(name: str, alpha: float | None = None, beta: float | None = None
+           ) -> dict[str, Any] | None:
+    """The MPS neuron of an ONNX activation (a dict type/a/b), None when MPS lacks it.
+    Keras 3's hard_sigmoid is relu6(x + 3) / 6: HardSigmoid a = 1/6, b = 0.5."""
+    if name == "KerasHardSigmoid":
+        return {"type": "HardSigmoid", "a": 1.0 / 6.0, "b": 0.5}
+    spec = _ONNX_NEURONS.get(name)
+    if spec is None:
+        return None
+    kind, a, b = spec
+    a = alpha if alpha is not None and a is not None else a
+    b = beta if beta is not None and b is not None else b
+    return {"type": kind, "a": 1.0 if a is None else float(a),
+            "b": 1.0 if b is None else float(b)}
+
+
+def gate_neurons(cell: str, acts: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Per-gate neurons from the framework's activation list: LSTM (f, g, h) -> gates
+    i, f, o get f, the cell gate g, cellToOutput h; GRU (f, g) -> z, r get f, output g;
+    RNN (f,)."""
+    if cell == "lstm":
+        f, g, h = acts
+        return {"inputGate": f, "forgetGate": f, "cellGate": g, "outputGate": f,
+                "cellToOutput": h}
+    if cell == "gru":
+        f, g = acts
+        return {"inputGate": f, "recurrentGate": f, "outputGate": g}
+    return {"input": acts[0]}
+
+
+def recurrent_layer(name: str, cell: str, source: dict[str, Any], tensors: dict[str, TensorRef],
+                    *, layout: str, direction: int, index: int, hidden: int, inputs: int,
+                    neurons: dict[str, Any], notes: list[str], pair: list[str] | None = None,
+                    settings: dict[str, Any] | None = None) -> Layer:
+    """One direction of a recurrent layer. ``tensors``: W, R and optionally B, P in the
+    framework's packing; ``index`` is the direction index into ONNX tensors (else 0)."""
+    descriptor, _ = CELLS[cell]
+    missing = [k for k, v in neurons.items() if v is None]
+    exact = not missing and not any(n.startswith("not exact") for n in notes)
+    if missing:
+        notes = [*notes, f"not exact: MPS has no neuron for the activation of {missing}; "
+                 "those gates are written with no neuron"]
+    rec: dict[str, Any] = {
+        "descriptor": descriptor,
+        "layer": "MPSRNNMatrixInferenceLayer",
+        "cell": cell,
+        "hidden_size": hidden,
+        "input_size": inputs,
+        "layerSequenceDirection": DIRECTIONS[direction],
+        "bidirectional": None if pair is None else {
+            "layers": pair, "order": list(DIRECTIONS), "combine": "concatenate"},
+        "neurons": {k: v for k, v in neurons.items() if k != "cellToOutput"},
+        "exact": exact,
+    }
+    if cell == "lstm":
+        rec["cellToOutputNeuron"] = neurons["cellToOutput"]
+        rec["memoryWeightsAreDiagonal"] = "P" in tensors
+    if cell == "gru":
+        rec.update(gatePnormValue=1.0, flipOutputGates=False)
+    rec.update(settings or {})
+    geo = {"input_channels": inputs, "output_channels": hidden, "input_shape": None,
+           "output_shape": None, "recurrent": rec}
+    layer = Layer(name, cell, cell, source, geometry=geo, tensors=dict(tensors),
+                  params={"layout": layout, "direction": index}, notes=list(notes))
+    return layer
+
+
+def convert(layer: Layer, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray, int]]:
+    """Yield ``(property, array, source_bytes)`` for every gate data source of ``layer``."""
+    t = layer.tensors
+    load = {k: v.load() for k, v in t.items()}
+    fn = {"lstm": rnn.lstm_weights, "gru": rnn.gru_weights, "rnn": rnn.rnn_weights}[layer.rule]
+    kw: dict[str, Any] = {"layout": layer.params["layout"],
+                          "direction": layer.params["direction"]}
+    if "P" in load:
+        kw["P"] = load["P"]
+    w_dtype = dtype if dtype.kind == "f" else np.dtype(np.float32)
+    props = fn(load["W"], load["R"], load.get("B"), dtype=w_dtype, **kw)
+    total = sum(v.nbytes for v in t.values())
+    share = total // max(1, len(props))
+    for role, arr in props.items():
+        yield role, arr, share
+
+
+def file_layout(role: str) -> str:
+    """The manifest layout of one property file."""
+    if role.endswith("Weights") and not role.endswith("MemoryWeights"):
+        return "OHWI"
+    return "O"

@@ -1,0 +1,164 @@
+"""Verify exported recurrent layers (LSTM / GRU / RNN) against ONNX Runtime.
+
+Each exported direction runs in :mod:`mpslayout.reference.rnn` (MPS's cell formulas) from
+the export's own gate files, fed with ONNX Runtime's input to the node (and its initial
+states), and is compared with the direction's slice of the node's output ``Y[t][dir]``.
+The judge is the oracle's own value of ``Y`` (ONNX Runtime, or Keras through its ONNX
+translation); when the export holds float16 weights, ONNX Runtime running that node alone
+with the model's W, R (and P) rounded to float16, so that the rounding the export was asked
+for is not counted as an error. A layer the manifest marks ``exact: false`` (a cell MPS
+cannot compute) is still compared; its row carries the manifest's reason.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .reference import rnn as ref
+
+__all__ = ["RECURRENT_KINDS", "check_layers", "run_exported"]
+
+RECURRENT_KINDS = frozenset(("lstm", "gru", "rnn"))
+_WEIGHT_INPUTS = (1, 2, 7)  # W, R, P: stored in the weights' dtype; B stays float32
+
+
+def run_exported(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray,
+                 h0: np.ndarray | None = None, c0: np.ndarray | None = None) -> np.ndarray:
+    """Y ``(T, B, H)`` of one exported direction on ``x`` ``(T, B, I)``, from its files and
+    the descriptor settings in its manifest entry."""
+    rec = entry["recurrent"]
+    hidden = int(rec["hidden_size"])
+    backward = rec["layerSequenceDirection"] == "backward"
+    neurons = {k: _neuron(v) for k, v in rec["neurons"].items()}
+    if rec["cell"] == "lstm":
+        return ref.lstm(x, arrays, hidden, reverse=backward, neurons=neurons,
+                        cell_to_output=_neuron(rec["cellToOutputNeuron"]), h0=h0, c0=c0,
+                        diagonal=bool(rec.get("memoryWeightsAreDiagonal", True)))[0]
+    if rec["cell"] == "gru":
+        return ref.gru(x, arrays, hidden, reverse=backward, neurons=neurons,
+                       p=float(rec.get("gatePnormValue", 1.0)),
+                       flip=bool(rec.get("flipOutputGates", False)), h0=h0)[0]
+    return ref.single_gate(x, arrays, hidden, reverse=backward, neuron=neurons["input"],
+                           h0=h0)[0]
+
+
+def _neuron(spec: Any) -> Any:
+    # a gate MPS has no neuron for was exported without one: identity (and exact: false)
+    return ("None", 1.0, 1.0) if spec is None else spec
+
+
+def _node_alone(graph: Any, i: int, f16: bool, feeds: dict[str, np.ndarray]) -> Any:
+    """A model of node ``i`` alone: its constant inputs as initializers (rounded through
+    float16 when ``f16``), every other input a graph input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = onnx.NodeProto()
+    node.CopyFrom(graph.nodes[i])
+    inits, inputs = [], []
+    for pos, name in enumerate(node.input):
+        if not name:
+            continue
+        c = graph.const(name)
+        if c is not None:
+            if f16 and c.dtype.kind == "f" and pos in _WEIGHT_INPUTS:
+                c = c.astype(np.float16).astype(c.dtype)
+            inits.append(numpy_helper.from_array(c, name))
+        else:
+            inputs.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(feeds[name].dtype),
+                list(feeds[name].shape)))
+    outs = [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)]
+    del node.output[1:]  # Y_h, Y_c are not compared
+    g = helper.make_graph([node], "alone", inputs, outs, inits)
+    m = helper.make_model(g, opset_imports=list(graph.model.opset_import))
+    m.ir_version = graph.model.ir_version
+    return m
+
+
+def _compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float
+             ) -> tuple[float, float, float, bool]:
+    w = want.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(got - w)
+        tol = atol + rtol * np.abs(w)
+        ratio = np.where(np.isnan(diff), np.inf, diff / tol)
+    max_abs = float(np.nanmax(diff)) if diff.size else 0.0
+    if np.isnan(diff).any():
+        max_abs = math.inf
+    scale = float(np.max(np.abs(w))) if w.size else 0.0
+    worst = float(np.max(ratio)) if ratio.size else 0.0
+    return max_abs, max_abs / scale if scale else max_abs, worst, worst <= 1.0
+
+
+def _judge(graph: Any, i: int, values: dict[str, np.ndarray], f16: bool) -> np.ndarray:
+    node = graph.nodes[i]
+    if not f16:
+        if node.output[0] not in values:
+            raise LookupError(f"the oracle gave no value for {node.output[0]!r}")
+        return values[node.output[0]]
+    from .verify.onnx_path import onnx_runtime_oracle
+
+    feeds = {n: values[n] for n in node.input if n and graph.const(n) is None and n in values}
+    alone = _node_alone(graph, i, True, feeds)
+    return onnx_runtime_oracle(alone)([node.output[0]], feeds)[node.output[0]]
+
+
+def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], report: Any
+                 ) -> set[str]:
+    """Append one row per exported recurrent direction to ``report`` (``ort``: the
+    oracle's values); returns the names of the graph nodes verified."""
+    from .verify.report import Check, Row
+
+    done: set[str] = set()
+    alone: dict[int, np.ndarray] = {}
+    f16 = report.weights_dtype == "float16"
+    for layer in layers:
+        src = layer.entry.get("source", {})
+        rec = layer.entry["recurrent"]
+        i = graph.by_name.get(src.get("node"))
+        row = Row(len(report.rows) + 1, layer.name, str(src.get("op", layer.kind)),
+                      layer.kind, True, "?", [])
+        report.rows.append(row)
+        if not rec.get("exact", True):
+            row.notes.append("the manifest marks this cell not exact on MPS: "
+                             + "; ".join(n for n in layer.entry.get("notes", [])
+                                         if n.startswith("not exact")))
+        if i is None:
+            row.error = f"ONNX node {src.get('node')!r} of this layer is not in the model"
+            continue
+        node = graph.nodes[i]
+        attrs = graph.attrs(i)
+        x = ort.get(node.input[0])
+        if x is None:
+            row.error = f"no value for the node's input {node.input[0]!r}"
+            continue
+        batch_first = int(attrs.get("layout", 0)) == 1
+        if i not in alone:
+            try:
+                alone[i] = _judge(graph, i, ort, f16)
+            except Exception as e:  # the judge itself cannot run: say so
+                row.error = f"no judge for this node: {type(e).__name__}: {e}"
+                continue
+        y = alone[i]
+        d = int(src.get("direction_index", 0))
+        xs = np.swapaxes(x, 0, 1) if batch_first else x
+        state = [ort.get(node.input[k]) if len(node.input) > k and node.input[k] else None
+                 for k in (5, 6)]
+        if batch_first:
+            want = y[:, :, d].transpose(1, 0, 2)
+            state = [None if s is None else np.swapaxes(s, 0, 1) for s in state]
+        else:
+            want = y[:, d]
+        h0, c0 = (None if s is None else s[d] for s in state)
+        got = run_exported(layer.entry, layer.arrays, xs, h0, c0)
+        row.tensor, row.shape = node.output[0], list(want.shape)
+        if rec.get("clip") is not None:
+            row.notes.append(f"clip={rec['clip']} is not computed by MPS")
+        row.isolated = Check(*_compare(got, want, report.atol, report.rtol))
+        report.layers_checked += 1
+        done.add(graph.names[i])
+    return done

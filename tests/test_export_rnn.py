@@ -1,0 +1,316 @@
+"""Export of recurrent layers (ONNX LSTM/GRU/RNN nodes, PyTorch state_dict families, Keras
+LSTM/GRU/Bidirectional): one file per MPS gate property whose bytes equal the loops of
+docs/layouts.md section 9 (mpslayout.slow_rnn), a manifest that validates, and outputs of
+the MPS cell formulas run from the files equal to ONNX Runtime / PyTorch / Keras. Planted
+converter bugs (two gates swapped, the recurrent bias forgotten) make verify fail on the
+layer."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mpslayout import rnn, slow_rnn
+from mpslayout.export import export
+from mpslayout.verify_rnn import run_exported
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "manifest.schema.json"
+TWINS = {"lstm": slow_rnn.lstm_weights, "gru": slow_rnn.gru_weights,
+         "rnn": slow_rnn.rnn_weights}
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(doc, json.loads(SCHEMA.read_text()),
+                        cls=jsonschema.Draft202012Validator)
+
+
+def _recurrent(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The recurrent layers of an export (torch's exporter also leaves the zero initial
+    states as Expand operands, which other rules export)."""
+    return [e for e in doc["layers"] if e["kind"] in TWINS]
+
+
+def _files(folder: Path, entry: dict[str, Any]) -> dict[str, np.ndarray]:
+    out = {}
+    for role, info in entry["files"].items():
+        a = np.fromfile(folder / info["file"], dtype=np.dtype(info["dtype"]).newbyteorder("<"))
+        out[role] = a.reshape(info["shape"])
+    return out
+
+
+def _check_bytes(folder: Path, entry: dict[str, Any], want: dict[str, np.ndarray]) -> None:
+    """Every written file holds exactly the twin's bytes, one file per property."""
+    got = _files(folder, entry)
+    assert list(got) == list(want)
+    for role, a in want.items():
+        assert entry["files"][role]["file"] == f"{entry['file_stem']}.{role}.bin"
+        assert got[role].dtype == a.dtype
+        assert got[role].tobytes() == a.tobytes(), role
+
+
+def _torch_onnx(module: Any, x: Any, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(path), dynamo=False)
+
+
+class _Net(torch.nn.Module):
+    """A CRNN-style tail: bidirectional LSTM, then a GRU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(3, 5, bidirectional=True)
+        self.gru = torch.nn.GRU(10, 4)
+
+    def forward(self, x: Any) -> Any:
+        return self.gru(self.lstm(x)[0])[0]
+
+
+@pytest.fixture(scope="module")
+def pytorch_onnx(tmp_path_factory: Any) -> tuple[Path, Path, dict[str, Any]]:
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("rnn")
+    net = _Net().eval()
+    _torch_onnx(net, torch.randn(6, 2, 3), tmp / "m.onnx")
+    doc = export(tmp / "m.onnx", tmp / "out", progress=False)
+    return tmp / "m.onnx", tmp / "out", doc
+
+
+def test_onnx_lstm_gru_files_follow_the_documented_rule(pytorch_onnx: Any) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    model_path, out, doc = pytorch_onnx
+    _validate(doc)
+    model = onnx.load(str(model_path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    layers = _recurrent(doc)
+    assert [e["kind"] for e in layers] == ["lstm", "lstm", "gru"]
+    for entry in layers:
+        src = entry["source"]
+        args = [inits[src["weights"]], inits[src["recurrent_weights"]], inits[src["bias"]]]
+        want = TWINS[entry["kind"]](*args, layout="ONNX", direction=src["direction_index"])
+        _check_bytes(out, entry, want)
+    fwd, bwd, gru = layers
+    assert (fwd["recurrent"]["layerSequenceDirection"],
+            bwd["recurrent"]["layerSequenceDirection"]) == ("forward", "backward")
+    assert fwd["recurrent"]["bidirectional"]["layers"] == [fwd["name"], bwd["name"]]
+    assert fwd["recurrent"]["exact"] is True
+    assert gru["recurrent"]["exact"] is False  # PyTorch's GRU: linear_before_reset=1
+    assert any("linear_before_reset=1" in n for n in gru["notes"])
+
+
+def test_verify_passes_the_lstm_and_names_the_inexact_gru(pytorch_onnx: Any) -> None:
+    from mpslayout.verify import verify
+
+    model_path, out, _ = pytorch_onnx
+    report = verify(out, model_path)
+    rows = {r.name: r for r in report.rows}
+    assert rows["/lstm/LSTM.forward"].ok
+    assert rows["/lstm/LSTM.backward"].ok
+    assert not rows["/gru/GRU"].ok
+    assert any("not exact" in n for n in rows["/gru/GRU"].notes)
+
+
+def _onnx_model(path: Path, nodes: list[Any], inits: dict[str, np.ndarray],
+                x_shape: list[int]) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _gru_rnn_graph(tmp_path: Path, **gru_attrs: Any) -> Path:
+    """X -> bidirectional GRU (linear_before_reset=0: MPS's cell) -> Reshape -> RNN."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    h, n_in = 4, 3
+
+    def rand(*shape: int) -> np.ndarray:
+        return (0.5 * rng.standard_normal(shape)).astype(np.float32)
+
+    inits = {"W": rand(2, 3 * h, n_in), "R": rand(2, 3 * h, h), "B": rand(2, 6 * h),
+             "W2": rand(1, 2, 2 * h), "R2": rand(1, 2, 2), "B2": rand(1, 4),
+             "shape": np.array([0, 0, -1], np.int64)}
+    nodes = [
+        helper.make_node("GRU", ["X", "W", "R", "B"], ["Y"], name="gru", hidden_size=h,
+                         direction="bidirectional", **gru_attrs),
+        helper.make_node("Transpose", ["Y"], ["Yt"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["Yt", "shape"], ["Y2"]),
+        helper.make_node("RNN", ["Y2", "W2", "R2", "B2"], ["Z"], name="rnn", hidden_size=2,
+                         direction="reverse", activations=["Relu"]),
+    ]
+    _onnx_model(tmp_path / "g.onnx", nodes, inits, [5, 2, n_in])
+    return tmp_path / "g.onnx"
+
+
+def test_onnx_gru_linear_before_reset_0_and_rnn_verify(tmp_path: Path) -> None:
+    from mpslayout.verify import verify
+
+    path = _gru_rnn_graph(tmp_path)
+    doc = export(path, tmp_path / "out", progress=False)
+    _validate(doc)
+    assert [e["name"] for e in doc["layers"]] == ["gru.forward", "gru.backward", "rnn"]
+    assert all(e["recurrent"]["exact"] for e in doc["layers"])
+    assert doc["layers"][2]["recurrent"]["neurons"]["input"]["type"] == "ReLU"
+    report = verify(tmp_path / "out", path)
+    assert [r.ok for r in report.rows if r.layer] == [True, True, True], report.table()
+    # float16 weights: judged against ONNX Runtime with float16-rounded weights
+    doc16 = export(path, tmp_path / "o16", dtype="float16", progress=False)
+    assert doc16["layers"][0]["files"]["inputGateInputWeights"]["dtype"] == "float16"
+    assert doc16["layers"][0]["files"]["inputGateInputWeights.bias"]["dtype"] == "float32"
+    report = verify(tmp_path / "o16", path)
+    assert all(r.ok for r in report.rows if r.layer), report.table()
+
+
+def test_unsupported_activation_is_exported_and_flagged(tmp_path: Path) -> None:
+    path = _gru_rnn_graph(tmp_path, activations=["Sigmoid", "ThresholdedRelu"] * 2)
+    doc = export(path, tmp_path / "out", progress=False)
+    gru = doc["layers"][0]
+    assert gru["recurrent"]["exact"] is False
+    assert gru["recurrent"]["neurons"]["outputGate"] is None
+    assert any("no neuron" in n for n in gru["notes"])
+
+
+@pytest.mark.parametrize("bug", ["swap_gates", "no_recurrent_bias"])
+def test_planted_converter_bugs_fail_verify(pytorch_onnx: Any, tmp_path: Path, bug: str,
+                                            monkeypatch: Any) -> None:
+    from mpslayout.verify import verify
+
+    model_path = pytorch_onnx[0]
+    if bug == "swap_gates":  # forget and cell gate blocks exchanged
+        monkeypatch.setitem(rnn.LSTM_ORDER, "ONNX", "iocf")
+    else:  # only the input bias (Wb) kept
+        monkeypatch.setattr(rnn, "_sum_bias", lambda parts, k, h: parts[0][
+            k * h:(k + 1) * h].astype(np.float32))
+    export(model_path, tmp_path / "out", progress=False)
+    report = verify(tmp_path / "out", model_path)
+    rows = {r.name: r for r in report.rows}
+    assert not report.ok
+    assert not rows["/lstm/LSTM.forward"].ok
+    assert not rows["/lstm/LSTM.backward"].ok
+    assert rows["/lstm/LSTM.forward"].error is None  # a numeric failure, not a crash
+    line = next(x for x in report.table().splitlines() if "/lstm/LSTM.forward " in x)
+    assert line.rstrip().endswith("FAIL")
+
+
+# ------------------------------------------------------------------ state_dict
+
+
+def test_state_dict_two_layer_bidirectional_lstm_and_gru(tmp_path: Path) -> None:
+    st = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(3)
+    lstm = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True)
+    gru = torch.nn.GRU(4, 6)
+    sd = {f"enc.{k}": v.contiguous() for k, v in lstm.state_dict().items()}
+    sd.update({f"dec.{k}": v.contiguous() for k, v in gru.state_dict().items()})
+    st.save_file(sd, str(tmp_path / "m.safetensors"))
+    doc = export(tmp_path / "m.safetensors", tmp_path / "out", progress=False)
+    _validate(doc)
+    names = [e["name"] for e in doc["layers"]]
+    assert sorted(names) == ["dec.l0", "enc.l0", "enc.l0_reverse", "enc.l1", "enc.l1_reverse"]
+    npsd = {k: v.numpy() for k, v in sd.items()}
+    for entry in doc["layers"]:
+        mod, _, tail = entry["name"].partition(".")
+        sfx = tail[1:]  # "0" / "0_reverse"
+        b = np.stack([npsd[f"{mod}.bias_ih_l{sfx}"], npsd[f"{mod}.bias_hh_l{sfx}"]])
+        want = TWINS[entry["kind"]](npsd[f"{mod}.weight_ih_l{sfx}"],
+                                    npsd[f"{mod}.weight_hh_l{sfx}"], b, layout="PyTorch")
+        _check_bytes(tmp_path / "out", entry, want)
+    # the two stacked bidirectional layers, run from the files, equal torch
+    x = np.random.default_rng(4).standard_normal((6, 2, 3)).astype(np.float32)
+    with torch.no_grad():
+        want_y = lstm(torch.from_numpy(x))[0].numpy()
+    entries = {e["name"]: e for e in doc["layers"]}
+    y = x
+    for k in (0, 1):
+        f, r = entries[f"enc.l{k}"], entries[f"enc.l{k}_reverse"]
+        y = np.concatenate([run_exported(e, _files(tmp_path / "out", e), y) for e in (f, r)],
+                           axis=-1)
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-6)
+    assert entries["dec.l0"]["recurrent"]["exact"] is False
+
+
+# ------------------------------------------------------------------ Keras
+
+
+def _keras() -> Any:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    return pytest.importorskip("keras")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_keras_bidirectional_lstm_and_gru_against_keras(tmp_path: Path, suffix: str) -> None:
+    keras = _keras()
+    pytest.importorskip("h5py")
+    x = np.random.default_rng(5).standard_normal((2, 6, 3)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((6, 3)),
+            keras.layers.Bidirectional(keras.layers.LSTM(5, return_sequences=True)),
+            keras.layers.GRU(4, return_sequences=True, reset_after=False),
+        ])
+        for v in model.weights:  # biases that are not 0/1
+            if "bias" in v.path:
+                v.assign(np.linspace(-1, 1, int(np.prod(v.shape)), dtype=np.float32)
+                         .reshape(v.shape))
+        mid = keras.ops.convert_to_numpy(model.layers[0](x))
+        want = keras.ops.convert_to_numpy(model(x))
+        model.save(str(tmp_path / f"m{suffix}"))
+    doc = export(tmp_path / f"m{suffix}", tmp_path / "out", progress=False)
+    _validate(doc)
+    fwd, bwd, gru = doc["layers"]
+    assert (fwd["kind"], bwd["kind"], gru["kind"]) == ("lstm", "lstm", "gru")
+    assert gru["recurrent"]["exact"] is True
+    out = tmp_path / "out"
+    xt = x.transpose(1, 0, 2)
+    y = np.concatenate([run_exported(e, _files(out, e), xt) for e in (fwd, bwd)], axis=-1)
+    np.testing.assert_allclose(y, mid.transpose(1, 0, 2), rtol=1e-5, atol=1e-5)
+    z = run_exported(gru, _files(out, gru), y)
+    np.testing.assert_allclose(z, want.transpose(1, 0, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_summary_names_the_inexact_cell(pytorch_onnx: Any, tmp_path: Path,
+                                            capsys: Any) -> None:
+    from mpslayout.cli import main
+
+    assert main(["export", str(pytorch_onnx[0]), "-o", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "not exact on MPS: /gru/GRU: linear_before_reset=1" in out
+    assert "not exact on MPS: /lstm" not in out
+
+
+def test_corpus_crnn_tail_verifies(tmp_path: Path) -> None:
+    """The shared corpus' CRNN tail (bidirectional LSTM as torch exports it, then a
+    classifier): both directions export and agree with ONNX Runtime."""
+    import corpus
+    import onnx
+
+    from mpslayout.verify import verify
+
+    onnx.save(corpus.build("lstm").model, str(tmp_path / "crnn.onnx"))
+    doc = export(tmp_path / "crnn.onnx", tmp_path / "out", progress=False)
+    assert [e["name"] for e in _recurrent(doc)] == ["lstm.forward", "lstm.backward"]
+    rows = {r.name: r for r in verify(tmp_path / "out", tmp_path / "crnn.onnx").rows}
+    assert rows["lstm.forward"].ok
+    assert rows["lstm.backward"].ok
