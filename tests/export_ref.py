@@ -135,15 +135,18 @@ def assert_matches(got, want, dtype):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def write_safetensors(path, tensors, metadata=None):
+def write_safetensors(path, tensors, metadata=None, codes=None):
     """A .safetensors file written by hand (the format: 8-byte little-endian header length,
     JSON header, data), so the tests need no safetensors package. ``tensors``: name -> array
-    (float32/float16/float64/int64, or ml_dtypes.bfloat16)."""
-    codes = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64",
-             "bfloat16": "BF16"}
+    (float32/float16/float64/int64, or ml_dtypes.bfloat16). ``codes``: name -> safetensors
+    dtype written instead of the array's own (raw uint16 bits as "BF16")."""
+    by_dtype = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64",
+                "bfloat16": "BF16"}
+    codes = codes or {}
     header, offset = {}, 0
     for name, a in tensors.items():
-        header[name] = {"dtype": codes[a.dtype.name], "shape": list(a.shape),
+        code = codes.get(name) or by_dtype[a.dtype.name]
+        header[name] = {"dtype": code, "shape": list(a.shape),
                         "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
     if metadata:

@@ -324,7 +324,8 @@ def reshape_layer(name: str, source: dict[str, Any], w: TensorRef, b: TensorRef 
                   scale: np.ndarray | None = None) -> Layer:
     """A fully connected layer followed by a reshape to ``shape`` (H, W, C) in ``order``:
     a sub-pixel convolution when H == W, else HWC-ordered rows for MPSNNReshape
-    (MPS_LAYOUTS.md section 6); the other exact targets are listed in the manifest."""
+    (docs/layouts.md section 6, Dense followed by Reshape); the other exact targets are listed
+    in the manifest."""
     h, ww, c = shape
     target = "subpixel" if h == ww else "rows"
     alts = reshape_alternatives(None if b is None else b.load(), geo["output_channels"],

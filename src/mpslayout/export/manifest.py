@@ -1,6 +1,6 @@
 """The manifest: one JSON document describing every exported layer in MPS terms.
 
-Also the MPS geometry that goes with a framework's padding (MPS_LAYOUTS.md sections 1 and
+Also the MPS geometry that goes with a framework's padding (docs/layouts.md sections 1 and
 3): a convolution's ``offset`` and a transposed convolution's ``kernelOffset``, and the
 framework padding rules (ONNX/TF "SAME") they are computed from. The JSON Schema of the
 document is ``docs/manifest.schema.json``.
@@ -66,8 +66,8 @@ def conv_out(size: int | None, k: int, stride: int, dilation: int,
 
 def transposed_out(size: int | None, k: int, stride: int, dilation: int, pads: Pair,
                    output_padding: int) -> int | None:
-    """MPS_LAYOUTS.md section 3: ``(in - 1)*stride - pad_begin - pad_end + k + op``
-    (with the dilated kernel extent ``(k-1)*d + 1`` for k)."""
+    """``(in - 1)*stride - pad_begin - pad_end + k + op`` (docs/layouts.md section 3,
+    Transposed convolution), with the dilated kernel extent ``(k-1)*d + 1`` for k."""
     if size is None:
         return None
     return (size - 1) * stride - pads[0] - pads[1] + (k - 1) * dilation + 1 + output_padding
