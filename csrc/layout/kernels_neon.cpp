@@ -116,35 +116,31 @@ inline void block2x2_64(const char* s, int64_t ssd, char* d, int64_t dsa) {
 
 // N source streams (N = 2, 3, 4) interleaved into packed destination rows of N: the
 // structure stores ST2/ST3/ST4 do the transpose. 4-channel slices (MPSImage, NC4HW4) and
-// RGB first-layer weights are the common cases.
+// RGB first-layer weights are the common cases. (The structures are filled lane by lane:
+// clang's vstN are macros, which take no braced initialisers.)
 template <int N> struct Interleave;
-template <> struct Interleave<2> {
-  static void st(uint32_t* p, const float32x4_t* v) {
-    vst2q_u32(p, uint32x4x2_t{{vreinterpretq_u32_f32(v[0]), vreinterpretq_u32_f32(v[1])}});
-  }
-  static void st(uint16_t* p, const uint16x8_t* v) { vst2q_u16(p, uint16x8x2_t{{v[0], v[1]}}); }
-  static void st(uint16_t* p, const uint16x4_t* v) { vst2_u16(p, uint16x4x2_t{{v[0], v[1]}}); }
-};
-template <> struct Interleave<3> {
-  static void st(uint32_t* p, const float32x4_t* v) {
-    vst3q_u32(p, uint32x4x3_t{{vreinterpretq_u32_f32(v[0]), vreinterpretq_u32_f32(v[1]),
-                               vreinterpretq_u32_f32(v[2])}});
-  }
-  static void st(uint16_t* p, const uint16x8_t* v) { vst3q_u16(p, uint16x8x3_t{{v[0], v[1], v[2]}}); }
-  static void st(uint16_t* p, const uint16x4_t* v) { vst3_u16(p, uint16x4x3_t{{v[0], v[1], v[2]}}); }
-};
-template <> struct Interleave<4> {
-  static void st(uint32_t* p, const float32x4_t* v) {
-    vst4q_u32(p, uint32x4x4_t{{vreinterpretq_u32_f32(v[0]), vreinterpretq_u32_f32(v[1]),
-                               vreinterpretq_u32_f32(v[2]), vreinterpretq_u32_f32(v[3])}});
-  }
-  static void st(uint16_t* p, const uint16x8_t* v) {
-    vst4q_u16(p, uint16x8x4_t{{v[0], v[1], v[2], v[3]}});
-  }
-  static void st(uint16_t* p, const uint16x4_t* v) {
-    vst4_u16(p, uint16x4x4_t{{v[0], v[1], v[2], v[3]}});
-  }
-};
+#define MPSL_INTERLEAVE(N)                                                                \
+  template <> struct Interleave<N> {                                                      \
+    static void st(uint32_t* p, const float32x4_t* v) {                                   \
+      uint32x4x##N##_t x;                                                                 \
+      for (int k = 0; k < N; ++k) x.val[k] = vreinterpretq_u32_f32(v[k]);                 \
+      vst##N##q_u32(p, x);                                                                \
+    }                                                                                     \
+    static void st(uint16_t* p, const uint16x8_t* v) {                                    \
+      uint16x8x##N##_t x;                                                                 \
+      for (int k = 0; k < N; ++k) x.val[k] = v[k];                                        \
+      vst##N##q_u16(p, x);                                                                \
+    }                                                                                     \
+    static void st(uint16_t* p, const uint16x4_t* v) {                                    \
+      uint16x4x##N##_t x;                                                                 \
+      for (int k = 0; k < N; ++k) x.val[k] = v[k];                                        \
+      vst##N##_u16(p, x);                                                                 \
+    }                                                                                     \
+  };
+MPSL_INTERLEAVE(2)
+MPSL_INTERLEAVE(3)
+MPSL_INTERLEAVE(4)
+#undef MPSL_INTERLEAVE
 
 // Element (a, k) read at src + a*es + k*ssd, written packed at dst + (a*N + k)*ed.
 template <class K, int N> void interleave(const char* src, int64_t ssd, char* dst, int64_t na) {

@@ -332,7 +332,8 @@ def reshape_layer(name: str, source: dict[str, Any], w: TensorRef, b: TensorRef 
                   scale: np.ndarray | None = None) -> Layer:
     """A fully connected layer followed by a reshape to ``shape`` (H, W, C) in ``order``:
     a sub-pixel convolution when H == W, else HWC-ordered rows for MPSNNReshape
-    (MPS_LAYOUTS.md section 6); the other exact targets are listed in the manifest."""
+    (docs/layouts.md section 6, Dense followed by Reshape); the other exact targets are listed
+    in the manifest."""
     h, ww, c = shape
     target = "subpixel" if h == ww else "rows"
     alts = reshape_alternatives(None if b is None else b.load(), geo["output_channels"],
@@ -385,7 +386,8 @@ class Plan:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
-
+    # arrays that are not model weights (optimizer slots): listed, never exported
+    training_state: list[dict[str, Any]] = field(default_factory=list)
     inputs: dict[str, list[int | None]] = field(default_factory=dict)
 
     @staticmethod
