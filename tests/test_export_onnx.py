@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_ref import POINTWISE, assert_matches, load_export, nhwc, run_layer
+from export_ref import POINTWISE, assert_matches, load_export, nhwc, ort_values, run_layer
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -47,19 +47,6 @@ def make_model(nodes, inputs, outputs, inits, opset=17):
 
 def rand(rng, *shape, scale=0.5):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-
-def ort_values(model, feeds, names):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for n in sorted(set(names) - have - set(feeds)):
-        m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    outs = [o.name for o in sess.get_outputs()]
-    values = dict(zip(outs, sess.run(outs, feeds)))
-    values.update(feeds)
-    return values
 
 
 def feeds_for(model, seed=0):
