@@ -80,29 +80,32 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.run_from_args(args)
 
 
-def _name_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """NAME=A,B,C as (NAME, (A, B, C)): for --input-shape and --reshape."""
+def _name_ints(text: str, count: int | None) -> tuple[str, tuple[int, ...]]:
+    """NAME=A,B,... as (NAME, (A, B, ...)): ``count`` integers, or any number of positive
+    ones when ``count`` is None."""
     name, sep, dims = text.rpartition("=")
     try:
         values = tuple(int(v) for v in dims.split(","))
     except ValueError:
         values = ()
-    if not sep or not name or len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected NAME=A,B,C with 3 integers, got {text!r}")
-    return name, values
-
-
-def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
-    """NAME=D0,D1,... as (NAME, (D0, D1, ...)) with positive ints: for --input-dims."""
-    name, sep, dims = text.rpartition("=")
-    try:
-        values = tuple(int(v) for v in dims.split(","))
-    except ValueError:
-        values = ()
-    if not sep or not name or not values or any(v < 1 for v in values):
+    if count is not None:
+        if not sep or not name or len(values) != count:
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=A,B,C with {count} integers, got {text!r}")
+    elif not sep or not name or not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(
             f"expected NAME=D0,D1,... with positive integers (e.g. x=1,3,224,224), got {text!r}")
     return name, values
+
+
+def _name_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=A,B,C: for --input-shape and --reshape."""
+    return _name_ints(text, 3)
+
+
+def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=D0,D1,... with positive ints: for --input-dims."""
+    return _name_ints(text, None)
 
 
 def _unique(pairs: list[tuple[str, tuple[int, ...]]], flag: str) -> dict[str, tuple[int, ...]]:
