@@ -118,6 +118,7 @@ class Layer:
                 names.append(v)
         names.extend(r.name for r in self.tensors.values() if not r.synthetic)
         names.extend(self.carried)
+        names.extend(getattr(self.weight, "parts", ()))  # an 8-bit weight's q, scale, zp
         names.extend(f["tensor"] for f in self.source.get("fused", []))
         return list(dict.fromkeys(names))
 
@@ -284,6 +285,13 @@ def convert_layer(layer: Layer, dtype: np.dtype,
             yield "bias", b_out, 0 if layer.bias is None else layer.bias.nbytes
         return
     fn, axis = _converter(layer)
+    if getattr(w_ref, "q", None) is not None:  # 8-bit source weights: bytes kept
+        from .onnx_quant import uint8_layer
+
+        files = uint8_layer(layer, lambda u: fn(u, dtype=np.dtype(np.uint8)))
+        if files is not None:
+            yield from files
+            return
     if axis is None or src.size == 0:
         yield "weights", _call(fn, _prepare(src, layer.scale, None, 0, 0), dtype), w_ref.nbytes
     else:
