@@ -1,5 +1,6 @@
 """Writes examples/generator.onnx: a small seeded generator with the shape of the seed problem
-(MPS_LAYOUTS.md section 6), built with onnx.helper alone (no PyTorch needed).
+(docs/layouts.md section 6, Dense followed by Reshape), built with onnx.helper alone (no
+PyTorch needed).
 
     x (1, 3, 8, 8)
     conv1    Conv 3->8, 3x3, stride 2, pad 1, ReLU                    (1, 8, 4, 4)

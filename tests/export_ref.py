@@ -135,15 +135,18 @@ def assert_matches(got, want, dtype):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def write_safetensors(path, tensors, metadata=None):
+def write_safetensors(path, tensors, metadata=None, codes=None):
     """A .safetensors file written by hand (the format: 8-byte little-endian header length,
     JSON header, data), so the tests need no safetensors package. ``tensors``: name -> array
-    (float32/float16/float64/int64, or ml_dtypes.bfloat16)."""
-    codes = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64",
-             "bfloat16": "BF16"}
+    (float32/float16/float64/int64, or ml_dtypes.bfloat16). ``codes``: name -> safetensors
+    dtype written instead of the array's own (raw uint16 bits as "BF16")."""
+    by_dtype = {"float32": "F32", "float16": "F16", "float64": "F64", "int64": "I64",
+                "bfloat16": "BF16"}
+    codes = codes or {}
     header, offset = {}, 0
     for name, a in tensors.items():
-        header[name] = {"dtype": codes[a.dtype.name], "shape": list(a.shape),
+        code = codes.get(name) or by_dtype[a.dtype.name]
+        header[name] = {"dtype": code, "shape": list(a.shape),
                         "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
     if metadata:
@@ -155,3 +158,23 @@ def write_safetensors(path, tensors, metadata=None):
         f.write(raw)
         for a in tensors.values():
             f.write(np.ascontiguousarray(a).tobytes())
+
+
+def ort_values(model, feeds, names):
+    """ONNX Runtime's value of every tensor in ``names`` (graph outputs added as needed),
+    plus the feeds themselves."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for n in sorted(set(names) - have - set(feeds)):
+        m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT,
+                                                                 None))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    values = dict(zip(outs, sess.run(outs, feeds)))
+    values.update(feeds)
+    return values
+

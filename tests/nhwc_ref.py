@@ -1,6 +1,6 @@
 """Plain numpy NHWC reference layers that read weights in the MPS layouts.
 
-Everything here is written from the MPS geometry of MPS_LAYOUTS.md, not from any
+Everything here is written from the MPS geometry of docs/layouts.md, not from any
 framework: a convolution reads OHWI weights and centres the kernel window of output
 pixel x on input pixel ``x*stride + offset.x`` with ``offset.x = (kW//2)*d - pad_left``.
 All arithmetic is done in float64 so that the only rounding in a comparison against a

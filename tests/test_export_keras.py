@@ -378,11 +378,11 @@ def _datasets(f):
 
 def test_keras_h5_without_a_child_interpreter(tmp_path, monkeypatch):
     """Where no interpreter can be started (embedded Python), the structure is read in-process."""
-    from mpslayout.export import keras_reader
+    from mpslayout.export import keras_file
 
     spec = layers_spec()
     write_keras2(tmp_path / "m.h5", spec)
-    monkeypatch.setattr(keras_reader.sys, "executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr(keras_file.sys, "executable", str(tmp_path / "no-such-python"))
     manifest = export(tmp_path / "m.h5", tmp_path / "out", progress=False)
     assert {e["name"]: e["kind"] for e in manifest["layers"]} == EXPECTED
     check(tmp_path / "out", spec, "float32")

@@ -1,6 +1,6 @@
 """The reference executor's kernels against PyTorch (CPU), on shapes drawn by hypothesis.
 
-Every MPS-layout input is built here with plain numpy, from the formulas of MPS_LAYOUTS.md
+Every MPS-layout input is built here with plain numpy, from the formulas of docs/layouts.md
 (never with mpslayout's converters): slices ``buf[n*S + s][y][x][k] = T[n][4*s + k][y][x]``,
 OHWI weights ``transpose(0, 2, 3, 1)``, transposed weights flipped and swapped, fully
 connected weights reordered CHW -> HWC, MPS offsets from framework paddings. float32
@@ -103,7 +103,7 @@ def conv_case(draw: st.DrawFn, depthwise: bool = False) -> dict:
 
 
 def mps_offset(k: int, d: int, pad: int) -> int:
-    """MPS_LAYOUTS.md section 1: offset = (k/2)*d - pad_begin."""
+    """docs/layouts.md section 1, Convolution weights: offset = (k/2)*d - pad_begin."""
     return (k // 2) * d - pad
 
 
@@ -193,7 +193,8 @@ def test_transposed_convolution_matches_torch(case: dict, opy: int, opx: int) ->
                               groups=g).numpy()
     full = np.pad(full, ((0, 0), (0, 0), (0, opy + pt), (0, opx + pl)))
     exp = full[:, :, pt:pt + oh, pl:pl + ow] + b.astype(np.float64)[:, None, None]
-    # MPS_LAYOUTS.md section 3: dst[j*O/g + o][kh][kw][i] = Wt[j*I/g + i][o][kH-1-kh][kW-1-kw]
+    # docs/layouts.md section 3, Transposed convolution:
+    # dst[j*O/g + o][kh][kw][i] = Wt[j*I/g + i][o][kH-1-kh][kW-1-kw]
     ohwi = np.concatenate([wt[j * ig:(j + 1) * ig, :, ::-1, ::-1].transpose(1, 2, 3, 0)
                            for j in range(g)])
     # kernelOffset = (k/2)*d - (k-1)*d + pad_begin (k/2 - k + 1 + pad when d = 1)

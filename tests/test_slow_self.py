@@ -1,7 +1,7 @@
 """Checks of the slow twins themselves against independent numpy one-liners.
 
 test_twins.py trusts ``mpslayout.slow`` as the reference; these tests make sure a bug in
-a twin cannot hide there, by recomputing each rule of MPS_LAYOUTS.md with numpy's
+a twin cannot hide there, by recomputing each rule of docs/layouts.md with numpy's
 transpose / reshape / pad instead of element loops. Data are integer-valued floats so
 that numpy arithmetic (np.where, multiplication by masks) is exact.
 """

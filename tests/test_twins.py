@@ -1,12 +1,12 @@
 """Property tests: every public mpslayout converter equals its slow twin bit for bit.
 
 The twins in ``mpslayout.slow`` are plain Python loops over the index formulas of
-MPS_LAYOUTS.md. Inputs are random bits (NaN payloads, signalling NaNs, infinities, signed
+docs/layouts.md. Inputs are random bits (NaN payloads, signalling NaNs, infinities, signed
 zeros, subnormals, rounding ties) in awkward memory layouts (steps, negative steps,
 permuted storage, zero strides, unaligned buffers, Python lists), so the fast path must
 move bits, not values, and must honour any strides. Results are compared byte for byte,
 together with dtype, shape and C-contiguity; ``out=`` and ``threads=`` are drawn too.
-The end of the file holds hand-computed values straight from MPS_LAYOUTS.md, checked
+The end of the file holds hand-computed values straight from docs/layouts.md, checked
 against both implementations, and the rejections both must agree on.
 """
 

@@ -19,13 +19,14 @@ namespace {
 
 constexpr int64_t kItemElements = 16 * 1024;    // elements per work item (about L1..L2)
 constexpr int64_t kCancelBytes = int64_t(4) << 20;  // bytes between two cancel polls
-// Tile plans whose bands are contiguous destination panels of at most kStreamPanelRows
-// rows (conv output channels up to 7x7), in destinations from kStreamMinBytes up to
+// Tile plans whose bands are contiguous destination panels (conv output channels) of at
+// most kStreamPanelBytes (the kernels' scratch buffer, rows padded by a line), in
+// destinations from kStreamMinBytes up to
 // kStreamMaxBytes, stage each panel and stream it out (kStream). Past kStreamMaxBytes a
 // plain store's line stays in the last-level cache and is not written back within the
 // call, which non-temporal stores always are: the direct tile measured faster there
 // (up to stream_bytes(), where nothing fits any more).
-constexpr int64_t kStreamPanelRows = 49;
+constexpr int64_t kStreamPanelBytes = 192 * 1024;
 constexpr int64_t kStreamMinBytes = int64_t(64) << 10, kStreamMaxBytes = int64_t(8) << 20;
 // Destinations past the last-level cache get non-temporal stores. MPSLAYOUT_STREAM_BYTES
 // overrides the threshold (for benchmarking the two store paths against each other).
@@ -188,7 +189,7 @@ TileKernel tile_kernel_for(const Plan& p, int edst, int64_t dst_bytes) {
   if (p.shape != Shape::Tile) return TileKernel::kDirect;
   if (g_tile_kernel != TileKernel::kAuto) return g_tile_kernel;
   if (dst_bytes >= stream_bytes()) return TileKernel::kStream;
-  const bool panels = p.a.ds == p.d.n * edst && p.band <= kStreamPanelRows;
+  const bool panels = p.a.ds == p.d.n * edst && p.band * (p.d.n * edst + 64) <= kStreamPanelBytes;
   return panels && dst_bytes >= kStreamMinBytes && dst_bytes < kStreamMaxBytes
              ? TileKernel::kStream
              : TileKernel::kDirect;

@@ -275,9 +275,6 @@ template <Op OP, Out M> void tile8(const char* src, int64_t ssd, char* dst, int6
   constexpr int64_t es = sizeof(typename K::S), ed = sizeof(typename K::D);
   constexpr int64_t group = 64 / ed;  // destination elements per cache line
   constexpr int64_t kRowBuffer = 32 * 1024;
-  // staged panels: rows at most (7x7 kernels; every band of a tile plan has <= 32 rows),
-  // and bytes per column chunk (with the source lines it reads, about half of L1)
-  constexpr int64_t kPanelRows = 49, kPanelChunk = 12 * 1024;
   if constexpr (OP != kF16F32) {
     if (nd == 4 && dsa == 4 * ed) return interleave4<OP>(src, ssd, dst, na);
     if (nd == 3 && dsa == 3 * ed) return interleave3<OP>(src, ssd, dst, na);
@@ -300,34 +297,24 @@ template <Op OP, Out M> void tile8(const char* src, int64_t ssd, char* dst, int6
         scalar::tile<K>(s - back * es, ssd, d - back * stride, stride, 8, 8);
     }
   };
+  // Buffer rows are padded by one line where rows a multiple of 4 KiB apart would share
+  // L1 sets; otherwise a contiguous destination panel leaves as one block.
+  const bool whole = dsa == row_bytes && row_bytes % 4096 != 0;
+  const int64_t pstride = whole ? row_bytes : row_bytes + 64;
   char* const scratch = M == Out::kDirect ? nullptr : scratch_buffer();
-  if (scratch && na <= kPanelRows) {
-    // Panels of up to kPanelRows rows (a conv output channel's kH*kW) go through the buffer
-    // in column chunks of at most kPanelChunk bytes, so that a chunk and the source lines
-    // it reads share L1: the source is read in address order (d outer), each chunk is
-    // transposed into the buffer, then copied out in address order. A chunk spanning the
-    // whole of a contiguous panel leaves as one block.
-    const int64_t chunks = (na * nd * ed + kPanelChunk - 1) / kPanelChunk;
-    const int64_t chunk = ((nd + chunks - 1) / chunks + 15) / 16 * 16;
-    for (int64_t c0 = 0; c0 < nd; c0 += chunk) {
-      const int64_t c1 = std::min(nd, c0 + chunk), cs = std::min(c0, c1 - 8);  // >= 8 wide
-      const int64_t width = (c1 - cs) * ed;
-      // buffer rows a multiple of 4 KiB apart would share L1 sets: pad them by a line
-      const int64_t pstride = width % 4096 ? width : width + 64;
-      for (int64_t d0 = cs; d0 < c1; d0 += 8) {
-        const int64_t dd = std::min(d0, c1 - 8);
-        for (int64_t a0 = 0; a0 < na; a0 += 8) move(a0, dd, scratch + a0 * pstride + (dd - cs) * ed, pstride);
-      }
-      const bool whole = width == row_bytes && dsa == row_bytes && pstride == width;
-      for (int64_t r = 0; r < (whole ? 1 : na); ++r) {
-        char* d = dst + r * dsa + cs * ed;
-        const char* p = scratch + r * pstride;
-        const int64_t n = whole ? na * width : width;
-        if constexpr (M == Out::kStream)
-          stream_copy(d, p, n);
-        else
-          plain_copy(d, p, n);
-      }
+  if (scratch && na * pstride <= kScratchBytes) {
+    // The whole panel fits in L2: read the source in address order (d outer), transpose
+    // into the buffer, then copy it out in address order too.
+    for (int64_t d0 = 0; d0 < nd; d0 += 8) {
+      const int64_t dd = std::min(d0, nd - 8);
+      for (int64_t a0 = 0; a0 < na; a0 += 8) move(a0, dd, scratch + a0 * pstride + dd * ed, pstride);
+    }
+    const int64_t pieces = whole ? 1 : na, piece = whole ? na * row_bytes : row_bytes;
+    for (int64_t r = 0; r < pieces; ++r) {
+      if constexpr (M == Out::kStream)
+        stream_copy(dst + r * dsa, scratch + r * pstride, piece);
+      else
+        plain_copy(dst + r * dsa, scratch + r * pstride, piece);
     }
     return;
   }

@@ -1,7 +1,7 @@
 """mpslayout: exact, fast tensor layout conversion for Apple's Metal Performance Shaders.
 
 Every function returns a new C-contiguous numpy array (or fills ``out=``), bit-identical to
-the numpy one-liner its docstring gives. The layout rules are in MPS_LAYOUTS.md.
+the numpy one-liner its docstring gives. The layout rules are in docs/layouts.md.
 """
 
 import os as _os

@@ -80,29 +80,32 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.run_from_args(args)
 
 
-def _name_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """NAME=A,B,C as (NAME, (A, B, C)): for --input-shape and --reshape."""
+def _name_ints(text: str, count: int | None) -> tuple[str, tuple[int, ...]]:
+    """NAME=A,B,... as (NAME, (A, B, ...)): ``count`` integers, or any number of positive
+    ones when ``count`` is None."""
     name, sep, dims = text.rpartition("=")
     try:
         values = tuple(int(v) for v in dims.split(","))
     except ValueError:
         values = ()
-    if not sep or not name or len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected NAME=A,B,C with 3 integers, got {text!r}")
-    return name, values
-
-
-def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
-    """NAME=D0,D1,... as (NAME, (D0, D1, ...)) with positive ints: for --input-dims."""
-    name, sep, dims = text.rpartition("=")
-    try:
-        values = tuple(int(v) for v in dims.split(","))
-    except ValueError:
-        values = ()
-    if not sep or not name or not values or any(v < 1 for v in values):
+    if count is not None:
+        if not sep or not name or len(values) != count:
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=A,B,C with {count} integers, got {text!r}")
+    elif not sep or not name or not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(
             f"expected NAME=D0,D1,... with positive integers (e.g. x=1,3,224,224), got {text!r}")
     return name, values
+
+
+def _name_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=A,B,C: for --input-shape and --reshape."""
+    return _name_ints(text, 3)
+
+
+def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=D0,D1,... with positive ints: for --input-dims."""
+    return _name_ints(text, None)
 
 
 def _unique(pairs: list[tuple[str, tuple[int, ...]]], flag: str) -> dict[str, tuple[int, ...]]:
@@ -173,6 +176,17 @@ def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
 def _verify(args: argparse.Namespace) -> int:
     import json
 
+    from .verify_keras import KerasMissing, is_keras_file, verify_keras
+
+    if is_keras_file(args.model):  # Keras itself is the oracle
+        try:
+            report = verify_keras(args.outdir, args.model, input=args.input, atol=args.atol,
+                                  rtol=args.rtol, storage=args.storage, seed=args.seed)
+        except KerasMissing as e:
+            print(f"mpslayout: error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+        return 0 if report.ok else 1
     from .verify import verify  # imported here: only this command needs onnx/onnxruntime
 
     report = verify(
@@ -310,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("outdir", metavar="OUTDIR", help="folder written by mpslayout export")
     p.add_argument(
-        "--model", required=True, metavar="MODEL.onnx", help="the ONNX model the export came from"
+        "--model", required=True, metavar="MODEL",
+        help="the model the export came from: MODEL.onnx (ONNX Runtime is the oracle) or "
+        "MODEL.keras / MODEL.h5 (Keras is, with --input in NHWC)"
     )
     p.add_argument(
         "--input",

@@ -328,3 +328,21 @@ def permute(
     shape = tuple([sh[p] for p in perm])
     result = prepare_out(out, shape, out_dt, a)
     return run(a, result, shape, [st[p] for p in perm], cast=cast, threads=threads)
+
+
+def bfloat16_bits_to_float32(bits: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """The float32 values of bfloat16 numbers given as their raw bits, without ml_dtypes.
+
+    ``bits``: an unsigned 16-bit array (any strides, native or little-endian byte order).
+    Equals ``(bits.astype(np.uint32) << 16).view(np.float32)`` (every bfloat16 value is
+    exact in float32; NaN payloads and signs are kept), bit for bit what ml_dtypes'
+    ``astype(np.float32)`` gives. Runs the engine's bfloat16 -> float32 path.
+    """
+    if bits.dtype.kind != "u" or bits.dtype.itemsize != 2:
+        raise TypeError(f"bits must be uint16 (raw bfloat16), got {bits.dtype}")
+    if not bits.dtype.isnative:
+        bits = bits.astype(bits.dtype.newbyteorder("="))
+    out = np.empty(bits.shape, np.float32)
+    if out.size:
+        run(bits, out, bits.shape, bits.strides, cast=_core.CAST_BF16_F32, threads=threads)
+    return out

@@ -1,5 +1,5 @@
-"""MPSImage's 4-channel slices (MPS_LAYOUTS.md section 5) and reshapes on slice data
-(section 6): the CPU side of what a texture holds.
+"""MPSImage's 4-channel slices (docs/layouts.md section 5, MPSImage: 4-channel slices) and
+reshapes on slice data (section 6): the CPU side of what a texture holds.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The weight rules of MPS_LAYOUTS.md, each a layout rule (axes, flips, strides) handed to
+"""The weight rules of docs/layouts.md, each a layout rule (axes, flips, strides) handed to
 the engine in one call. Section numbers refer to that document.
 """
 
@@ -99,7 +99,8 @@ def conv_weights(
     out: np.ndarray | None = None,
     threads: int | None = None,
 ) -> np.ndarray:
-    """MPSCNNConvolution weights, OHWI ``(O, kH, kW, I/groups)`` (MPS_LAYOUTS.md section 1).
+    """MPSCNNConvolution weights, OHWI ``(O, kH, kW, I/groups)`` (docs/layouts.md section 1,
+    Convolution weights).
 
     ``layout="OIHW"`` (PyTorch, ONNX): ``np.ascontiguousarray(w.transpose(0, 2, 3, 1))``.
     ``layout="HWIO"`` (Keras, TF): ``np.ascontiguousarray(w.transpose(3, 0, 1, 2))``.

@@ -2,7 +2,7 @@
 
 Each function here has the name and the arguments of its fast counterpart in
 ``mpslayout`` (without ``out=`` and ``threads=``) and is written as plain nested Python
-loops straight from the index formulas of MPS_LAYOUTS.md: it walks the destination index
+loops straight from the index formulas of docs/layouts.md: it walks the destination index
 space and computes, by the formula, the source index of each element.
 
 Elements are moved as unsigned integers of the same width, so every bit survives (NaN

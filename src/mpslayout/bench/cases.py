@@ -96,7 +96,7 @@ def _dense_reshape(name: str, h: int, w: int, c: int, i: int, what: str, quick: 
         view=lambda x: x.reshape(c, h, w, i).transpose(1, 2, 0, 3),
         torch_view=lambda t: t.reshape(c, h, w, i).permute(1, 2, 0, 3),
         description=f"{what}: dense_reshape(shape=({h},{w},{c}), order='CHW'), "
-        "rows CHW -> HWC (MPS_LAYOUTS.md section 6)",
+        "rows CHW -> HWC (docs/layouts.md section 6, Dense followed by Reshape)",
         quick=quick,
     )
 

@@ -31,8 +31,8 @@ def write_plot(report: dict[str, Any], path: str) -> None:
                                     for c in r["contenders"] if c["name"] != CEILING))
     ncols = len({p[2] for p in panels})
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 0.45 * len(case_names) * nrows
-                                                     + 1.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, (0.45 * len(case_names) + 1.2)
+                                                     * nrows + 1.2), squeeze=False, sharey=True)
     height = 0.8 / max(1, len(contenders))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for idx, (mode, dtype, th) in enumerate(panels):

@@ -2,7 +2,7 @@
 
 ``export(model, outdir)`` reads an ONNX model, a safetensors or PyTorch ``state_dict``
 file, or a Keras ``.keras``/``.h5`` file, converts every supported layer with the public
-converters of :mod:`mpslayout` (MPS_LAYOUTS.md), and writes ``NAME.weights.bin`` (raw
+converters of :mod:`mpslayout` (docs/layouts.md), and writes ``NAME.weights.bin`` (raw
 little-endian, MPS layout), ``NAME.bias.bin`` (float32) and ``manifest.json`` (the MPS
 geometry of every layer, byte sizes and SHA-256 of every file; schema in
 ``docs/manifest.schema.json``). Writes are atomic: a failure leaves no OUTDIR.
@@ -119,12 +119,27 @@ def _read(path: str, fmt: str, fold_bn: bool, overrides: Overrides) -> Plan:
     return torch_reader.read(path, overrides=overrides)
 
 
-def _select(plan: Plan, only: Iterable[str] | None) -> None:
+def _only(only: str | Iterable[str] | None) -> list[str] | None:
+    """``only=`` as a list of names, checked before any file is read."""
+    if only is None:
+        return None
+    names = [only] if isinstance(only, str) else only
+    try:
+        names = list(names)
+    except TypeError:
+        raise TypeError(f"only must be layer names, got {type(only).__name__}") from None
+    if not names:
+        raise ValueError("only= is empty: name at least one layer")
+    bad = [x for x in names if not isinstance(x, str)]
+    if bad:
+        raise TypeError(f"only must be layer names (str), got {bad[0]!r}")
+    return names
+
+
+def _select(plan: Plan, only: list[str] | None) -> None:
     if only is None:
         return
     wanted = set(only)
-    if not wanted:
-        raise ValueError("only= is empty: name at least one layer")
     matched = set()
     kept = []
     for layer in plan.layers:
@@ -181,14 +196,16 @@ def export(
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
+    # every argument is checked before a reader (and its optional package) is imported
     try:
         out_dtype = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"dtype must be 'float32' or 'float16', got {dtype!r}") from None
+        # a name numpy does not know ('bfloat16' without ml_dtypes) is a bad value
+        err = ValueError if isinstance(dtype, str) else TypeError
+        raise err(f"dtype must be 'float32' or 'float16', got {dtype!r}") from None
     if out_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-    if isinstance(only, str):
-        only = [only]
+    only = _only(only)
     for flag, value in (("fold_bn", fold_bn), ("strict", strict), ("progress", progress),
                         ("force", force)):
         if not isinstance(value, bool):
@@ -234,6 +251,8 @@ def export(
         "unsupported": plan.unsupported,
         "assumptions": plan.assumptions,
     }
+    if plan.training_state:
+        fields["training_state"] = plan.training_state
     bar = Progress(len(plan.layers), sum(x.source_bytes for x in plan.layers), progress)
     return write_all(outdir, plan.layers, out_dtype, force=force, progress=bar,
                      manifest_fields=fields, version=__version__)

@@ -118,6 +118,7 @@ class Layer:
                 names.append(v)
         names.extend(r.name for r in self.tensors.values() if not r.synthetic)
         names.extend(self.carried)
+        names.extend(getattr(self.weight, "parts", ()))  # an 8-bit weight's q, scale, zp
         names.extend(f["tensor"] for f in self.source.get("fused", []))
         return list(dict.fromkeys(names))
 
@@ -284,6 +285,13 @@ def convert_layer(layer: Layer, dtype: np.dtype,
             yield "bias", b_out, 0 if layer.bias is None else layer.bias.nbytes
         return
     fn, axis = _converter(layer)
+    if getattr(w_ref, "q", None) is not None:  # 8-bit source weights: bytes kept
+        from .onnx_quant import uint8_layer
+
+        files = uint8_layer(layer, lambda u: fn(u, dtype=np.dtype(np.uint8)))
+        if files is not None:
+            yield from files
+            return
     if axis is None or src.size == 0:
         yield "weights", _call(fn, _prepare(src, layer.scale, None, 0, 0), dtype), w_ref.nbytes
     else:
@@ -324,7 +332,8 @@ def reshape_layer(name: str, source: dict[str, Any], w: TensorRef, b: TensorRef 
                   scale: np.ndarray | None = None) -> Layer:
     """A fully connected layer followed by a reshape to ``shape`` (H, W, C) in ``order``:
     a sub-pixel convolution when H == W, else HWC-ordered rows for MPSNNReshape
-    (MPS_LAYOUTS.md section 6); the other exact targets are listed in the manifest."""
+    (docs/layouts.md section 6, Dense followed by Reshape); the other exact targets are listed
+    in the manifest."""
     h, ww, c = shape
     target = "subpixel" if h == ww else "rows"
     alts = reshape_alternatives(None if b is None else b.load(), geo["output_channels"],
@@ -377,7 +386,8 @@ class Plan:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
-
+    # arrays that are not model weights (optimizer slots): listed, never exported
+    training_state: list[dict[str, Any]] = field(default_factory=list)
     inputs: dict[str, list[int | None]] = field(default_factory=dict)
 
     @staticmethod

@@ -1,6 +1,6 @@
 """The manifest: one JSON document describing every exported layer in MPS terms.
 
-Also the MPS geometry that goes with a framework's padding (MPS_LAYOUTS.md sections 1 and
+Also the MPS geometry that goes with a framework's padding (docs/layouts.md sections 1 and
 3): a convolution's ``offset`` and a transposed convolution's ``kernelOffset``, and the
 framework padding rules (ONNX/TF "SAME") they are computed from. The JSON Schema of the
 document is ``docs/manifest.schema.json``.
@@ -66,8 +66,8 @@ def conv_out(size: int | None, k: int, stride: int, dilation: int,
 
 def transposed_out(size: int | None, k: int, stride: int, dilation: int, pads: Pair,
                    output_padding: int) -> int | None:
-    """MPS_LAYOUTS.md section 3: ``(in - 1)*stride - pad_begin - pad_end + k + op``
-    (with the dilated kernel extent ``(k-1)*d + 1`` for k)."""
+    """``(in - 1)*stride - pad_begin - pad_end + k + op`` (docs/layouts.md section 3,
+    Transposed convolution), with the dilated kernel extent ``(k-1)*d + 1`` for k."""
     if size is None:
         return None
     return (size - 1) * stride - pads[0] - pads[1] + (k - 1) * dilation + 1 + output_padding
@@ -191,7 +191,7 @@ def layer_entry(layer: Any, files: dict[str, dict[str, Any]], dtype: str) -> dic
     }
     entry.update(layer.geometry)
     if layer.kind != "batch_normalization":
-        entry["weights_dtype"] = dtype
+        entry["weights_dtype"] = files.get("weights", {}).get("dtype", dtype)
     entry["files"] = files
     entry["notes"] = list(layer.notes)
     return entry
@@ -200,7 +200,10 @@ def layer_entry(layer: Any, files: dict[str, dict[str, Any]], dtype: str) -> dic
 def build(*, source: dict[str, Any], dtype: str, options: dict[str, Any],
           layers: list[dict[str, Any]], skipped: list[dict[str, Any]],
           unsupported: list[dict[str, Any]], assumptions: list[str],
-          version: str, inputs: dict[str, list[int | None]]) -> dict[str, Any]:
+          version: str, inputs: dict[str, list[int | None]],
+          **optional: Any) -> dict[str, Any]:
+    """The manifest document; ``optional`` fields (``training_state``) go in only when
+    given."""
     total = sum(f["bytes"] for entry in layers for f in entry["files"].values())
     return {
         "format": FORMAT,
@@ -215,5 +218,6 @@ def build(*, source: dict[str, Any], dtype: str, options: dict[str, Any],
         "skipped": skipped,
         "unsupported": unsupported,
         "assumptions": assumptions,
+        **optional,
         "total_bytes": total,
     }

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import manifest as mf
+from . import onnx_quant
 from .attrs import as_float, as_int, as_pair, as_text
 from .layers import Layer, Overrides, Plan, SkipLayer, TensorRef, is_float
 from .onnx_fold import record
@@ -253,7 +254,7 @@ class Graph:
         while name not in self.protos:
             node = self.producer.get(name)
             if node is None or node.op_type != "Identity" or seen > 64:
-                return None
+                return onnx_quant.dequantized(self, name)  # 8-bit weights, or None
             name, seen = node.input[0], seen + 1
         if name not in self.refs:
             self.refs[name] = tensor_ref(self.protos[name], self.dir)

@@ -128,8 +128,8 @@ def conv_transpose(g: Graph, node: Any) -> None:
                   {"layout": "IOHW", "groups": grp}, geo, w_scale)
     if dil != (1, 1):
         layer.notes.append("kernel_offset with dilation uses (k/2)*d - (k-1)*d + pad, "
-                           "extended from MPS_LAYOUTS.md section 3 (not documented by "
-                           "Apple)")
+                           "extended from docs/layouts.md section 3, Transposed "
+                           "convolution (not documented by Apple)")
     g.add_layer(layer, f, [])
 
 

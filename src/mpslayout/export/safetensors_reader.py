@@ -2,6 +2,10 @@
 header length, a JSON header naming every tensor's dtype, shape and byte range, then the
 data, which is memory-mapped tensor by tensor. Every declared size is checked against the
 file before anything is read; the layers are then found by rule (:mod:`.statedict`).
+
+bfloat16 tensors stay memory-mapped as ``ml_dtypes.bfloat16`` when ml_dtypes is installed.
+Without it their raw bits are widened to float32 by the engine as they are read (exact, and
+bit-identical to ml_dtypes' conversion); that float32 copy then counts towards peak memory.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine import bfloat16_bits_to_float32
 from . import statedict
 from .layers import Overrides, Plan, TensorRef
 
@@ -24,18 +29,24 @@ _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
 _ONE_BYTE = ("F8_E4M3", "F8_E5M2")  # sizes are checked; the tensors are not exported
 
 
+_BF16_BITS = np.dtype("<u2")
+
+
 def _dtype(code: str) -> np.dtype:
+    """The dtype the file stores; bfloat16 as its raw bits (``<u2``), see :func:`_ref`."""
     if code in _DTYPES:
         return np.dtype(_DTYPES[code])
     if code == "BF16":
-        try:
-            import ml_dtypes
-        except ImportError:
-            raise ImportError(
-                "bfloat16 tensors need the ml_dtypes package: pip install ml_dtypes"
-            ) from None
-        return np.dtype(ml_dtypes.bfloat16)
+        return _BF16_BITS
     raise ValueError(f"unknown safetensors dtype {code!r}")
+
+
+def _ml_bfloat16() -> np.dtype | None:
+    try:
+        import ml_dtypes  # optional: keeps bfloat16 tensors memory-mapped
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -114,7 +125,7 @@ def read_header(path: str) -> tuple[dict[str, TensorRef], dict[str, str]]:
         if code in _ONE_BYTE:
             unreadable[name] = f"dtype {code} (float8) is not an MPS weight type"
             continue
-        tensors[name] = _ref(path, name, _dtype(code), shape, start + begin)
+        tensors[name] = _ref(path, name, _dtype(code), shape, start + begin, code == "BF16")
     spans.sort()
     for (_, end0, a), (begin1, _, b) in zip(spans, spans[1:]):
         if begin1 < end0:
@@ -122,13 +133,20 @@ def read_header(path: str) -> tuple[dict[str, TensorRef], dict[str, str]]:
     return tensors, unreadable
 
 
-def _ref(path: str, name: str, dt: np.dtype, shape: tuple[int, ...], offset: int) -> TensorRef:
+def _ref(path: str, name: str, dt: np.dtype, shape: tuple[int, ...], offset: int,
+         bfloat16: bool = False) -> TensorRef:
     count = math.prod(shape)
+    widen = False
+    if bfloat16:
+        ml_bf16 = _ml_bfloat16()
+        dt, widen = (ml_bf16, False) if ml_bf16 is not None else (np.dtype(np.float32), True)
+    stored = _BF16_BITS if widen else dt
 
     def opener() -> np.ndarray:
         if count == 0:
             return np.empty(shape, dt)
-        return np.memmap(path, dtype=dt, mode="r", offset=offset, shape=(count,)).reshape(shape)
+        a = np.memmap(path, dtype=stored, mode="r", offset=offset, shape=(count,))
+        return bfloat16_bits_to_float32(a).reshape(shape) if widen else a.reshape(shape)
 
     return TensorRef(name, shape, dt, opener)
 

@@ -1,6 +1,6 @@
 """A slow, exact numpy executor of MPSCNN kernels over MPS's own data layouts.
 
-This package is an *executable restatement of MPS_LAYOUTS.md*, not a claim about Apple's
+This package is an *executable restatement of docs/layouts.md*, not a claim about Apple's
 hardware numerics. Each kernel takes exactly what the MPS kernel of the same name takes,
 in the layouts that document fixes:
 

@@ -1,5 +1,5 @@
 """What every reference kernel shares: argument checks, the float64 working copy, the
-single rounding to the storage type, and the source index of a kernel tap (MPS_LAYOUTS.md
+single rounding to the storage type, and the source index of a kernel tap (docs/layouts.md
 section 1)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Convolution kernels: MPSCNNConvolution, MPSCNNDepthWiseConvolution,
 MPSCNNConvolutionTranspose, MPSCNNFullyConnected and the sub-pixel convolution, on
-exported weights in MPS's layouts (MPS_LAYOUTS.md sections 1 to 4 and 6)."""
+exported weights in MPS's layouts (docs/layouts.md sections 1 to 4 and 6)."""
 
 from __future__ import annotations
 

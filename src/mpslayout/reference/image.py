@@ -1,4 +1,5 @@
-"""MPSImage's slice layout (MPS_LAYOUTS.md section 5), restated for the reference executor.
+"""MPSImage's slice layout (docs/layouts.md section 5, MPSImage: 4-channel slices), restated
+for the reference executor.
 
 ``buf[n*S + s][y][x][k] = T[n][y][x][4*s + k]`` (from NHWC), 0 where ``4*s + k >= C``;
 ``S = ceil(C/4)`` and ``P = 4`` components, except ``S = 1, P = C`` when C <= 2. Written

@@ -1,5 +1,5 @@
 """MPSCNNPoolingMax and MPSCNNPoolingAverage (global pooling is a window the size of the
-source), windows placed like a convolution's (MPS_LAYOUTS.md section 1)."""
+source), windows placed like a convolution's (docs/layouts.md section 1, Convolution weights)."""
 
 from __future__ import annotations
 

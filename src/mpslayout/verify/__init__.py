@@ -1,7 +1,7 @@
 """``mpslayout verify``: does an export compute what the original model computes?
 
 Runs the exported layers in the reference executor (:mod:`mpslayout.reference`, an
-executable restatement of MPS_LAYOUTS.md) and the original model in an oracle (ONNX
+executable restatement of docs/layouts.md) and the original model in an oracle (ONNX
 Runtime for ONNX models) on the same input, and compares them tensor by tensor. The
 weights, biases and MPS geometry come only from the export folder (``manifest.json`` and
 its ``.bin`` files, checked against their sizes and SHA-256); the model supplies the graph

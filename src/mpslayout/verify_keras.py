@@ -1,0 +1,153 @@
+"""``mpslayout verify OUTDIR --model MODEL.keras|MODEL.h5``: Keras itself is the judge.
+
+The Keras model is loaded with Keras (any backend), translated to an equivalent NCHW ONNX
+graph (:func:`mpslayout.keras_onnx.keras_as_onnx`) that gives verify the graph to walk,
+and run once by Keras on the input with every layer's output kept: those values,
+transposed to NCHW, are the oracle's answers. A fused activation's input is not a Keras
+tensor, so it is not compared (the layer is compared after its activation). The input is
+in the model's own NHWC layout: ``input`` (an array or a .npy file), else the dims the
+export recorded (manifest ``inputs``), else the model's input shape when fully known;
+otherwise verify refuses and says to pass ``--input``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+class KerasMissing(ImportError):
+    """verify --model MODEL.keras was asked for, and the keras package is not installed."""
+
+
+def is_keras_file(path: str | os.PathLike[str]) -> bool:
+    return os.fspath(path).lower().endswith(KERAS_SUFFIXES)
+
+
+def import_keras() -> Any:
+    """keras, with a backend that is installed: when neither KERAS_BACKEND nor
+    ~/.keras/keras.json chooses one and TensorFlow (Keras' default) is missing, torch or
+    jax is used. A choice the user made is never overridden."""
+    if "keras" not in sys.modules and not os.environ.get("KERAS_BACKEND"):
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        try:
+            with open(os.path.join(home, "keras.json"), encoding="utf-8") as f:
+                configured = json.load(f).get("backend")
+        except (OSError, ValueError, AttributeError):
+            configured = None
+        if not configured and importlib.util.find_spec("tensorflow") is None:
+            for backend in ("torch", "jax"):
+                if importlib.util.find_spec(backend) is not None:
+                    os.environ["KERAS_BACKEND"] = backend
+                    break
+    try:
+        import keras
+    except ImportError as e:
+        raise KerasMissing(
+            "verify --model with a Keras file needs the keras package and one of its "
+            f"backends (pip install mpslayout[keras] torch): {e}") from None
+    return keras
+
+
+def _input_array(keras_model: Any, doc: dict[str, Any], given: Any, seed: int
+                 ) -> tuple[np.ndarray, str]:
+    from .verify import VerifyError
+
+    if len(keras_model.inputs) != 1:
+        raise VerifyError(f"the model has {len(keras_model.inputs)} inputs; verify --model "
+                          "with a Keras file takes one")
+    want = [d if isinstance(d, int) else None for d in keras_model.inputs[0].shape]
+    if given is not None:
+        if isinstance(given, (str, os.PathLike)):
+            a, what = np.load(os.fspath(given), allow_pickle=False), os.fspath(given)
+        else:
+            a, what = np.asarray(given), "the array given"
+        a = np.asarray(a, dtype=np.float32)
+        if a.ndim != len(want) or any(d is not None and d != s for d, s in zip(want, a.shape)):
+            raise VerifyError(f"--input has shape {list(a.shape)}; the model's input is "
+                              f"{[d or '?' for d in want]} (NHWC, Keras' own layout)")
+        return a, f"{what}; shape {list(a.shape)} (NHWC)"
+    recorded = doc.get("inputs") or {}
+    dims = next(iter(recorded.values())) if len(recorded) == 1 else None
+    how = "dims recorded at export"
+    if dims is None:
+        if any(d is None for d in want[1:]):
+            raise VerifyError(
+                f"the model's input is {[d or '?' for d in want]} and the export recorded no "
+                "dims: pass --input X.npy (NHWC), whose height and width let every kernel "
+                "tap meet data")
+        dims, how = [want[0] or 1, *want[1:]], "the model's input shape"
+    a = np.random.default_rng(seed).standard_normal([int(d) for d in dims])
+    return a.astype(np.float32), (f"seeded standard normal (seed {seed}), {how}; shape "
+                                  f"{list(dims)} (NHWC)")
+
+
+def keras_values(keras: Any, model: Any, tr: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Keras' value of every tensor of the translation, in the graph's layout."""
+    names = [n for n in tr.tensors if n not in tr.inputs[:len(model.inputs)]]
+    kts = [tr.tensors[n][0] for n in names]
+    pre = list(tr.preacts.items())
+    sub = keras.Model(model.inputs, kts + [kt for _, (_, kt) in pre])
+    out = sub([x], training=False)
+    out = out if isinstance(out, (list, tuple)) else [out]
+    values = {n: tr.to_graph(n, np.asarray(keras.ops.convert_to_numpy(v), np.float32))
+              for n, v in zip(names, out)}
+    # a fused activation's input: the layer itself, run by Keras with a linear activation
+    for (n, (layer, _)), v in zip(pre, out[len(names):]):
+        act = layer.activation
+        try:
+            layer.activation = keras.activations.linear
+            y = keras.ops.convert_to_numpy(layer(v))
+        finally:
+            layer.activation = act
+        a = np.asarray(y, np.float32)
+        values[n] = np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
+    return values
+
+
+def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
+                 input: Any = None, atol: float = 1e-4, rtol: float = 1e-4,
+                 storage: str | None = None, seed: int = 0) -> Any:
+    """Check the export in ``outdir`` against the Keras ``model`` file, Keras as the
+    oracle (module docstring); returns verify's Report. Raises :class:`KerasMissing`
+    without keras, VerifyError when nothing can be compared."""
+    keras = import_keras()  # first: without keras, say that and nothing else
+    from .keras_onnx import Untranslatable, keras_as_onnx
+    from .verify import VerifyError, load_export, verify_graph
+
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+        raise VerifyError(f"model file not found: {path}")
+    doc, _ = load_export(outdir)
+    try:
+        kmodel = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a file it cannot read
+        raise VerifyError(f"Keras cannot load {path}: {type(e).__name__}: {e}") from None
+    try:
+        tr = keras_as_onnx(kmodel)
+    except Untranslatable as e:
+        raise VerifyError(f"{path}: {e}") from None
+    x, what = _input_array(kmodel, doc, input, seed)
+    values = keras_values(keras, kmodel, tr, x)
+    feeds = {tr.inputs[0]: np.ascontiguousarray(tr.to_graph(tr.inputs[0], x))}
+    feeds.update({n: values[n] for n in tr.inputs[1:]})
+
+    def oracle(names: Any) -> dict[str, np.ndarray]:
+        return {n: values[n] for n in names if n in values}
+
+    report = verify_graph(outdir, tr.model, feeds, oracle, model_label=path,
+                          oracle_label=f"Keras {keras.__version__} "
+                          f"({keras.backend.backend()} backend)", input_label=what,
+                          atol=atol, rtol=rtol, storage=storage)
+    for u in tr.untranslated:
+        report.not_verified.append({"name": u["name"], "op": u["op"],
+                                    "reason": f"no ONNX translation ({u['reason']}): Keras' "
+                                    "value used"})
+    return report

@@ -1,0 +1,113 @@
+"""8-bit weights in exports: a weight-only QDQ model (DequantizeLinear on constant weights,
+per-channel int8 and per-tensor uint8) and ONNX Runtime's dynamic quantization
+(ConvInteger / MatMulInteger) export MPS uint8 weights with per-output-channel ranges whose
+bytes are the source's (moved by the layout rule) and whose values, read as MPS reads
+them, are the source's float values; verify passes against ONNX Runtime; a range off by
+one step fails and is named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mpslayout import slow, slow_quant
+from mpslayout.export import export
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "manifest.schema.json"
+F32 = np.float32
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(doc, json.loads(SCHEMA.read_text()),
+                        cls=jsonschema.Draft202012Validator)
+
+
+def _qdq_model(path: Path) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    t = {"cq": rng.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8),
+         "cs": rng.uniform(0.005, 0.02, 8).astype(F32), "cz": np.zeros(8, np.int8),
+         "cb": rng.standard_normal(8).astype(F32),
+         "fq": rng.integers(0, 256, (10, 8 * 4 * 4)).astype(np.uint8),
+         "fs": np.array(0.003, F32), "fz": np.array(128, np.uint8),
+         "fb": rng.standard_normal(10).astype(F32)}
+    nodes = [
+        helper.make_node("DequantizeLinear", ["cq", "cs", "cz"], ["cw"], axis=0),
+        helper.make_node("Conv", ["x", "cw", "cb"], ["c"], name="conv", kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("DequantizeLinear", ["fq", "fs", "fz"], ["fw"]),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1),
+    ]
+    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 4, 4])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, None)], [numpy_helper.from_array(v, k) for k, v in t.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return t
+
+
+def _read(folder: Path, info: dict[str, Any]) -> np.ndarray:
+    return np.fromfile(folder / info["file"], dtype=np.dtype(info["dtype"])).reshape(
+        info["shape"])
+
+
+def test_qdq_weights_keep_their_bytes_and_values(tmp_path: Path) -> None:
+    t = _qdq_model(tmp_path / "m.onnx")
+    doc = export(tmp_path / "m.onnx", tmp_path / "out", progress=False)
+    _validate(doc)
+    conv, fc = doc["layers"]
+    assert (conv["weights_dtype"], fc["weights_dtype"]) == ("uint8", "uint8")
+    assert conv["quantization"] == {"type": "linear", "source": "DequantizeLinear",
+                                    "exact": True, "source_tensors": ["cq", "cs", "cz"]}
+    assert not doc["skipped"]
+    assert not doc["unsupported"]
+    out = tmp_path / "out"
+    # bytes: the layout rule of MPS_LAYOUTS (slow twins) applied to the mapped source bytes
+    u, ranges = slow_quant.from_onnx(t["cq"], t["cs"], t["cz"])
+    np.testing.assert_array_equal(_read(out, conv["files"]["weights"]),
+                                  slow.conv_weights(u, layout="OIHW"))
+    np.testing.assert_array_equal(_read(out, conv["files"]["ranges"]), ranges)
+    u, ranges = slow_quant.from_onnx(t["fq"], t["fs"], t["fz"])
+    np.testing.assert_array_equal(_read(out, fc["files"]["weights"]),
+                                  slow.fc_weights(u, input_shape=(8, 4, 4), layout="OI"))
+    np.testing.assert_array_equal(_read(out, fc["files"]["ranges"]), ranges)
+    # values: MPS's reading equals the source's (q - zp) * scale up to float32 rounding
+    got = slow_quant.dequantize_weights(_read(out, conv["files"]["weights"]),
+                                        _read(out, conv["files"]["ranges"]))
+    want = (t["cq"].astype(np.float64) * t["cs"].reshape(-1, 1, 1, 1)).transpose(0, 2, 3, 1)
+    assert np.abs(got - want).max() <= 4 * np.finfo(F32).eps * np.abs(want).max()
+
+
+def test_qdq_verify_passes_and_a_range_off_by_one_step_fails(tmp_path: Path) -> None:
+    from mpslayout.verify import verify
+
+    _qdq_model(tmp_path / "m.onnx")
+    doc = export(tmp_path / "m.onnx", tmp_path / "out", progress=False)
+    report = verify(tmp_path / "out", tmp_path / "m.onnx")
+    assert report.ok, report.table()
+    # plant the bug: the conv's ranges one step (of 255) too high, manifest kept consistent
+    conv = doc["layers"][0]
+    path = tmp_path / "out" / conv["files"]["ranges"]["file"]
+    r = np.fromfile(path, dtype=F32).reshape(-1, 2)
+    step = (r[:, 1] - r[:, 0]) / 255
+    r += step[:, None]
+    r.tofile(path)
+    import hashlib
+
+    doc["layers"][0]["files"]["ranges"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(doc))
+    report = verify(tmp_path / "out", tmp_path / "m.onnx")
+    assert not report.ok
+    assert report.first_divergence is not None
+    assert report.first_divergence.name == "conv"
