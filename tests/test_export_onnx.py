@@ -689,3 +689,49 @@ def test_gemm_and_grouped_transpose_fold_affine_chains(tmp_path):
     assert e["up"]["source"]["output"] == "y2"
     (tmp_path / "f16").mkdir()
     export_and_check(model, tmp_path / "f16", dtype="float16", fold_bn=True)
+
+
+def test_constant_nodes_and_identity_chains_are_learned_tensors_too(tmp_path):
+    """A bias held by a Constant node (older exporters) folds like an initializer, a scale
+    reached through Identity nodes too; both are named in source.tensors."""
+    rng = np.random.default_rng(33)
+    bias = rand(rng, 1, 4, 1, 1)
+    model = make_model(
+        [helper.make_node("Constant", [], ["cb"], name="const_b",
+                          value=numpy_helper.from_array(bias, "cb_value")),
+         helper.make_node("Identity", ["s"], ["s1"], name="id1"),
+         helper.make_node("Identity", ["s1"], ["s2"], name="id2"),
+         helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+         helper.make_node("Mul", ["c", "s2"], ["m"], name="mul"),
+         helper.make_node("Add", ["m", "cb"], ["y"], name="add")],
+        {"x": [1, 3, 4, 4]}, ["y"],
+        {"w": rand(rng, 4, 3, 3, 3), "s": rand(rng, 4, 1, 1) + 1},
+    )
+    manifest = export_and_check(model, tmp_path, strict=True)
+    (conv,) = manifest["layers"]
+    assert conv["source"]["tensors"] == ["w", "s", "cb"]
+    assert [f["tensor"] for f in conv["source"]["fused"]] == ["s", "cb"]
+
+
+def test_input_dims_resolve_a_computed_reshape_target(tmp_path):
+    """Gemm -> Reshape to Shape(img): with symbolic dims the target is unknown (said in the
+    notes and assumptions); with --input-dims it is known and the rows are reordered."""
+    rng = np.random.default_rng(34)
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="fc", transB=1),
+         helper.make_node("Shape", ["img"], ["sh"], name="shape"),
+         helper.make_node("Reshape", ["g", "sh"], ["r"], name="reshape"),
+         helper.make_node("Conv", ["r", "cw"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        {"x": ["N", 8], "img": ["N", 4, "H", "W"]}, ["y"],
+        {"w": rand(rng, 16, 8), "b": rand(rng, 16), "cw": rand(rng, 2, 4, 3, 3)})
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    manifest = export(path, tmp_path / "a", progress=False)
+    assert "fc" in manifest["assumptions"][0]
+    assert "reshape" not in by_name(manifest)["fc"]
+    manifest = export(path, tmp_path / "b", input_dims={"x": (1, 8), "img": (1, 4, 2, 2)},
+                      progress=False)
+    fc = by_name(manifest)["fc"]
+    assert fc["reshape"]["shape"] == {"height": 2, "width": 2, "channels": 4}
+    assert manifest["inputs"] == {"x": [1, 8], "img": [1, 4, 2, 2]}
+    assert manifest["assumptions"] == []
