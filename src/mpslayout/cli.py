@@ -160,19 +160,6 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
-    """NAME=D0,D1,... as (NAME, (D0, D1, ...)), every dim >= 1: for verify --input-dims."""
-    name, sep, dims = text.rpartition("=")
-    try:
-        values = tuple(int(v) for v in dims.split(","))
-    except ValueError:
-        values = ()
-    if not sep or not name or not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=D0,D1,... with positive integers, got {text!r}")
-    return name, values
-
-
 def _verify(args: argparse.Namespace) -> int:
     import json
 
