@@ -75,7 +75,7 @@ def test_export_accounts_for_every_array(folder, tmp_path, name, fmt):
                              [1, *model.inputs[0].shape[1:]]}
 
 
-@pytest.mark.parametrize("name", CORPUS)
+@pytest.mark.parametrize("name", [*CORPUS, "zoo"])
 def test_translation_computes_what_keras_computes(folder, name):
     """ONNX Runtime on keras_as_onnx(model) against Keras on the same input, every
     tensor the translation names."""
@@ -212,3 +212,24 @@ def test_cli_verify_keras_without_keras(exports, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "keras", None)  # import keras raises ImportError
     assert main(["verify", str(outdir), "--model", str(path)]) == 2
     assert "needs the keras package" in capsys.readouterr().err
+
+
+def test_verify_refuses_unknown_dims_without_input(tmp_path):
+    """A model of any image size, exported without recorded dims: verify asks for --input
+    rather than feeding an image too small for the kernels."""
+    _verify_graph()
+    from mpslayout.verify import VerifyError
+
+    L = keras.layers
+    inp = keras.Input((None, None, 3), name="x")
+    m = keras.Model(inp, L.Conv2D(4, 3, padding="same", name="conv")(inp))
+    m.save(tmp_path / "m.keras")
+    doc = export(tmp_path / "m.keras", tmp_path / "out", progress=False)
+    assert doc["inputs"] == {}
+    with pytest.raises(VerifyError, match="--input"):
+        _verify(tmp_path / "out", tmp_path / "m.keras")
+    x = np.random.default_rng(0).standard_normal((1, 7, 5, 3)).astype(np.float32)
+    report = _verify(tmp_path / "out", tmp_path / "m.keras", input=x)
+    assert report.ok, report.table()
+    bad = _plant(tmp_path / "out", tmp_path / "bad", "conv", _rotate)
+    assert _verify(bad, tmp_path / "m.keras", input=x).first_divergence.name == "conv"

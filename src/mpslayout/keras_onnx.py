@@ -44,7 +44,8 @@ _MERGE_OPS = {"Add": "Add", "Subtract": "Sub", "Multiply": "Mul", "Maximum": "Ma
 class Tensor:
     """A value of the graph: its ONNX name, its Keras shape (batch first, channels last)
     and how its values are laid out relative to Keras': "nchw" (a 4-D image transposed),
-    "keras" (the same as Keras), or "flat_chw" (a flattened image in C, H, W order)."""
+    "keras" (the same as Keras), "flat_chw" (a flattened image in C, H, W order), or
+    "n_c11" (Keras' (N, C) as an (N, C, 1, 1) image)."""
 
     name: str
     shape: tuple[Any, ...]
@@ -71,6 +72,8 @@ class Translation:
         a = np.asarray(value)
         if t.layout == "nchw":
             return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+        if t.layout == "n_c11":
+            return a.reshape(*a.shape, 1, 1)
         if t.layout == "flat_chw" and t.hwc is not None:
             h, w, c = t.hwc
             return np.ascontiguousarray(
@@ -298,36 +301,32 @@ class _Translator:
         if x.layout != "nchw" or getattr(op, "data_format", "channels_last") != "channels_last":
             raise Untranslatable("only channels_last images are translated")
 
-    def t_Conv2D(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...], name: str) -> Tensor:
-        x = ins[0]
+    def conv(self, op: Any, x: Tensor, oihw: np.ndarray, bias: np.ndarray | None,
+             groups: int, shape: tuple[Any, ...], name: str) -> Tensor:
+        """An ONNX Conv of ``x`` (OIHW weights) with the Keras layer's strides, dilation
+        and padding, then its fused activation."""
         self.check_image(op, x)
-        w = _weights(op)
-        k, s, d = _pair(op.kernel_size), _pair(op.strides), _pair(op.dilation_rate)
-        groups = int(getattr(op, "groups", 1))
-        inputs = [x.name, self.b.init(name + "/kernel", w["kernel"].transpose(3, 2, 0, 1))]
-        if "bias" in w:
-            inputs.append(self.b.init(name + "/bias", w["bias"]))
+        k, s, d = tuple(oihw.shape[2:]), _pair(op.strides), _pair(op.dilation_rate)
+        inputs = [x.name, self.b.init(name + "/kernel", oihw)]
+        if bias is not None:
+            inputs.append(self.b.init(name + "/bias", bias))
         y = self.b.node("Conv", inputs, name + PREACT, name=name, kernel_shape=list(k),
                         strides=list(s), dilations=list(d), group=groups,
                         **self.conv_pads(op, x, k, s, d))
         return self.finish(y, op, shape, name, "nchw", op.activation)
 
+    def t_Conv2D(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...], name: str) -> Tensor:
+        w = _weights(op)
+        return self.conv(op, ins[0], w["kernel"].transpose(3, 2, 0, 1), w.get("bias"),
+                         int(getattr(op, "groups", 1)), shape, name)
+
     def t_DepthwiseConv2D(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...],
                           name: str) -> Tensor:
-        x = ins[0]
-        self.check_image(op, x)
         w = _weights(op)
         kern = w.get("kernel", w.get("depthwise_kernel"))
-        kh, kw, c, m = kern.shape
-        k, s, d = (kh, kw), _pair(op.strides), _pair(op.dilation_rate)
-        oihw = kern.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw)
-        inputs = [x.name, self.b.init(name + "/kernel", oihw)]
-        if "bias" in w:
-            inputs.append(self.b.init(name + "/bias", w["bias"]))
-        y = self.b.node("Conv", inputs, name + PREACT, name=name, kernel_shape=list(k),
-                        strides=list(s), dilations=list(d), group=int(c),
-                        **self.conv_pads(op, x, k, s, d))
-        return self.finish(y, op, shape, name, "nchw", op.activation)
+        kh, kw, c, m = kern.shape  # output channel c*m + j reads kern[:, :, c, j]
+        return self.conv(op, ins[0], kern.transpose(2, 3, 0, 1).reshape(c * m, 1, kh, kw),
+                         w.get("bias"), int(c), shape, name)
 
     def t_Conv2DTranspose(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...],
                           name: str) -> Tensor:
@@ -529,6 +528,8 @@ class _Translator:
         if getattr(op, "keepdims", False):
             return self.simple(kind, x, shape, name)
         y = self.b.node(kind, [x.name], self.b.unique(name + "/pooled"), name=name)
+        # Keras' (N, C) result is this (N, C, 1, 1) image too
+        self.out.tensors[y] = (self.node.output_tensors[0], Tensor(y, shape, "n_c11"))
         return Tensor(self.b.node("Flatten", [y], name, name=name + "/flatten", axis=1),
                       shape, "keras")
 
@@ -620,7 +621,7 @@ class _Translator:
     def t_Reshape(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...], name: str
                   ) -> Tensor:
         x = self.keras_view(ins[0], name)
-        target = self.b.init(name + "/shape", np.array([-1, *op.target_shape], np.int64))
+        target = self.b.init(name + "/shape", np.array([0, *op.target_shape], np.int64))
         if len(shape) != 4:
             return Tensor(self.b.node("Reshape", [x.name, target], name, name=name), shape,
                           "keras")
