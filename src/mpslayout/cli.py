@@ -180,7 +180,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     if is_keras_file(args.model):  # Keras itself is the oracle
         try:
-            report = verify_keras(args.outdir, args.model, input=args.input, atol=args.atol,
+            report = verify_keras(args.outdir, args.model, input=args.input,
+                                  input_dims=dict(args.input_dims), atol=args.atol,
                                   rtol=args.rtol, storage=args.storage, seed=args.seed)
         except KerasMissing as e:
             print(f"mpslayout: error: {e}", file=sys.stderr)
@@ -331,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input",
         metavar="X.npy",
-        help="the model's input, NCHW (default: a seeded standard normal sample of the dims "
+        help="the model's input, NCHW (NHWC for a Keras model) (default: a seeded standard "
+        "normal sample of the dims "
         "recorded at export or fixed in the model; a symbolic height or width is refused)",
     )
     p.add_argument(
@@ -340,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=D0,D1,...",
-        help="dims of a random input NAME, when the model leaves them symbolic (repeatable)",
+        help="dims of a random input NAME, when the model leaves them symbolic (repeatable; "
+        "NHWC for a Keras model)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
