@@ -711,3 +711,27 @@ def test_constant_nodes_and_identity_chains_are_learned_tensors_too(tmp_path):
     (conv,) = manifest["layers"]
     assert conv["source"]["tensors"] == ["w", "s", "cb"]
     assert [f["tensor"] for f in conv["source"]["fused"]] == ["s", "cb"]
+
+
+def test_input_dims_resolve_a_computed_reshape_target(tmp_path):
+    """Gemm -> Reshape to Shape(img): with symbolic dims the target is unknown (said in the
+    notes and assumptions); with --input-dims it is known and the rows are reordered."""
+    rng = np.random.default_rng(34)
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="fc", transB=1),
+         helper.make_node("Shape", ["img"], ["sh"], name="shape"),
+         helper.make_node("Reshape", ["g", "sh"], ["r"], name="reshape"),
+         helper.make_node("Conv", ["r", "cw"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        {"x": ["N", 8], "img": ["N", 4, "H", "W"]}, ["y"],
+        {"w": rand(rng, 16, 8), "b": rand(rng, 16), "cw": rand(rng, 2, 4, 3, 3)})
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    manifest = export(path, tmp_path / "a", progress=False)
+    assert "fc" in manifest["assumptions"][0]
+    assert "reshape" not in by_name(manifest)["fc"]
+    manifest = export(path, tmp_path / "b", input_dims={"x": (1, 8), "img": (1, 4, 2, 2)},
+                      progress=False)
+    fc = by_name(manifest)["fc"]
+    assert fc["reshape"]["shape"] == {"height": 2, "width": 2, "channels": 4}
+    assert manifest["inputs"] == {"x": [1, 8], "img": [1, 4, 2, 2]}
+    assert manifest["assumptions"] == []

@@ -160,27 +160,26 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
-    """NAME=D0,D1,... as (NAME, (D0, D1, ...)), every dim >= 1: for verify --input-dims."""
-    name, sep, dims = text.rpartition("=")
-    try:
-        values = tuple(int(v) for v in dims.split(","))
-    except ValueError:
-        values = ()
-    if not sep or not name or not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=D0,D1,... with positive integers, got {text!r}")
-    return name, values
-
-
 def _verify(args: argparse.Namespace) -> int:
     import json
 
     from .verify_keras import KerasMissing, is_keras_file, verify_keras
 
+    given: dict[str | None, str] = {}
+    for text in args.input:  # X.npy, or NAME=X.npy for a model with several inputs
+        name, sep, path = text.partition("=")
+        if sep and not name.endswith(".npy"):
+            given[name] = path
+        else:
+            given[None] = text
     if is_keras_file(args.model):  # Keras itself is the oracle
+        if len(given) > 1:
+            print("mpslayout: error: verify --model MODEL.keras takes one --input",
+                  file=sys.stderr)
+            return 2
         try:
-            report = verify_keras(args.outdir, args.model, input=args.input,
+            report = verify_keras(args.outdir, args.model,
+                                  input=next(iter(given.values()), None),
                                   input_dims=dict(args.input_dims), atol=args.atol,
                                   rtol=args.rtol, storage=args.storage, seed=args.seed)
         except KerasMissing as e:
@@ -193,7 +192,7 @@ def _verify(args: argparse.Namespace) -> int:
     report = verify(
         args.outdir,
         args.model,
-        input=args.input,
+        input=given or None,
         input_dims=dict(args.input_dims),
         atol=args.atol,
         rtol=args.rtol,
@@ -331,9 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--input",
-        metavar="X.npy",
-        help="the model's input, NCHW (NHWC for a Keras model) (default: a seeded standard "
-        "normal sample of the dims "
+        action="append",
+        default=[],
+        metavar="[NAME=]X.npy",
+        help="the model's input, NCHW (NHWC for a Keras model); NAME= for a model with "
+        "several inputs (repeatable; default: a seeded standard normal sample of the dims "
         "recorded at export or fixed in the model; a symbolic height or width is refused)",
     )
     p.add_argument(

@@ -269,6 +269,12 @@ def dense(g: Graph, node: Any) -> None:
         if s is not None and len(s) == 3 and hwc is None:
             layer.notes.append("a MatMul on a (N, T, C) sequence: MPS applies it to each of "
                                "the T positions (an image of T pixels, 1x1 kernel)")
+        if nxt is not None and nxt.op_type == "Reshape":
+            why = (f"it feeds Reshape {g.name(nxt)!r}, whose target shape is not known: its "
+                   f"rows are left in source order; pass --input-dims (or --reshape "
+                   f"{name}=H,W,C) if that Reshape makes an image")
+            layer.notes.append(why)
+            g.plan.assumptions.append(f"layer {name!r}: {why}")
         g.add_layer(layer, f, [])
         return
     shape, rorder, rout = reshape

@@ -24,7 +24,7 @@ from .normalization import instance_normalization
 from .pooling import pooling
 from .resampling import bilinear_coordinates, upsampling
 from .shape import concatenate
-from .softmax import log_softmax, softmax
+from .softmax import log_softmax, reduce_channels, softmax
 
 __all__ = ["TABLE", "Kernel", "NodeView", "NotExpressible", "build"]
 
@@ -231,12 +231,15 @@ def _hard_swish(node: NodeView) -> Kernel:
 
 def _as_nchw_shape(shape: tuple[int, ...], rank: int) -> tuple[int, int, int, int] | None:
     """A tensor shape broadcast against an output of ``rank`` (2: (N, K) as 1x1 images of K
-    channels; 4: NCHW), as (N, C, H, W); None when it is not one of those."""
+    channels; 3: (N, T, C) as images 1 high and T wide; 4: NCHW), as (N, C, H, W); None
+    when it is not one of those."""
     if len(shape) > rank:
         return None
     full = (1,) * (rank - len(shape)) + tuple(shape)
     if rank == 4:
         return full  # type: ignore[return-value]
+    if rank == 3:
+        return full[0], full[2], 1, full[1]
     if rank == 2:
         return full[0], full[1], 1, 1
     return None
@@ -268,11 +271,16 @@ _ARITH = {"Add": ("add", "MPSCNNAdd"), "Sum": ("add", "MPSCNNAdd"),
 
 
 def constant_image(value: np.ndarray, rank: int, dtype: Any) -> Image:
-    """An ONNX constant operand as the MPS image that holds it (NCHW or (N, K) rules)."""
+    """An ONNX constant operand as the MPS image that holds it (the rules of
+    :func:`_as_nchw_shape`)."""
     shp = _as_nchw_shape(tuple(np.shape(value)), rank)
     if shp is None:
         raise NotExpressible(f"a constant of shape {list(np.shape(value))}")
-    return Image.from_nchw(np.asarray(value, np.float64).reshape(shp), dtype)
+    a = np.asarray(value, np.float64)
+    if rank == 3:
+        full = a.reshape((1,) * (3 - a.ndim) + a.shape)
+        return Image.from_nhwc(full[:, None], dtype)
+    return Image.from_nchw(a.reshape(shp), dtype)
 
 
 def arithmetic_kernel(op: str, mps: str, images: list[str], strides: list[tuple[int, ...]],
@@ -332,9 +340,9 @@ def _arith(node: NodeView) -> Kernel:
                              "takes two")
     op, mps = _ARITH[node.op]
     out = node.shape(node.outputs[0])
-    if out is None or len(out) not in (2, 4):
-        raise NotExpressible(f"a result of shape {out}: MPS images are (N, H, W, C) or "
-                             "(N, K) as 1x1 images")
+    if out is None or len(out) not in (2, 3, 4):
+        raise NotExpressible(f"a result of shape {out}: MPS images hold NCHW, (N, T, C) or "
+                             "(N, K) tensors")
     images, strides, constants = [], [], {}
     for k, t in enumerate(node.inputs[:2]):
         value = node.const(t)
@@ -488,15 +496,46 @@ def _resize(node: NodeView) -> Kernel:
 # ----------------------------------------------------------------------- the rest
 
 
+def _channel_axis(rank: int) -> int:
+    """The axis that is the image's feature channels: 1 of NCHW and (N, K), 2 of (N, T, C)."""
+    return 2 if rank == 3 else 1
+
+
+def _reduce(node: NodeView) -> Kernel:
+    """ReduceMean/Sum/Max/Min over the feature channels only, keepdims:
+    MPSNNReduceFeatureChannelsMean/Sum/Max/Min."""
+    shape = node.shape(node.inputs[0])
+    if shape is None or len(shape) not in (2, 3, 4):
+        raise NotExpressible("a reduction of a tensor that is not (N, K), (N, T, C) or NCHW")
+    axes = _attr(node, "axes", None)
+    if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+        c = node.const(node.inputs[1])
+        axes = None if c is None else [int(v) for v in np.ravel(c)]
+    if axes is None or sorted(int(a) % len(shape) for a in axes) != [_channel_axis(len(shape))]:
+        raise NotExpressible(f"a reduction over axes {axes}: MPSNNReduceFeatureChannels "
+                             "reduces the feature channels only")
+    if not int(_attr(node, "keepdims", 1)):
+        raise NotExpressible("keepdims=0: MPS keeps the reduced channel")
+    mode = node.op[len("Reduce"):].lower()
+    mps = f"MPSNNReduceFeatureChannels{node.op[len('Reduce'):]}"
+    if mode in ("max", "min"):
+        return _linear(mps, [node.inputs[0]],
+                       lambda xs, dt: reduce_channels(xs[0], mode, out_dtype=dt))
+    c = int(shape[_channel_axis(len(shape))])
+    k = _linear(mps, [node.inputs[0]],
+                lambda xs, dt: reduce_channels(xs[0], mode, out_dtype=dt), c)
+    return k
+
+
 def _softmax(node: NodeView) -> Kernel:
     shape = node.shape(node.inputs[0])
-    if shape is None or len(shape) not in (2, 4):
-        raise NotExpressible("a softmax of a tensor that is not (N, K) or NCHW")
+    if shape is None or len(shape) not in (2, 3, 4):
+        raise NotExpressible("a softmax of a tensor that is not (N, K), (N, T, C) or NCHW")
     axis = int(_attr(node, "axis", -1 if node.opset >= 13 else 1)) % len(shape)
-    if axis != 1:
+    if axis != _channel_axis(len(shape)):
         raise NotExpressible(f"a softmax along axis {axis}: MPSCNNSoftMax runs along "
                              "feature channels")
-    if node.opset < 13 and len(shape) == 4 and shape[2] * shape[3] != 1:
+    if node.opset < 13 and len(shape) > 2 and int(np.prod(shape[axis + 1:])) != 1:
         raise NotExpressible("a softmax over C*H*W (opset < 13 flattens from the axis on)")
     if node.op == "LogSoftmax":
         return Kernel("MPSCNNLogSoftMax", [node.inputs[0]],
@@ -557,6 +596,7 @@ TABLE: dict[str, Callable[[NodeView], Kernel]] = {
     "Softmax": _softmax, "LogSoftmax": _softmax,
     "Concat": _concat,
     "InstanceNormalization": _instance_norm,
+    **dict.fromkeys(("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"), _reduce),
 }
 
 

@@ -34,7 +34,8 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
                  input_label: str | None = None, atol: float = 1e-4, rtol: float = 1e-4,
                  storage: str | None = None) -> Report:
     """Check the export in ``outdir`` against ``graph`` (an onnx.ModelProto) run by
-    ``oracle`` on ``feeds`` ({graph input name: NCHW float32 array}).
+    ``oracle`` on ``feeds`` ({graph input name: array}; float ones are read as float32,
+    NCHW for images).
 
     ``storage``: the MPS image type, "float16" or "float32" (default: the manifest's
     weight type). Raises :class:`VerifyError` when nothing can be compared (a corrupt
@@ -47,8 +48,11 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
     st = np.dtype(storage or wdt)
     if st not in (np.dtype(np.float16), np.dtype(np.float32)):
         raise VerifyError(f"storage must be float16 or float32, got {storage!r}")
-    arrays = {str(k): np.ascontiguousarray(np.asarray(v, dtype=np.float32))
-              for k, v in feeds.items()}
+    arrays = {}
+    for k, v in feeds.items():
+        a = np.asarray(v)
+        arrays[str(k)] = np.ascontiguousarray(a.astype(np.float32) if a.dtype.kind == "f"
+                                              else a)
     g = Graph(graph, {k: tuple(v.shape) for k, v in arrays.items()})
     missing = [vi.name for vi in g.inputs if vi.name not in arrays]
     if missing:
@@ -68,5 +72,7 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
     ex.run(arrays)
     if recurrent:  # sequences, not images: checked node by node (mpslayout.verify_rnn)
         done = verify_rnn.check_layers(g, recurrent, values, report)
+        before = len(report.not_verified)
         report.not_verified = [x for x in report.not_verified if x["name"] not in done]
+        report.operators_verified += before - len(report.not_verified)
     return report

@@ -28,6 +28,11 @@ _SHAPE_ONLY = frozenset(("Shape", "Gather", "Constant", "ConstantOfShape", "Unsq
                          "Div"))
 
 
+_NO_KERNEL = dict.fromkeys(
+    ("LSTM", "GRU", "RNN"), "a recurrent layer: MPS runs it with MPSRNNImageInferenceLayer "
+    "(MPSLSTMDescriptor/MPSGRUDescriptor), which this verifier does not run")
+
+
 class Executor:
     """One run of verify over a graph: the oracle's ``values``, the export's layers."""
 
@@ -39,6 +44,7 @@ class Executor:
         self.atol, self.rtol = report.atol, report.rtol
         self.not_exported = not_exported
         self.vals: dict[str, Val] = {}
+        self.flattened: set[str] = set()  # tensors the walk holds as their image, flattened
         self.done: set[int] = set()
         self.tensor_layers = {str(x.entry.get("source", {}).get("node")): x for x in layers
                               if x.kind == "tensor"}
@@ -49,13 +55,18 @@ class Executor:
             if x.kind == "tensor" and len(names) == 1 and "tensor" in x.arrays:
                 self.exported[str(names[0])] = x.arrays["tensor"]
         self.segments, unmapped = map_layers(g, [x for x in layers if x.kind != "tensor"])
+        # every input dim fixed by the model itself: no larger input exists to test with
+        self.fixed_size = all(
+            vi.type.tensor_type.shape.dim and all(d.HasField("dim_value") and d.dim_value > 0
+                                                  for d in vi.type.tensor_type.shape.dim)
+            for vi in g.inputs)
         self.unmapped = unmapped
 
     # -- walking
 
     def run(self, feeds: dict[str, np.ndarray]) -> None:
         for name, a in feeds.items():
-            self.vals[name] = as_val(a.astype(self.storage).astype(np.float32), self.storage)
+            self.vals[name] = as_val(a, self.storage)
         for layer in self.unmapped:
             self.report.rows.append(Row(
                 len(self.report.rows) + 1, layer.name,
@@ -99,9 +110,7 @@ class Executor:
             if i is None:
                 return tensor
             n = self.g.nodes[i]
-            a = self.values.get(n.input[0]) if n.input else None
-            if n.op_type in ("Flatten", *_PASS) or (n.op_type == "Reshape" and a is not None
-                                                    and a.ndim == 4):
+            if tensor in self.flattened or n.op_type in _PASS:
                 tensor = n.input[0]
             else:
                 return tensor
@@ -176,10 +185,13 @@ class Executor:
                 raise VerifyError(f"its input {img_in!r} is not an image the reference "
                                   "executor holds")
             dest = self._dest(seg.end)
-            if dest is not None:
-                problem = tap_problem(g, seg, x_val.image, dest)
-                if problem:
-                    raise VerifyError(problem)
+            problem = None if dest is None else tap_problem(g, seg, x_val.image, dest)
+            if problem and self.fixed_size:  # the model's own size: those weights are unused
+                row.notes.append(problem.split(", so")[0].replace(
+                    "the input is too small to test this layer", "at the model's fixed input "
+                    "size") + ": those weights do not affect this model and are not tested")
+            elif problem:
+                raise VerifyError(problem)
             src_t = self._image_tensor(img_in)
             if src_t in self.values:  # isolated: the oracle's input, rounded to storage
                 x_iso = as_val(self.values[src_t], self.storage).image
@@ -237,6 +249,7 @@ class Executor:
             if v.image is not None and axis == 1 and like.shape[0] == v.image.batch \
                     and like.shape[1] == int(np.prod(v.image.shape[1:])):
                 self.vals[out] = Val(v.image, v.flat or "CHW")
+                self.flattened.add(out)
                 self.report.shape_operators += 1
                 return
             self._borrow(i, "a flatten the reference executor does not model")
@@ -249,13 +262,18 @@ class Executor:
             self._borrow(i, "a reshape to an image that no exported layer records: "
                             "MPSNNReshape reads HWC order (export with --reshape NAME=H,W,C)")
             return
+        if op in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"):
+            self._borrow(i, f"a {op} to a {like.ndim}-D tensor: it moves data across the "
+                            "image's axes, which no MPSCNN kernel does (MPSNNReshape keeps "
+                            "images 4-D)")
+            return
         try:
             kernel = self._kernel(i)
         except NotExpressible as e:
             self._borrow(i, str(e))
             return
         if kernel is None:
-            self._borrow(i, f"no MPSCNN kernel for ONNX {op}")
+            self._borrow(i, _NO_KERNEL.get(op, f"no MPSCNN kernel for ONNX {op}"))
             return
         imgs = [self._input(t) for t in kernel.images]
         if any(v.image is None for v in imgs):

@@ -24,7 +24,8 @@ LAYER_OPS = {"convolution": ("Conv",), "depthwise": ("Conv",),
              "arithmetic": ("Add", "Sub", "Mul", "Div", "Sum")}
 # single-input activations MPS fuses into a convolution (MPSCNNNeuron types)
 NEURON_OPS = frozenset(("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "Elu",
-                        "Softplus", "Softsign", "Clip", "PRelu", "HardSwish", "Gelu"))
+                        "Softplus", "Softsign", "Clip", "PRelu", "HardSwish", "Gelu", "Abs",
+                        "Neg", "Exp", "Log", "Sqrt", "Reciprocal"))
 _PASS = frozenset(("Identity", "Dropout"))
 _ABSORB = frozenset(("BatchNormalization", "DepthToSpace", "Reshape", "Transpose", "Flatten",
                      *_PASS))
@@ -235,6 +236,9 @@ def run_layer(g: Graph, seg: Segment, x: R.Image, dest: tuple[int, int] | None,
     if kind == "arithmetic":
         return _arithmetic_layer(g, seg, x, values, magnitude and bias, magnitude, out_dtype)
     if kind == "fully_connected":
+        if w.shape[1:3] == (1, 1) and x.height * x.width > 1 and w.shape[3] == x.channels:
+            # a projection of every position of a sequence: a 1x1 MPSCNNConvolution
+            return R.convolution(x, w, b, dest_size=(x.width, x.height), out_dtype=out_dtype)
         y = R.fully_connected(x, w, b, out_dtype=out_dtype)
         rs = e.get("reshape")
         if rs is not None:
