@@ -111,3 +111,49 @@ def test_qdq_verify_passes_and_a_range_off_by_one_step_fails(tmp_path: Path) -> 
     assert not report.ok
     assert report.first_divergence is not None
     assert report.first_divergence.name == "conv"
+
+
+@pytest.mark.parametrize("weight_type", ["QUInt8", "QInt8"])
+def test_dynamic_quantization_conv_integer_exports_and_verifies(tmp_path: Path,
+                                                               weight_type: str) -> None:
+    """ONNX Runtime's quantize_dynamic of a torch-exported Conv + Linear: ConvInteger and
+    MatMulInteger with weight zero points, weight scales in the Mul after them."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from mpslayout.verify import verify
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 4, 4),), str(tmp_path / "f.onnx"),
+                          dynamo=False)
+        quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"),
+                         weight_type=getattr(QuantType, weight_type),
+                         op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    assert {"ConvInteger", "MatMulInteger"} <= {n.op_type for n in model.graph.node}
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    doc = export(tmp_path / "q.onnx", tmp_path / "out", progress=False)
+    _validate(doc)
+    layers = {e["name"]: e for e in doc["layers"] if e["weights_dtype"] == "uint8"}
+    assert sorted(e["quantization"]["source"] for e in layers.values()) == [
+        "ConvInteger", "MatMulInteger"]
+    conv = next(e for e in layers.values() if e["kind"] == "convolution")
+    q, zp, s = (inits[n] for n in conv["quantization"]["source_tensors"])
+    u, ranges = slow_quant.from_onnx(q, s, zp)
+    out = tmp_path / "out"
+    np.testing.assert_array_equal(_read(out, conv["files"]["weights"]),
+                                  slow.conv_weights(u, layout="OIHW"))
+    np.testing.assert_array_equal(_read(out, conv["files"]["ranges"]), ranges)
+    got = slow_quant.dequantize_weights(_read(out, conv["files"]["weights"]),
+                                        _read(out, conv["files"]["ranges"]))
+    want = ((q.astype(np.float64) - zp) * s).transpose(0, 2, 3, 1)
+    assert np.abs(got - want).max() <= 4 * np.finfo(F32).eps * np.abs(ranges).max()
+    report = verify(out, tmp_path / "q.onnx")
+    assert report.ok, report.table()
+    assert all(r.ok for r in report.rows)

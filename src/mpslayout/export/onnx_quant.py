@@ -98,26 +98,35 @@ def dequantize_node(g: Any, node: Any) -> None:
                     "MPS computes in float; run the float model's path")
 
 
-def _w_scale(g: Any, node: Any) -> tuple[np.ndarray | None, list[str]]:
+def dynamic_quantize_node(g: Any, node: Any) -> None:
+    """DynamicQuantizeLinear quantizes activations at run time; MPS layers read floats."""
+    g.plan.skip(g.name(node), node.op_type, "activation quantization: the exported layers "
+                "read the float activations it quantizes")
+
+
+def _w_scale(g: Any, node: Any) -> tuple[np.ndarray | None, list[str], str | None]:
     """The weight scale of ORT's dynamic-quantization pattern after an integer op:
-    ``Cast(int32 -> float) -> Mul(., Mul(x_scale, w_scale))`` with w_scale constant."""
+    ``Cast(int32 -> float) -> Mul(., Mul(x_scale, w_scale))`` with w_scale constant (the
+    inner Mul is then consumed: its constant is in the layer's ranges)."""
     cast = g.sole_consumer(node.output[0])
     if cast is None or cast.op_type != "Cast":
-        return None, []
+        return None, [], None
     mul = g.sole_consumer(cast.output[0])
     if mul is None or mul.op_type != "Mul":
-        return None, []
+        return None, [], None
     other = mul.input[1] if mul.input[0] == cast.output[0] else mul.input[0]
     c = g.const(other)
     if c is not None:
-        return c.load().astype(np.float32).ravel(), [c.name]
+        return c.load().astype(np.float32).ravel(), [c.name], mul.output[0]
     inner = g.producer.get(other)
     if inner is not None and inner.op_type == "Mul":
         for t in inner.input:
             c = g.const(t)
-            if c is not None:
-                return c.load().astype(np.float32).ravel(), [c.name]
-    return None, []
+            if c is not None:  # already listed as an arithmetic tensor: it is in the ranges
+                g.plan.layers = [x for x in g.plan.layers
+                                 if x.source.get("node") != g.name(inner)]
+                return c.load().astype(np.float32).ravel(), [c.name], mul.output[0]
+    return None, [], None
 
 
 def integer_node(g: Any, node: Any) -> None:
@@ -131,7 +140,7 @@ def integer_node(g: Any, node: Any) -> None:
     zp_in = 3 if node.op_type in ("ConvInteger", "MatMulInteger") else None
     z = g.const(node.input[zp_in]) if zp_in and len(node.input) > zp_in and \
         node.input[zp_in] else None
-    scale, scale_parts = _w_scale(g, node)
+    scale, scale_parts, scaled = _w_scale(g, node)
     notes = []
     if scale is None:
         scale = np.ones(1, np.float32)
@@ -154,7 +163,12 @@ def integer_node(g: Any, node: Any) -> None:
     float_node.CopyFrom(node)
     float_node.op_type = "Conv" if node.op_type == "ConvInteger" else "MatMul"
     del float_node.input[:]
-    float_node.input.extend([node.input[0], ref.name])
+    # MPS reads the float activations DynamicQuantizeLinear quantizes
+    x = node.input[0]
+    dql = g.producer.get(x)
+    if dql is not None and dql.op_type == "DynamicQuantizeLinear":
+        x = dql.input[0]
+    float_node.input.extend([x, ref.name])
     g.names[id(float_node)] = g.name(node)
     before = len(g.plan.layers)
     (ol.conv if node.op_type == "ConvInteger" else ol.matmul)(g, float_node)
@@ -165,6 +179,8 @@ def integer_node(g: Any, node: Any) -> None:
                            ") and the output scaling are not part of it")
         layer.notes.extend(notes)
         layer.carried.extend(parts)
+        if scaled is not None:  # the layer's float output is the rescaled one
+            layer.source["output"] = scaled
 
 
 # ----------------------------------------------------------------------- conversion

@@ -40,6 +40,7 @@ BUILDERS: dict[str, Callable[[Graph, Any], None]] = {
     "Gather": oc.gather,
     **{op: onnx_rnn.read_node for op in onnx_rnn.OPS},
     "DequantizeLinear": onnx_quant.dequantize_node,
+    "DynamicQuantizeLinear": onnx_quant.dynamic_quantize_node,
     "ConvInteger": onnx_quant.integer_node,
     "MatMulInteger": onnx_quant.integer_node,
 }

@@ -24,7 +24,8 @@ LAYER_OPS = {"convolution": ("Conv",), "depthwise": ("Conv",),
              "arithmetic": ("Add", "Sub", "Mul", "Div", "Sum")}
 # single-input activations MPS fuses into a convolution (MPSCNNNeuron types)
 NEURON_OPS = frozenset(("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "Elu",
-                        "Softplus", "Softsign", "Clip", "PRelu", "HardSwish", "Gelu"))
+                        "Softplus", "Softsign", "Clip", "PRelu", "HardSwish", "Gelu", "Abs",
+                        "Neg", "Exp", "Log", "Sqrt", "Reciprocal"))
 _PASS = frozenset(("Identity", "Dropout"))
 _ABSORB = frozenset(("BatchNormalization", "DepthToSpace", "Reshape", "Transpose", "Flatten",
                      *_PASS))

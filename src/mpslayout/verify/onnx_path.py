@@ -14,6 +14,7 @@ import numpy as np
 from .core import verify_graph
 from .files import VerifyError, load_export
 from .graph import Graph, onnx_module
+from .integer_ops import float_equivalent
 from .report import Report
 
 __all__ = ["input_feeds", "onnx_runtime_oracle", "verify"]
@@ -164,6 +165,8 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
         raise VerifyError(f"model file not found: {mpath}") from None
     except Exception as e:
         raise VerifyError(f"cannot read {mpath} as ONNX: {type(e).__name__}: {e}") from None
+    # ConvInteger/MatMulInteger chains: judged as the float model with weights dequantized
+    proto, integer_nodes = float_equivalent(proto)
     table: dict[str | None, Given] = (dict(input) if isinstance(input, Mapping) else
                                       {} if input is None else {None: input})
     given: dict[str | None, np.ndarray] = {}
@@ -183,6 +186,9 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
     what += "; shape " + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
     if how:
         what += f" ({how})"
+    if integer_nodes:
+        what += (f"; {', '.join(integer_nodes)} run as float operators on dequantized "
+                 "weights (not quantizing activations), as the exported layers do")
     run = onnx_runtime_oracle(proto)
     return verify_graph(outdir, proto, feeds, lambda names: run(names, feeds),
                         model_label=mpath, oracle_label="ONNX Runtime", input_label=what,
