@@ -180,7 +180,8 @@ def _verify(args: argparse.Namespace) -> int:
             return 2
         try:
             report = verify_keras(args.outdir, args.model,
-                                  input=next(iter(given.values()), None), atol=args.atol,
+                                  input=next(iter(given.values()), None),
+                                  input_dims=dict(args.input_dims), atol=args.atol,
                                   rtol=args.rtol, storage=args.storage, seed=args.seed)
         except KerasMissing as e:
             print(f"mpslayout: error: {e}", file=sys.stderr)
@@ -341,9 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="[NAME=]X.npy",
-        help="the model's input, NCHW; NAME= for a model with several inputs (repeatable; "
-        "default: a seeded standard normal sample of the dims recorded at export or fixed "
-        "in the model; a symbolic height or width is refused)",
+        help="the model's input, NCHW (NHWC for a Keras model); NAME= for a model with "
+        "several inputs (repeatable; default: a seeded standard normal sample of the dims "
+        "recorded at export or fixed in the model; a symbolic height or width is refused)",
     )
     p.add_argument(
         "--input-dims",
@@ -351,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=D0,D1,...",
-        help="dims of a random input NAME, when the model leaves them symbolic (repeatable)",
+        help="dims of a random input NAME, when the model leaves them symbolic (repeatable; "
+        "NHWC for a Keras model)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")

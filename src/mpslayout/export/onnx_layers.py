@@ -8,14 +8,27 @@ layer, or raises SkipLayer saying why not.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from . import manifest as mf
-from .layers import Layer, SkipLayer, folded_bias, is_float, reshape_layer
+from .layers import Layer, SkipLayer, TensorRef, folded_bias, is_float, reshape_layer
 from .onnx_fold import fold_chain
 from .onnx_graph import POINTWISE, Graph
+
+
+def absmax(w: TensorRef, factor: float = 1.0) -> Callable[[], float]:
+    """max |w| * factor, computed when first asked (only a Mul/Div fold needs it)."""
+    cache: list[float] = []
+
+    def get() -> float:
+        if not cache:
+            a = w.load()
+            cache.append(float(np.abs(a.astype(np.float64)).max(initial=0)) * factor)
+        return cache[0]
+
+    return get
 
 
 def conv(g: Graph, node: Any) -> None:
@@ -28,7 +41,7 @@ def conv(g: Graph, node: Any) -> None:
     b = g.vector(node, 2, o, "bias")
     in_hw = g.spatial(node.input[0])
     pads = g.pads(node, a, in_hw, (kh, kw), stride, dil)
-    f = fold_chain(g, node.output[0], o, 4, 1)
+    f = fold_chain(g, node.output[0], o, 4, 1, absmax(w))
     out, scale, shift = f.out, f.scale, f.shift
     end, nxt, through = g.follow(out)
     source = {"format": "onnx", "node": name, "op": "Conv", "weights": w.name,
@@ -112,7 +125,7 @@ def conv_transpose(g: Graph, node: Any) -> None:
         pads = (p[0][0], p[1][0], p[0][1], p[1][1])
     else:
         pads = g.pads(node, a, in_hw, (kh, kw), stride, dil)
-    f = fold_chain(g, node.output[0], o, 4, 1)
+    f = fold_chain(g, node.output[0], o, 4, 1, absmax(w))
     out, scale, shift = f.out, f.scale, f.shift
     source = {"format": "onnx", "node": name, "op": "ConvTranspose", "weights": w.name,
               "bias": b.name if b is not None else None, "input": node.input[0],
@@ -234,7 +247,8 @@ def dense(g: Graph, node: Any) -> None:
         raise SkipLayer(f"the image flattened into it is (H, W, C)={hwc}, "
                     f"{math.prod(hwc)} values, but the weight has {n} inputs")
     out_shape = g.shape(out)
-    f = fold_chain(g, out, o, len(out_shape) if out_shape else 2, -1)
+    f = fold_chain(g, out, o, len(out_shape) if out_shape else 2, -1,
+                   absmax(w, abs(alpha)))
     out, scale, shift = f.out, f.scale, f.shift
     end, nxt, through = g.follow(out)
     reshape = None
