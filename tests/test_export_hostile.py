@@ -241,7 +241,7 @@ def test_cli_reports_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"dtype": "bfloat16"}, ValueError, "float32' or 'float16"),
+    ({"dtype": "bfloat16"}, ValueError, "'float32', 'float16' or 'uint8'"),
     ({"dtype": object()}, TypeError, "dtype"),
     ({"input_shapes": {"fc1": (8, 4)}}, ValueError, r"input_shapes\['fc1'\]"),
     ({"input_shapes": [("fc1", (8, 4, 4))]}, TypeError, "mapping"),

@@ -157,3 +157,47 @@ def test_dynamic_quantization_conv_integer_exports_and_verifies(tmp_path: Path,
     report = verify(out, tmp_path / "q.onnx")
     assert report.ok, report.table()
     assert all(r.ok for r in report.rows)
+
+
+@pytest.mark.parametrize("mode", ["linear", "lut"])
+def test_dtype_uint8_quantizes_float_weights(tmp_path: Path, mode: str) -> None:
+    """--dtype uint8 on a float model: per-output-channel ranges (the twin's loops on the
+    MPS-layout weights) or one table; verify names the quantization error on each row and
+    passes with a tolerance that admits it."""
+    from mpslayout.cli import main
+    from mpslayout.verify import verify
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 3, 3, 3)).astype(F32)
+    b = rng.standard_normal(6).astype(F32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "f", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "f.onnx"))
+    assert main(["export", str(tmp_path / "f.onnx"), "-o", str(tmp_path / "out"),
+                 "--dtype", "uint8", "--quantize", mode, "-q"]) == 0
+    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    _validate(doc)
+    (conv,) = doc["layers"]
+    assert conv["weights_dtype"] == "uint8"
+    assert conv["quantization"]["type"] == mode
+    assert conv["quantization"]["exact"] is False
+    assert doc["options"]["quantize"] == mode
+    q = _read(tmp_path / "out", conv["files"]["weights"])
+    np.testing.assert_array_equal(_read(tmp_path / "out", conv["files"]["bias"]), b)
+    if mode == "linear":
+        want_q, want_r = slow_quant.quantize_linear(slow.conv_weights(w, layout="OIHW"))
+        np.testing.assert_array_equal(q, want_q)
+        np.testing.assert_array_equal(_read(tmp_path / "out", conv["files"]["ranges"]), want_r)
+    else:
+        lut = _read(tmp_path / "out", conv["files"]["lut"])
+        assert conv["files"]["lut"]["layout"] == "lut"
+        assert lut.shape == (256,)
+        np.testing.assert_array_equal(lut[q], slow.conv_weights(w, layout="OIHW"))  # 162 values
+    loose = verify(tmp_path / "out", tmp_path / "f.onnx", atol=0.1, rtol=0.05)
+    assert loose.ok, loose.table()
+    assert any("requantized" in n for n in loose.rows[0].notes)

@@ -125,6 +125,7 @@ def _export(args: argparse.Namespace) -> int:
             args.model,
             args.output,
             dtype=args.dtype,
+            quantize=args.quantize,
             only=args.only,
             fold_bn=args.fold_bn,
             strict=args.strict,
@@ -266,9 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder to create")
     p.add_argument(
         "--dtype",
-        choices=("float32", "float16"),
+        choices=("float32", "float16", "uint8"),
         default="float32",
-        help="weight element type (default float32; biases are always float32)",
+        help="weight element type (default float32; biases are always float32; uint8: "
+        "8-bit convolution / fully connected weights, see --quantize)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=("linear", "lut"),
+        default="linear",
+        help="with --dtype uint8: per-output-channel ranges (linear, default) or one "
+        "256-entry lookup table per layer (lut)",
     )
     p.add_argument("--only", nargs="+", metavar="NAME", help="export only these layers")
     p.add_argument(

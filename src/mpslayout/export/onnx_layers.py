@@ -3,6 +3,11 @@ convolution), ConvTranspose, Gemm/MatMul (with the (C, H, W) of a flatten before
 Reshape after it), and a BatchNormalization left unfolded. Each builder reads one node of
 an :class:`~.onnx_graph.Graph`, folds what follows it (:mod:`.onnx_fold`) and appends a
 layer, or raises SkipLayer saying why not.
+
+A MatMul with a constant (C, O) operand on a (N, T, C) sequence (attention projections) is
+exported as a fully connected layer with a note: MPS applies it at each of the T positions
+(the sequence as an image of T pixels, a 1x1 kernel), which is what the MatMul computes;
+its weights are then usable by MPSCNNFullyConnected or a 1x1 MPSCNNConvolution alike.
 """
 
 from __future__ import annotations

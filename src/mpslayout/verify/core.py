@@ -26,6 +26,17 @@ from .tolerance import U16
 
 __all__ = ["Oracle", "verify_graph"]
 
+
+def _requantized_notes(report: Report, layers: list[Any]) -> None:
+    """Weights requantized from floats (export --dtype uint8) differ from the model's by up
+    to half a quantization step each: say so on their rows (the tolerance does not)."""
+    lossy = {x.name for x in layers if not x.entry.get("quantization", {}).get("exact", True)}
+    for row in report.rows:
+        if row.layer and row.name in lossy:
+            row.notes.append("weights requantized to 8 bits from floats: differences of "
+                             "the order of the weights' quantization step are expected "
+                             "(not counted in the tolerance; raise --atol to accept them)")
+
 Oracle = Callable[[Sequence[str]], Mapping[str, np.ndarray]]
 
 
@@ -45,7 +56,7 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
         raise VerifyError(f"atol and rtol must be finite and >= 0, got {atol}, {rtol}")
     doc, layers = load_export(outdir)
     wdt = str(doc.get("weights_dtype", "float32"))
-    st = np.dtype(storage or wdt)
+    st = np.dtype(storage or ("float32" if wdt == "uint8" else wdt))
     if st not in (np.dtype(np.float16), np.dtype(np.float32)):
         raise VerifyError(f"storage must be float16 or float32, got {storage!r}")
     arrays = {}
@@ -70,6 +81,7 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
     ex = Executor(g, layers, values, st, U16 if wdt == "float16" else 0.0, report,
                   list(doc.get("skipped", [])) + list(doc.get("unsupported", [])))
     ex.run(arrays)
+    _requantized_notes(report, layers)
     if recurrent:  # sequences, not images: checked node by node (mpslayout.verify_rnn)
         done = verify_rnn.check_layers(g, recurrent, values, report)
         before = len(report.not_verified)
