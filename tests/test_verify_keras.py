@@ -239,3 +239,41 @@ def test_verify_refuses_unknown_dims_without_input(tmp_path):
     assert report.ok, report.table()
     bad = _plant(tmp_path / "out", tmp_path / "bad", "conv", _rotate)
     assert _verify(bad, tmp_path / "m.keras", input=x).first_divergence.name == "conv"
+
+
+def test_h5_without_recorded_shapes_still_carries_every_weight(folder, tmp_path):
+    """The silent-loss bug: a legacy .h5 whose config records no tensor shapes (as Keras 2
+    writes it) must still export MobileNetV2's final Dense, its input shape propagated
+    through the residual Adds and the global pooling."""
+    model, paths = saved("mobilenet_v2", folder)
+    stripped = tmp_path / "no_shapes.h5"
+    stripped.write_bytes(paths["h5"].read_bytes())
+
+    def strip(obj):
+        if isinstance(obj, dict):
+            if obj.get("class_name") == "__keras_tensor__":
+                obj.get("config", {}).pop("shape", None)
+            for v in obj.values():
+                strip(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                strip(v)
+
+    with h5py.File(stripped, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        strip(cfg)
+        assert '"shape"' not in json.dumps(cfg)
+        f.attrs["model_config"] = json.dumps(cfg)
+    doc = export(stripped, tmp_path / "out", progress=False)
+    assert doc["skipped"] == []
+    assert doc["unsupported"] == []
+    assert len(doc["layers"]) == len([x for x in model.layers if x.weights])
+    fc = next(e for e in doc["layers"] if e["name"] == "predictions")
+    assert fc["kind"] == "fully_connected"
+    # the propagated geometry is the one Keras recorded
+    recorded = export(paths["h5"], tmp_path / "recorded", progress=False)
+
+    def geometry(m):
+        return [{k: v for k, v in e.items() if k != "source"} for e in m["layers"]]
+
+    assert geometry(doc) == geometry(recorded)

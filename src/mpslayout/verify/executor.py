@@ -13,7 +13,15 @@ from ..reference.onnx_ops import Kernel, NotExpressible, build
 from . import tolerance as T
 from .files import ExportedLayer, VerifyError
 from .graph import Graph, NodeView
-from .layers import LAYER_OPS, Segment, map_layers, run_layer, tap_problem, terms
+from .layers import (
+    LAYER_OPS,
+    Segment,
+    arithmetic_layer,
+    map_layers,
+    run_layer,
+    tap_problem,
+    terms,
+)
 from .report import Check, Report, Row
 from .values import Val, as_image, as_oracle, as_val
 
@@ -146,10 +154,13 @@ class Executor:
         """The layer's result on ``x`` and what rounding and ``x``'s own error explain."""
         dest = self._dest(seg.end)
         pre = run_layer(self.g, seg, x, dest, self.values)
-        delta = as_image(self._delta(x, src_t))
         with np.errstate(invalid="ignore", over="ignore"):  # an unknown input error is inf
-            moved = run_layer(self.g, seg, delta, dest, self.values, magnitude=True,
-                              bias=False).nhwc()
+            if seg.layer.kind == "arithmetic":
+                moved = arithmetic_layer(self.g, seg, self.values).bound(
+                    [x], [self._delta(x, src_t)])
+            else:  # linear in x: the layer on |d| with |w| and no bias
+                moved = run_layer(self.g, seg, as_image(self._delta(x, src_t)), dest,
+                                  self.values, magnitude=True, bias=False).nhwc()
         mag = run_layer(self.g, seg, x, dest, self.values, magnitude=True).nhwc()
         u_w = self.u_w if seg.layer.kind != "batch_normalization" else 0.0
         moved = np.where(np.isnan(moved), np.inf, moved)
