@@ -22,7 +22,8 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from mpslayout import cli  # noqa: E402
-from mpslayout.verify import VerifyError, verify  # noqa: E402
+from mpslayout.verify import VerifyError, verify, verify_graph  # noqa: E402
+from mpslayout.verify.onnx_path import onnx_runtime_oracle  # noqa: E402
 
 C = 8
 
@@ -370,3 +371,39 @@ def test_large_float32_sums_are_rounding_not_a_divergence(tmp_path: Path) -> Non
     assert not bad.ok
     assert bad.rows[0].isolated is not None
     assert bad.rows[0].isolated.worst > 100
+
+
+# ----------------------------------------------------------------------- other oracles
+
+
+def test_an_oracle_that_omits_tensors(tmp_path: Path) -> None:
+    """verify_graph with an oracle that cannot give some tensors (as a Keras model cannot
+    give every node of its ONNX translation): those are computed and passed on, listed as
+    not compared, and what follows is still judged (a planted bug there still fails)."""
+    nodes = [helper.make_node("Add", ["a", "three"], ["t1"], name="add3"),
+             helper.make_node("Clip", ["t1", "zero", "six"], ["t2"], name="clip"),
+             helper.make_node("Mul", ["a", "t2"], ["t3"], name="mul"),
+             helper.make_node("Div", ["t3", "six"], ["m"], name="div")]
+    inits = [_const("three", 3.0), _const("zero", 0.0), _const("six", 6.0)]
+    path = _model(tmp_path, nodes, inits, tag="omit")
+    out = tmp_path / "out"
+    assert cli.main(["export", str(path), "-o", str(out), "-q"]) == 0
+    model = onnx.load(str(path))
+    x = np.random.default_rng(2).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    full = onnx_runtime_oracle(model)
+
+    def oracle(names: list[str]) -> dict[str, np.ndarray]:
+        return {k: v for k, v in full(names, {"x": x}).items() if k not in ("a", "t2")}
+
+    report = verify_graph(out, model, {"x": x}, oracle, model_label="omit.onnx",
+                          oracle_label="a partial oracle")
+    assert report.ok, report.table()
+    reasons = {v["name"]: v["reason"] for v in report.not_verified}
+    assert set(reasons) == {"first", "clip"}
+    assert all("no value" in r for r in reasons.values())
+    assert {r.name for r in report.rows} == {"add3", "mul", "div", "last"}
+    last = next(r for r in report.rows if r.name == "last")
+    assert last.isolated is not None
+    assert last.isolated.ok
+    assert report.operators_verified + len(report.not_verified) == len(model.graph.node)
+    assert "a partial oracle" in report.table()
