@@ -218,6 +218,28 @@ def test_resize(tmp_path: Path, mode: str, ctm: str, mps: str | None) -> None:
         assert not report.not_verified
 
 
+def test_older_resampling_operators(tmp_path: Path) -> None:
+    """Upsample (opset 9) and Resize (opset 10) sample asymmetrically: nearest is
+    floor(o/s), MPSCNNUpsamplingNearest; linear is neither MPS alignment. Resize by sizes."""
+    up9 = [helper.make_node("Upsample", ["a", "scales"], ["m"], name="up", mode="nearest")]
+    r = _export_verify(_model(tmp_path, up9, [_const("scales", [1, 1, 2, 2])], opset=9,
+                              tag="up9"), tmp_path)
+    assert r.ok, r.table()
+    assert _ops(r) == {"up": "MPSCNNUpsamplingNearest"}
+    r10 = [helper.make_node("Resize", ["a", "scales"], ["m"], name="up", mode="linear")]
+    r = _export_verify(_model(tmp_path, r10, [_const("scales", [1, 1, 2, 2])], opset=10,
+                              tag="r10"), tmp_path)
+    assert r.ok, r.table()
+    (nv,) = r.not_verified
+    assert "'asymmetric'" in nv["reason"]
+    sizes = numpy_helper.from_array(np.array([1, C, 12, 18], np.int64), "sizes")
+    rs = [helper.make_node("Resize", ["a", "", "", "sizes"], ["m"], name="up", mode="linear",
+                           coordinate_transformation_mode="align_corners")]
+    r = _export_verify(_model(tmp_path, rs, [sizes], tag="rs"), tmp_path)
+    assert r.ok, r.table()
+    assert _ops(r) == {"up": "MPSCNNUpsamplingBilinear (alignCorners YES)"}
+
+
 def test_softmax_instance_norm_and_concat(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     nodes = [helper.make_node("InstanceNormalization", ["a", "g", "b"], ["n"], name="inorm",
