@@ -273,6 +273,8 @@ class Executor:
             self.vals[out] = ins[0]
             self.report.shape_operators += 1
             return
+        if op == "Transpose" and self._layout_transpose(i, ins[0], like):
+            return
         if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze") and like.ndim == 2:
             v = ins[0]
             axis = int(g.attrs(i).get("axis", 1)) if op == "Flatten" else 1
@@ -325,6 +327,30 @@ class Executor:
         except (NotExpressible, ValueError):
             return False
         self._unjudged([i], f"its output {self.g.nodes[i].output[0]!r}")
+        return True
+
+    def _layout_transpose(self, i: int, v: Val, like: np.ndarray) -> bool:
+        """A Transpose that only changes the framework's view of an MPS image (tf2onnx's
+        NHWC <-> NCHW pairs): (0, 2, 3, 1) of an image is the same image read in its own
+        HWC order, which a following flatten reads as HWC rows; (0, 3, 1, 2) of a graph
+        input (or of such a view) is the image the app loads from NHWC data. No kernel
+        runs, so it counts as a shape operator."""
+        n = self.g.nodes[i]
+        perm = [int(p) for p in self.g.attrs(i).get("perm", [])]
+        if v.image is None or like.ndim != 4:
+            return False
+        if perm == [0, 2, 3, 1] and v.flat is None:
+            if any(self.g.nodes[j].op_type not in ("Flatten", "Reshape")
+                   for j in self.g.consumers[n.output[0]]):
+                return False
+            self.vals[n.output[0]] = Val(v.image, "HWC")
+            self.flattened.add(n.output[0])  # the image behind it is the Transpose's input
+        elif perm == [0, 3, 1, 2] and (v.flat == "HWC" or n.input[0] in {vi.name for vi in self.g.inputs}):
+            self.vals[n.output[0]] = Val(v.image if v.flat == "HWC" else
+                                         R.Image.from_nhwc(v.image.nchw(), v.image.dtype))
+        else:
+            return False
+        self.report.shape_operators += 1
         return True
 
     def _op_result(self, kernel: Kernel, xs: list[R.Image]) -> tuple[R.Image, np.ndarray]:
