@@ -345,7 +345,8 @@ class Executor:
                 return False
             self.vals[n.output[0]] = Val(v.image, "HWC")
             self.flattened.add(n.output[0])  # the image behind it is the Transpose's input
-        elif perm == [0, 3, 1, 2] and (v.flat == "HWC" or n.input[0] in {vi.name for vi in self.g.inputs}):
+        elif perm == [0, 3, 1, 2] and (v.flat == "HWC" or
+                                       n.input[0] in {vi.name for vi in self.g.inputs}):
             self.vals[n.output[0]] = Val(v.image if v.flat == "HWC" else
                                          R.Image.from_nhwc(v.image.nchw(), v.image.dtype))
         else:
