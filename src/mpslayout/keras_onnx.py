@@ -65,6 +65,8 @@ class Translation:
     untranslated: list[dict[str, str]] = field(default_factory=list)
     # a fused activation's input tensor -> (the layer, the Keras tensor it reads)
     preacts: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # the sigmoid inside a silu (x * sigmoid(x)) -> x
+    sigmoids: dict[str, str] = field(default_factory=dict)
 
     def to_graph(self, name: str, value: np.ndarray) -> np.ndarray:
         """Keras' value of tensor ``name`` in the graph's layout."""
@@ -204,6 +206,7 @@ class _Translator:
             return self.b.node("Clip", [x, lo, hi], out, name=base)
         if name == "silu":
             s = self.b.node("Sigmoid", [x], self.b.unique(base + "/sigmoid"))
+            self.out.sigmoids[s] = x  # Keras' sigmoid of x is the oracle's value of s
             return self.b.node("Mul", [x, s], out, name=base)
         if name == "softmax":
             return self.b.node("Softmax", [x], out, name=base, axis=1)
@@ -620,6 +623,11 @@ class _Translator:
 
     def t_Reshape(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...], name: str
                   ) -> Tensor:
+        if len(shape) == 4 and shape[1] == 1 and shape[2] == 1 and len(ins[0].shape) == 2 \
+                and ins[0].layout == "keras":  # (N, C) to (N, 1, 1, C): NCHW (N, C, 1, 1)
+            target = self.b.init(name + "/shape", np.array([0, -1, 1, 1], np.int64))
+            return Tensor(self.b.node("Reshape", [ins[0].name, target], name, name=name),
+                          shape, "nchw")
         x = self.keras_view(ins[0], name)
         target = self.b.init(name + "/shape", np.array([0, *op.target_shape], np.int64))
         if len(shape) != 4:
