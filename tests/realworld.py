@@ -362,6 +362,12 @@ ARCHS: dict[str, tuple[Callable[[], Any], tuple[int, ...], int, str]] = {
 }
 
 
+# with symbolic H and W, the size a user passes with --input-dims (other than the traced
+# one): MobileNetV3's 5x5 depthwise convolutions at stride 32 need a map of 3 or more
+# pixels for every tap to read inside it, so 96 rather than 64
+DYNAMIC_DIMS = {"dbnet": (1, 3, 96, 96), "yolov5": (1, 3, 96, 96), "resnet_cls": (1, 3, 64, 64)}
+
+
 @functools.cache
 def module(name: str) -> Any:
     """The trained-looking torch module of architecture ``name`` (cached, eval mode)."""
@@ -433,6 +439,8 @@ def build(name: str, variant: str = "op17") -> CorpusModel:
     model.CopyFrom(_exported(name, variant))
     dims = ARCHS[name][1]
     symbolic = ["x"] if VARIANTS[variant][1] else []
+    if "w" in VARIANTS[variant][1]:
+        dims = DYNAMIC_DIMS.get(name, dims)
     return CorpusModel(f"{name}_{variant}", model, {"x": dims}, f"{ARCHS[name][3]}, "
                        f"{variant}", module(name), symbolic)
 

@@ -63,9 +63,10 @@ HAS_KERNEL = {"Conv", "ConvTranspose", "Gemm", "Relu", "Clip", "Sigmoid", "HardS
               "HardSwish", "Mul", "Add", "Sub", "Div", "Resize", "Upsample", "Concat",
               "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Softmax",
               "BatchNormalization", "Tanh", "LeakyRelu", "Sqrt", "Erf", "Pow"}
+# reasons that are the verifier's, not MPS's (a kernel exists but was not run)
+VERIFIER_GAP = ("no MPSCNN kernel for", "not an image the reference executor holds")
 # gaps found by this suite and still open (described in the helper's report)
-KERNEL_GAPS = {("yolov5", "Sigmoid"), ("svtr", "Sqrt"), ("svtr", "Mul"), ("svtr", "Erf"),
-               ("svtr", "Softmax"), ("svtr", "Div"), ("svtr", "Gemm")}
+KERNEL_GAPS = {("yolov5", "Sigmoid"), ("svtr", "Sqrt"), ("svtr", "Mul"), ("svtr", "Erf")}
 
 
 def _build(arch: str, variant: str) -> Any:
@@ -141,7 +142,7 @@ def test_correct_export_verifies(exported: Any, arch: str, variant: str, dtype: 
     for x in report.not_verified:
         assert x["op"] in allowed, (x, report.table())
         assert any(r in x["reason"] for r in allowed[x["op"]]), x
-        if x["op"] in HAS_KERNEL and "raw tensor" not in x["reason"]:
+        if x["op"] in HAS_KERNEL and any(r in x["reason"] for r in VERIFIER_GAP):
             assert (arch, x["op"]) in KERNEL_GAPS, x
 
 
