@@ -120,18 +120,18 @@ def test_every_learned_tensor_is_in_the_manifest(exported: Any, arch: str, varia
             assert "--input-shape" in listed[t] or "--input-dims" in listed[t], listed[t]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize(("arch", "variant"), CASES, ids=IDS)
-def test_correct_export_verifies(exported: Any, arch: str, variant: str, dtype: str,
-                                 request: Any) -> None:
-    if dtype == "float16" and variant not in ("op17", ""):
-        pytest.skip("float16 on the default export of each model")
+# float32 on every export; float16 on the default export of each model
+VERIFY_CASES = [(a, v, "float32") for a, v in CASES] + [
+    (a, v, "float16") for a, v in CASES if v in ("op17", "")]
+
+
+@pytest.mark.parametrize(("arch", "variant", "dtype"), VERIFY_CASES,
+                         ids=[f"{i}-{d}" for i, (_, _, d) in zip(
+                             IDS + [x for x, (_, v) in zip(IDS, CASES) if v in ("op17", "")],
+                             VERIFY_CASES)])
+def test_correct_export_verifies(exported: Any, arch: str, variant: str,
+                                 dtype: str) -> None:
     cm, path, out, _ = exported(arch, variant, dtype)
-    if (arch, variant) == ("crnn", "op11_bhw"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "open (verify_rnn): the LSTM judge builds a model ONNX Runtime refuses "
-            "('Duplicate definition-site for /rnn/ConstantOfShape_output_0') when the "
-            "initial states come from Shape/ConstantOfShape of a dynamic batch")))
     report = verify(out, path)  # no --input: the dims recorded at export
     assert "recorded" in report.input or "the model" in report.input
     assert report.ok, report.table()
@@ -146,14 +146,15 @@ def test_correct_export_verifies(exported: Any, arch: str, variant: str, dtype: 
             assert (arch, x["op"]) in KERNEL_GAPS, x
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "open (verify tolerance): the per-channel Mul by the scale of a decomposed LayerNorm "
+    "(opset < 17: ReduceMean/Sub/Pow/Sqrt/Div/Mul/Add) on a (N, T, C) sequence, float16 "
+    "storage, is flagged at 1.1-1.3x its bound (isolated max abs 4.1e-3, rel 5.8e-4, about "
+    "1.2 float16 units): the bound seems to leave out the scale's own float16 rounding"))
 def test_svtr_float16_decomposed_layernorm_verifies(exported: Any) -> None:
     _, path, out, _ = exported("svtr", "op14_bhw", "float16")
     report = verify(out, path)
-    if not report.ok:
-        pytest.xfail("open (verify tolerance): the per-channel Mul of a decomposed "
-                     "LayerNorm (opset < 17) in float16 fails by 1.1-1.3x its bound: "
-                     + report.table().splitlines()[-1])
-    assert report.ok
+    assert report.ok, report.table()
 
 
 # ----------------------------------------------------------------------- planted bugs
