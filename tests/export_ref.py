@@ -158,3 +158,23 @@ def write_safetensors(path, tensors, metadata=None, codes=None):
         f.write(raw)
         for a in tensors.values():
             f.write(np.ascontiguousarray(a).tobytes())
+
+
+def ort_values(model, feeds, names):
+    """ONNX Runtime's value of every tensor in ``names`` (graph outputs added as needed),
+    plus the feeds themselves."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for n in sorted(set(names) - have - set(feeds)):
+        m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT,
+                                                                 None))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    values = dict(zip(outs, sess.run(outs, feeds)))
+    values.update(feeds)
+    return values
+

@@ -37,6 +37,51 @@ def _seed003():
     ], name="seed003")
 
 
+def _zoo():
+    """Every translated layer kind at least once, in one small functional model."""
+    L = keras.layers
+    x0 = keras.Input((12, 12, 3), name="pixels")
+    x = L.Rescaling(1 / 2.0, offset=-0.5, name="rescale")(x0)
+    a = L.Conv2D(8, 3, padding="same", dilation_rate=2, activation="tanh", name="dil")(x)
+    b = L.Conv2D(8, 3, padding="same", groups=1, activation="sigmoid", name="sig")(x)
+    c = L.Conv2D(8, 1, groups=2, activation="hard_sigmoid", name="grouped")(L.Concatenate(
+        name="cat")([a, b]))
+    x = L.Add(name="add")([a, c])
+    x = L.Subtract(name="sub")([x, b])
+    x = L.Multiply(name="mul")([x, a])
+    x = L.Average(name="avg")([x, c])
+    x = L.Maximum(name="max")([x, b])
+    x = L.Minimum(name="min")([x, a])
+    x = L.PReLU(shared_axes=[1, 2], name="prelu")(x)
+    x = L.LeakyReLU(negative_slope=0.1, name="leaky")(x)
+    x = L.ELU(alpha=0.5, name="elu")(x)
+    x = L.ReLU(max_value=6.0, name="relu6")(x)
+    x = L.Activation("silu", name="silu")(x)
+    x = L.Activation("softplus", name="softplus")(x)
+    x = L.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
+    x = L.AveragePooling2D(2, strides=1, padding="same", name="avgpool")(x)
+    x = L.ZeroPadding2D(((1, 0), (2, 1)), name="pad")(x)
+    x = L.Cropping2D(((0, 1), (1, 1)), name="crop")(x)
+    n = L.UpSampling2D(2, interpolation="nearest", name="up_nearest")(x)
+    x = L.UpSampling2D(2, interpolation="bilinear", name="up_bilinear")(x)
+    x = L.Add(name="add2")([x, n])
+    x = L.DepthwiseConv2D(3, strides=2, padding="same", activation="relu6", name="dws")(x)
+    x = L.Conv2DTranspose(4, 3, strides=2, padding="same", activation="elu", name="tr")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.Softmax(name="softmax")(x)
+    y = L.Dense(5, activation="hard_swish", name="pixel_dense")(x)
+    f = L.Flatten(name="flat")(y)
+    r = L.Reshape((-1, 10), name="seq")(f)
+    r = L.Dense(6, activation="relu", name="seq_dense")(r)
+    r = L.Flatten(name="flat2")(r)
+    d = L.Dense(32, name="fc")(f)
+    d = L.Dropout(0.5, name="drop")(d)
+    d = L.Flatten(name="flat3")(L.Reshape((1, 1, 32), name="vector_image")(d))
+    d = L.Concatenate(name="cat2")([d, r])
+    d = L.Dense(10, activation="softmax", name="head")(d)
+    return keras.Model(x0, d, name="zoo")
+
+
 def build(name: str):
     """A fresh Keras model of the corpus (random weights, seeded)."""
     A = keras.applications
@@ -49,6 +94,8 @@ def build(name: str):
                 layer.moving_mean.assign(keras.random.normal((c,), seed=1) * 0.1)
                 layer.moving_variance.assign(keras.random.uniform((c,), 0.5, 1.5, seed=2))
         return m
+    if name == "zoo":
+        return _zoo()
     if name == "mobilenet_v2":
         return A.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35)
     if name == "mobilenet_v3_small":

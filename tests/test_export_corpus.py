@@ -1,8 +1,9 @@
 """Every corpus model (tests/corpus.py) exported with its input dims fixed: nothing learned
 is left behind (a count against corpus.learned_tensors, written from the ONNX operator
 definitions), and every exported layer, run in numpy from the manifest and the .bin files
-(export_ref), matches ONNX Runtime on the original model at the layer's output. Folded
-layers are checked a second time through tests/nhwc_ref.py's plain convolutions.
+(export_ref), matches ONNX Runtime on the original model at the layer's output (recurrent
+layers have their own reference in tests/test_export_rnn.py). Folded layers are checked a
+second time through tests/nhwc_ref.py's plain convolutions.
 """
 
 from __future__ import annotations
@@ -11,33 +12,22 @@ import json
 
 import numpy as np
 import pytest
-from export_ref import assert_matches, load_export, run_layer
+from export_ref import assert_matches, load_export, ort_values, run_layer
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 import corpus  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
 
 from mpslayout.export import export  # noqa: E402
+
+RECURRENT = ("lstm", "gru", "rnn")
 
 
 def _corpus(name):
     if name in corpus.TORCH_NAMES:
         pytest.importorskip("torch")
     return corpus.build(name)
-
-
-def ort_values(model, feeds, names):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for n in sorted(set(names) - have - set(feeds)):
-        m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    outs = [o.name for o in sess.get_outputs()]
-    values = dict(zip(outs, sess.run(outs, feeds)))
-    values.update(feeds)
-    return values
 
 
 def as_image(a):
@@ -89,24 +79,22 @@ def test_corpus_export_carries_every_learned_tensor(name, fold_bn, tmp_path):
     assert not missing, f"left behind silently: {missing}"
     for t in set(learned) - carried:
         assert listed[t]["reason"]
-    # only the LSTM's weights wait for the recurrent exporter
-    assert set(listed) - carried == ({"lstm.W", "lstm.R", "lstm.B"} if name == "lstm"
-                                     else set())
+    assert set(listed) - carried == set()  # nothing left behind in this corpus
     # and nothing is carried that is not a learned tensor of the model
     assert carried <= set(learned)
     assert manifest["inputs"] == {k: list(v) for k, v in cm.input_dims.items()}
     assert manifest["options"]["input_dims"] == manifest["inputs"]
 
 
-@pytest.mark.parametrize("name", corpus.NAMES)
-def test_corpus_layers_match_onnx_runtime(name, tmp_path):
+def check_corpus_layers(name, tmp_path, dtype):
     cm = _corpus(name)
-    manifest, out = export_corpus(cm, tmp_path, fold_bn=True)
+    manifest, out = export_corpus(cm, tmp_path, fold_bn=True, dtype=dtype)
     again, arrays = load_export(out)
     assert again == manifest
     feeds = corpus.feeds(cm)
     inits = {t.name: numpy_helper.to_array(t) for t in cm.model.graph.initializer}
-    checked = [e for e in manifest["layers"] if e["kind"] != "tensor"]
+    # recurrent layers have their own reference (tests/test_export_rnn.py)
+    checked = [e for e in manifest["layers"] if e["kind"] not in ("tensor", *RECURRENT)]
     names = {e["source"]["input"] for e in checked}
     names |= {before_through(cm.model, e) for e in checked}
     values = ort_values(cm.model, feeds, names)
@@ -114,14 +102,27 @@ def test_corpus_layers_match_onnx_runtime(name, tmp_path):
         a = arrays[entry["name"]]
         if entry["kind"] == "tensor":
             (src,) = entry["source"]["tensors"]
-            np.testing.assert_array_equal(a["tensor"], inits[src].astype(np.float32))
+            np.testing.assert_array_equal(a["tensor"], inits[src].astype(dtype))
+            continue
+        if entry["kind"] in RECURRENT:
             continue
         got = run_entry(entry, a, as_image(values[entry["source"]["input"]]))
         want = as_image(values[before_through(cm.model, entry)])
         try:
-            assert_matches(got, want, "float32")
+            assert_matches(got, want, dtype)
         except AssertionError as e:
             raise AssertionError(f"layer {entry['name']} ({entry['kind']}): {e}") from None
+
+
+@pytest.mark.parametrize("name", corpus.NAMES)
+def test_corpus_layers_match_onnx_runtime(name, tmp_path):
+    check_corpus_layers(name, tmp_path, "float32")
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_db", "conv_affine", "norms", "attention",
+                                  "hardswish_decomposed"])
+def test_corpus_layers_match_onnx_runtime_float16(name, tmp_path):
+    check_corpus_layers(name, tmp_path, "float16")
 
 
 def test_corpus_schema(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_ref import write_safetensors
+from export_ref import load_export, write_safetensors
 
 import mpslayout.export.layers
 from mpslayout.export import ExportError, export
@@ -241,7 +241,7 @@ def test_cli_reports_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"dtype": "bfloat16"}, ValueError, "float32' or 'float16"),
+    ({"dtype": "bfloat16"}, ValueError, "'float32', 'float16' or 'uint8'"),
     ({"dtype": object()}, TypeError, "dtype"),
     ({"input_shapes": {"fc1": (8, 4)}}, ValueError, r"input_shapes\['fc1'\]"),
     ({"input_shapes": [("fc1", (8, 4, 4))]}, TypeError, "mapping"),
@@ -417,3 +417,19 @@ def test_constants_of_odd_ranks_become_tensors(onnx, tmp_path, shape):
     assert (entry["kind"], entry["role"], entry["source"]["tensors"]) == ("tensor", "shift",
                                                                           ["k"])
     assert entry["files"]["tensor"]["shape"] == list(shape)
+
+
+def test_a_scale_that_would_overflow_float32_is_not_folded(onnx, tmp_path):
+    rng = np.random.default_rng(4)
+    h = onnx.helper
+    k = np.array([1.0, 3e38, 2.0, 1.0], np.float32).reshape(1, 4, 1, 1)
+    w = rng.standard_normal((4, 3, 1, 1)).astype(np.float32) * 4
+    model = _graph(onnx, [h.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                          h.make_node("Mul", ["c", "k"], ["y"], name="mul")],
+                   {"w": w, "k": k}, [1, 3, 2, 2])
+    manifest = _export_graph(onnx, tmp_path, model, strict=True)
+    e = {x["name"]: x for x in manifest["layers"]}
+    assert "fused" not in e["conv"]["source"]
+    assert e["mul"]["kind"] == "arithmetic"
+    _, arrays = load_export(tmp_path / "out")
+    assert np.isfinite(arrays["conv"]["weights"]).all()

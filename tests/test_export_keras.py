@@ -386,3 +386,37 @@ def test_keras_h5_without_a_child_interpreter(tmp_path, monkeypatch):
     manifest = export(tmp_path / "m.h5", tmp_path / "out", progress=False)
     assert {e["name"]: e["kind"] for e in manifest["layers"]} == EXPECTED
     check(tmp_path / "out", spec, "float32")
+
+
+def test_keras_saved_model_lists_what_it_does_not_export(tmp_path):
+    """A model saved by Keras after training: optimizer slots are training state, a
+    LayerNormalization's weights are "tensor" layers, a nested model's weights are listed
+    with the reason, and strict fails naming those (and only those)."""
+    from keras_corpus import keras
+
+    L = keras.layers
+    inp = keras.Input((8, 8, 3), name="x")
+    y = L.Conv2D(4, 3, padding="same", name="conv")(inp)
+    y = L.LayerNormalization(name="ln")(y)
+    y = L.Dropout(0.2, name="drop")(y)
+    y = keras.Sequential([L.Conv2D(4, 1, name="inner_conv")], name="inner")(y)
+    y = L.Dense(5, name="fc")(L.Flatten(name="flat")(y))
+    m = keras.Model(inp, y)
+    m.compile("adam", "mse")
+    m.fit(np.zeros((2, 8, 8, 3)), np.zeros((2, 5)), verbose=0)
+    m.save(tmp_path / "m.keras")
+    doc = export(tmp_path / "m.keras", tmp_path / "out", progress=False)
+    kinds = {e["name"]: e["kind"] for e in doc["layers"]}
+    assert kinds == {"conv": "convolution", "ln.gamma": "tensor", "ln.beta": "tensor",
+                     "fc": "fully_connected"}
+    assert [(e["name"], e["op"]) for e in doc["unsupported"]] == [
+        ("ln", "LayerNormalization"), ("inner", "Sequential")]
+    assert "tensors" not in doc["unsupported"][0]  # carried by ln.gamma and ln.beta
+    assert len(doc["unsupported"][1]["tensors"]) == 2
+    [state] = doc["training_state"]
+    assert state["name"] == "optimizer"
+    assert len(state["tensors"]) == len(m.optimizer.variables)
+    assert doc["inputs"] == {"x": [1, 8, 8, 3]}
+    with pytest.raises(ValueError, match=r"strict: 2 learned tensor\(s\).*inner") as e:
+        export(tmp_path / "m.keras", tmp_path / "strict", strict=True, progress=False)
+    assert "optimizer" not in str(e.value)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_ref import POINTWISE, assert_matches, load_export, nhwc, run_layer
+from export_ref import POINTWISE, assert_matches, load_export, nhwc, ort_values, run_layer
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -47,19 +47,6 @@ def make_model(nodes, inputs, outputs, inits, opset=17):
 
 def rand(rng, *shape, scale=0.5):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-
-def ort_values(model, feeds, names):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for n in sorted(set(names) - have - set(feeds)):
-        m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    outs = [o.name for o in sess.get_outputs()]
-    values = dict(zip(outs, sess.run(outs, feeds)))
-    values.update(feeds)
-    return values
 
 
 def feeds_for(model, seed=0):
@@ -668,3 +655,83 @@ def test_arithmetic_constants_match_ort(tmp_path, shape, op, first):
                                        "channels": full[1]}
     assert entry["broadcast_strides"] == {"x": int(full[3] > 1), "y": int(full[2] > 1),
                                           "feature_channels": int(full[1] > 1)}
+
+
+def test_gemm_and_grouped_transpose_fold_affine_chains(tmp_path):
+    """Gemm (alpha, beta, transB) -> Mul (1, O) -> Sub (O,) and a grouped ConvTranspose ->
+    BatchNormalization -> Mul (C, 1, 1) -> Add: each one layer, exact against ORT."""
+    rng = np.random.default_rng(31)
+    model = make_model(
+        [helper.make_node("Gemm", ["v", "gw", "gb"], ["g"], name="fc", transB=1, alpha=0.5,
+                          beta=2.0),
+         helper.make_node("Mul", ["g", "gs"], ["gm"], name="fc_mul"),
+         helper.make_node("Sub", ["gm", "gt"], ["y1"], name="fc_sub"),
+         helper.make_node("ConvTranspose", ["x", "tw"], ["t"], name="up", strides=[2, 2],
+                          group=2),
+         helper.make_node("BatchNormalization", ["t", "s", "b", "m", "var"], ["tb"],
+                          name="bn"),
+         helper.make_node("Mul", ["tb", "ts"], ["tm"], name="up_mul"),
+         helper.make_node("Add", ["tm", "tt"], ["y2"], name="up_add")],
+        {"v": [2, 6], "x": [1, 8, 3, 3]}, ["y1", "y2"],
+        {"gw": rand(rng, 5, 6), "gb": rand(rng, 5), "gs": rand(rng, 1, 5) + 1,
+         "gt": rand(rng, 5), "tw": rand(rng, 8, 4, 2, 2), "s": rand(rng, 8) + 1,
+         "b": rand(rng, 8), "m": rand(rng, 8), "var": np.abs(rand(rng, 8)) + 0.5,
+         "ts": rand(rng, 8, 1, 1) + 1, "tt": rand(rng, 1, 8, 1, 1)},
+    )
+    manifest = export_and_check(model, tmp_path, fold_bn=True, strict=True)
+    e = by_name(manifest)
+    assert len(e) == 2
+    assert [f["node"] for f in e["fc"]["source"]["fused"]] == ["fc_mul", "fc_sub"]
+    assert e["fc"]["source"]["output"] == "y1"
+    assert e["fc"]["source"]["tensors"] == ["gw", "gb", "gs", "gt"]
+    assert e["up"]["source"]["folded_batch_norm"] == "bn"
+    assert e["up"]["source"]["tensors"] == ["tw", "s", "b", "m", "var", "ts", "tt"]
+    assert e["up"]["source"]["output"] == "y2"
+    (tmp_path / "f16").mkdir()
+    export_and_check(model, tmp_path / "f16", dtype="float16", fold_bn=True)
+
+
+def test_constant_nodes_and_identity_chains_are_learned_tensors_too(tmp_path):
+    """A bias held by a Constant node (older exporters) folds like an initializer, a scale
+    reached through Identity nodes too; both are named in source.tensors."""
+    rng = np.random.default_rng(33)
+    bias = rand(rng, 1, 4, 1, 1)
+    model = make_model(
+        [helper.make_node("Constant", [], ["cb"], name="const_b",
+                          value=numpy_helper.from_array(bias, "cb_value")),
+         helper.make_node("Identity", ["s"], ["s1"], name="id1"),
+         helper.make_node("Identity", ["s1"], ["s2"], name="id2"),
+         helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+         helper.make_node("Mul", ["c", "s2"], ["m"], name="mul"),
+         helper.make_node("Add", ["m", "cb"], ["y"], name="add")],
+        {"x": [1, 3, 4, 4]}, ["y"],
+        {"w": rand(rng, 4, 3, 3, 3), "s": rand(rng, 4, 1, 1) + 1},
+    )
+    manifest = export_and_check(model, tmp_path, strict=True)
+    (conv,) = manifest["layers"]
+    assert conv["source"]["tensors"] == ["w", "s", "cb"]
+    assert [f["tensor"] for f in conv["source"]["fused"]] == ["s", "cb"]
+
+
+def test_input_dims_resolve_a_computed_reshape_target(tmp_path):
+    """Gemm -> Reshape to Shape(img): with symbolic dims the target is unknown (said in the
+    notes and assumptions); with --input-dims it is known and the rows are reordered."""
+    rng = np.random.default_rng(34)
+    model = make_model(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="fc", transB=1),
+         helper.make_node("Shape", ["img"], ["sh"], name="shape"),
+         helper.make_node("Reshape", ["g", "sh"], ["r"], name="reshape"),
+         helper.make_node("Conv", ["r", "cw"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        {"x": ["N", 8], "img": ["N", 4, "H", "W"]}, ["y"],
+        {"w": rand(rng, 16, 8), "b": rand(rng, 16), "cw": rand(rng, 2, 4, 3, 3)})
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    manifest = export(path, tmp_path / "a", progress=False)
+    assert "fc" in manifest["assumptions"][0]
+    assert "reshape" not in by_name(manifest)["fc"]
+    manifest = export(path, tmp_path / "b", input_dims={"x": (1, 8), "img": (1, 4, 2, 2)},
+                      progress=False)
+    fc = by_name(manifest)["fc"]
+    assert fc["reshape"]["shape"] == {"height": 2, "width": 2, "channels": 4}
+    assert manifest["inputs"] == {"x": [1, 8], "img": [1, 4, 2, 2]}
+    assert manifest["assumptions"] == []

@@ -1,4 +1,4 @@
-"""Every dispatch path (scalar, SSE2, AVX2; regular and streaming stores) bit-equal to numpy.
+"""Every dispatch path (scalar, SSE2, AVX2, NEON; regular and streaming stores) bit-equal to numpy.
 
 Each instruction set is forced in a subprocess with MPSLAYOUT_ISA, since the engine picks its
 kernels once per process; MPSLAYOUT_STREAM_BYTES=0 sends even small arrays through the
@@ -8,6 +8,7 @@ and rows of every length with a fused cast (partial vector groups at their ends)
 """
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -98,6 +99,31 @@ def test_every_dispatch_path_matches_numpy(isa: str, stream: str) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[0] == isa
+
+
+# What each architecture's build must offer: x86-64 always has SSE2 (AVX2 where the CPU has
+# it), AArch64 always NEON. A wheel built without its SIMD file (a CMake architecture slip,
+# say a macOS arm64 wheel with only the portable kernels) fails here.
+EXPECTED_ISAS = {
+    "x86_64": (["scalar", "sse2"], ["scalar", "sse2", "avx2"]),
+    "amd64": (["scalar", "sse2"], ["scalar", "sse2", "avx2"]),
+    "aarch64": (["scalar", "neon"],),
+    "arm64": (["scalar", "neon"],),
+}
+
+
+def test_this_architecture_has_its_simd_kernels_and_picks_the_best() -> None:
+    isas = _core.available_isas()
+    machine = platform.machine().lower()
+    if machine not in EXPECTED_ISAS:
+        pytest.skip(f"no SIMD kernels for {machine}")
+    assert isas in EXPECTED_ISAS[machine]
+    env = {k: v for k, v in os.environ.items() if k != "MPSLAYOUT_ISA"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import mpslayout; print(mpslayout._core.isa())"],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    assert proc.stdout.strip() == isas[-1]
 
 
 def test_unsupported_isa_is_refused() -> None:

@@ -476,3 +476,14 @@ def test_kernels_refuse_mismatched_weights() -> None:
         R.fully_connected(img, np.ones((2, 4, 4, 5), np.float32))
     with pytest.raises(ValueError, match="bias"):
         R.convolution(img, np.ones((4, 1, 1, 6), np.float32), np.ones(3), dest_size=(4, 4))
+
+
+@pytest.mark.parametrize("mode", ["mean", "sum", "max", "min"])
+@pytest.mark.parametrize("dt", [np.float32, np.float16])
+def test_reduce_feature_channels_matches_torch(mode: str, dt: type) -> None:
+    (x,) = operands(np.random.default_rng(11), dt, (2, 7, 3, 4))
+    fn = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": torch.amin}[mode]
+    exp = fn(t64(x), dim=1, keepdim=True).numpy()
+    check(R.reduce_channels(image(x, dt), mode), exp, dt)
+    with pytest.raises(ValueError, match="mode"):
+        R.reduce_channels(image(x, dt), "median")

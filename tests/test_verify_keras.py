@@ -75,7 +75,7 @@ def test_export_accounts_for_every_array(folder, tmp_path, name, fmt):
                              [1, *model.inputs[0].shape[1:]]}
 
 
-@pytest.mark.parametrize("name", CORPUS)
+@pytest.mark.parametrize("name", [*CORPUS, "zoo"])
 def test_translation_computes_what_keras_computes(folder, name):
     """ONNX Runtime on keras_as_onnx(model) against Keras on the same input, every
     tensor the translation names."""
@@ -170,14 +170,17 @@ def _chw_rows(a):  # a fully connected layer's rows in C, H, W order instead of 
     return a.transpose(0, 3, 1, 2)
 
 
-BUGS = [("seed003", "conv", _rotate), ("seed003", "conv", _oihw_bytes),
-        ("seed003", "fc", _chw_rows), ("seed003", "up", _rotate),
-        ("mobilenet_v2", "Conv1", _rotate), ("mobilenet_v2", "Conv1", _oihw_bytes)]
+BUGS = [(name, layer, bug, with_input)
+        for name, layer, bug in [("seed003", "conv", _rotate), ("seed003", "conv", _oihw_bytes),
+                                 ("seed003", "fc", _chw_rows), ("seed003", "up", _rotate)]
+        for with_input in (False, True)]
+# MobileNetV2 (8 s a run): each bug once, one with the input given, one without
+BUGS += [("mobilenet_v2", "Conv1", _rotate, False), ("mobilenet_v2", "Conv1", _oihw_bytes, True)]
 
 
-@pytest.mark.parametrize("with_input", [False, True])
-@pytest.mark.parametrize(("name", "layer", "bug"), BUGS, ids=[f"{a}-{b}-{c.__name__}"
-                                                     for a, b, c in BUGS])
+@pytest.mark.parametrize(("name", "layer", "bug", "with_input"), BUGS,
+                         ids=[f"{a}-{b}-{c.__name__}-{'input' if d else 'recorded'}"
+                              for a, b, c, d in BUGS])
 def test_verify_names_a_planted_bug(exports, tmp_path, name, layer, bug, with_input):
     """A rotated kernel, OIHW bytes, CHW rows after Flatten, a transposed convolution
     without its flip (turning it by 180 degrees undoes the flip MPS needs): each fails
@@ -212,3 +215,65 @@ def test_cli_verify_keras_without_keras(exports, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "keras", None)  # import keras raises ImportError
     assert main(["verify", str(outdir), "--model", str(path)]) == 2
     assert "needs the keras package" in capsys.readouterr().err
+
+
+def test_verify_refuses_unknown_dims_without_input(tmp_path):
+    """A model of any image size, exported without recorded dims: verify asks for --input
+    rather than feeding an image too small for the kernels."""
+    _verify_graph()
+    from mpslayout.verify import VerifyError
+
+    L = keras.layers
+    inp = keras.Input((None, None, 3), name="x")
+    m = keras.Model(inp, L.Conv2D(4, 3, padding="same", name="conv")(inp))
+    m.save(tmp_path / "m.keras")
+    doc = export(tmp_path / "m.keras", tmp_path / "out", progress=False)
+    assert doc["inputs"] == {}
+    with pytest.raises(VerifyError, match="--input"):
+        _verify(tmp_path / "out", tmp_path / "m.keras")
+    report = _verify(tmp_path / "out", tmp_path / "m.keras", input_dims={"x": [2, 6, 5, 3]})
+    assert report.ok, report.table()
+    assert "--input-dims" in report.input
+    x = np.random.default_rng(0).standard_normal((1, 7, 5, 3)).astype(np.float32)
+    report = _verify(tmp_path / "out", tmp_path / "m.keras", input=x)
+    assert report.ok, report.table()
+    bad = _plant(tmp_path / "out", tmp_path / "bad", "conv", _rotate)
+    assert _verify(bad, tmp_path / "m.keras", input=x).first_divergence.name == "conv"
+
+
+def test_h5_without_recorded_shapes_still_carries_every_weight(folder, tmp_path):
+    """The silent-loss bug: a legacy .h5 whose config records no tensor shapes (as Keras 2
+    writes it) must still export MobileNetV2's final Dense, its input shape propagated
+    through the residual Adds and the global pooling."""
+    model, paths = saved("mobilenet_v2", folder)
+    stripped = tmp_path / "no_shapes.h5"
+    stripped.write_bytes(paths["h5"].read_bytes())
+
+    def strip(obj):
+        if isinstance(obj, dict):
+            if obj.get("class_name") == "__keras_tensor__":
+                obj.get("config", {}).pop("shape", None)
+            for v in obj.values():
+                strip(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                strip(v)
+
+    with h5py.File(stripped, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        strip(cfg)
+        assert '"shape"' not in json.dumps(cfg)
+        f.attrs["model_config"] = json.dumps(cfg)
+    doc = export(stripped, tmp_path / "out", progress=False)
+    assert doc["skipped"] == []
+    assert doc["unsupported"] == []
+    assert len(doc["layers"]) == len([x for x in model.layers if x.weights])
+    fc = next(e for e in doc["layers"] if e["name"] == "predictions")
+    assert fc["kind"] == "fully_connected"
+    # the propagated geometry is the one Keras recorded
+    recorded = export(paths["h5"], tmp_path / "recorded", progress=False)
+
+    def geometry(m):
+        return [{k: v for k, v in e.items() if k != "source"} for e in m["layers"]]
+
+    assert geometry(doc) == geometry(recorded)

@@ -80,29 +80,32 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.run_from_args(args)
 
 
-def _name_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """NAME=A,B,C as (NAME, (A, B, C)): for --input-shape and --reshape."""
+def _name_ints(text: str, count: int | None) -> tuple[str, tuple[int, ...]]:
+    """NAME=A,B,... as (NAME, (A, B, ...)): ``count`` integers, or any number of positive
+    ones when ``count`` is None."""
     name, sep, dims = text.rpartition("=")
     try:
         values = tuple(int(v) for v in dims.split(","))
     except ValueError:
         values = ()
-    if not sep or not name or len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected NAME=A,B,C with 3 integers, got {text!r}")
-    return name, values
-
-
-def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
-    """NAME=D0,D1,... as (NAME, (D0, D1, ...)) with positive ints: for --input-dims."""
-    name, sep, dims = text.rpartition("=")
-    try:
-        values = tuple(int(v) for v in dims.split(","))
-    except ValueError:
-        values = ()
-    if not sep or not name or not values or any(v < 1 for v in values):
+    if count is not None:
+        if not sep or not name or len(values) != count:
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=A,B,C with {count} integers, got {text!r}")
+    elif not sep or not name or not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(
             f"expected NAME=D0,D1,... with positive integers (e.g. x=1,3,224,224), got {text!r}")
     return name, values
+
+
+def _name_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=A,B,C: for --input-shape and --reshape."""
+    return _name_ints(text, 3)
+
+
+def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=D0,D1,... with positive ints: for --input-dims."""
+    return _name_ints(text, None)
 
 
 def _unique(pairs: list[tuple[str, tuple[int, ...]]], flag: str) -> dict[str, tuple[int, ...]]:
@@ -122,6 +125,7 @@ def _export(args: argparse.Namespace) -> int:
             args.model,
             args.output,
             dtype=args.dtype,
+            quantize=args.quantize,
             only=args.only,
             fold_bn=args.fold_bn,
             strict=args.strict,
@@ -157,27 +161,27 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
-    """NAME=D0,D1,... as (NAME, (D0, D1, ...)), every dim >= 1: for verify --input-dims."""
-    name, sep, dims = text.rpartition("=")
-    try:
-        values = tuple(int(v) for v in dims.split(","))
-    except ValueError:
-        values = ()
-    if not sep or not name or not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=D0,D1,... with positive integers, got {text!r}")
-    return name, values
-
-
 def _verify(args: argparse.Namespace) -> int:
     import json
 
     from .verify_keras import KerasMissing, is_keras_file, verify_keras
 
+    given: dict[str | None, str] = {}
+    for text in args.input:  # X.npy, or NAME=X.npy for a model with several inputs
+        name, sep, path = text.partition("=")
+        if sep and not name.endswith(".npy"):
+            given[name] = path
+        else:
+            given[None] = text
     if is_keras_file(args.model):  # Keras itself is the oracle
+        if len(given) > 1:
+            print("mpslayout: error: verify --model MODEL.keras takes one --input",
+                  file=sys.stderr)
+            return 2
         try:
-            report = verify_keras(args.outdir, args.model, input=args.input, atol=args.atol,
+            report = verify_keras(args.outdir, args.model,
+                                  input=next(iter(given.values()), None),
+                                  input_dims=dict(args.input_dims), atol=args.atol,
                                   rtol=args.rtol, storage=args.storage, seed=args.seed)
         except KerasMissing as e:
             print(f"mpslayout: error: {e}", file=sys.stderr)
@@ -189,7 +193,7 @@ def _verify(args: argparse.Namespace) -> int:
     report = verify(
         args.outdir,
         args.model,
-        input=args.input,
+        input=given or None,
         input_dims=dict(args.input_dims),
         atol=args.atol,
         rtol=args.rtol,
@@ -263,9 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder to create")
     p.add_argument(
         "--dtype",
-        choices=("float32", "float16"),
+        choices=("float32", "float16", "uint8"),
         default="float32",
-        help="weight element type (default float32; biases are always float32)",
+        help="weight element type (default float32; biases are always float32; uint8: "
+        "8-bit convolution / fully connected weights, see --quantize)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=("linear", "lut"),
+        default="linear",
+        help="with --dtype uint8: per-output-channel ranges (linear, default) or one "
+        "256-entry lookup table per layer (lut)",
     )
     p.add_argument("--only", nargs="+", metavar="NAME", help="export only these layers")
     p.add_argument(
@@ -327,8 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--input",
-        metavar="X.npy",
-        help="the model's input, NCHW (default: a seeded standard normal sample of the dims "
+        action="append",
+        default=[],
+        metavar="[NAME=]X.npy",
+        help="the model's input, NCHW (NHWC for a Keras model); NAME= for a model with "
+        "several inputs (repeatable; default: a seeded standard normal sample of the dims "
         "recorded at export or fixed in the model; a symbolic height or width is refused)",
     )
     p.add_argument(
@@ -337,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=D0,D1,...",
-        help="dims of a random input NAME, when the model leaves them symbolic (repeatable)",
+        help="dims of a random input NAME, when the model leaves them symbolic (repeatable; "
+        "NHWC for a Keras model)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")

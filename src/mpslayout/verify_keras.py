@@ -5,9 +5,10 @@ graph (:func:`mpslayout.keras_onnx.keras_as_onnx`) that gives verify the graph t
 and run once by Keras on the input with every layer's output kept: those values,
 transposed to NCHW, are the oracle's answers. A fused activation's input is not a Keras
 tensor, so it is not compared (the layer is compared after its activation). The input is
-in the model's own NHWC layout: ``input`` (an array or a .npy file), else the dims the
-export recorded (manifest ``inputs``), else the model's input shape when fully known;
-otherwise verify refuses and says to pass ``--input``.
+in the model's own NHWC layout: ``input`` (an array or a .npy file), else ``input_dims``
+(``{input name: NHWC dims}``) or the dims the export recorded (manifest ``inputs``) for a
+seeded random input, else the model's input shape when fully known; otherwise verify
+refuses and says to pass ``--input``.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def import_keras() -> Any:
     return keras
 
 
-def _input_array(keras_model: Any, doc: dict[str, Any], given: Any, seed: int
-                 ) -> tuple[np.ndarray, str]:
+def _input_array(keras_model: Any, doc: dict[str, Any], given: Any, seed: int,
+                 input_dims: dict[str, Any] | None = None) -> tuple[np.ndarray, str]:
     from .verify import VerifyError
 
     if len(keras_model.inputs) != 1:
@@ -74,9 +75,20 @@ def _input_array(keras_model: Any, doc: dict[str, Any], given: Any, seed: int
             raise VerifyError(f"--input has shape {list(a.shape)}; the model's input is "
                               f"{[d or '?' for d in want]} (NHWC, Keras' own layout)")
         return a, f"{what}; shape {list(a.shape)} (NHWC)"
-    recorded = doc.get("inputs") or {}
+    if input_dims:
+        name = keras_model.inputs[0]._keras_history[0].name
+        if set(input_dims) != {name}:
+            raise VerifyError(f"--input-dims names {sorted(input_dims)}; the model's input "
+                              f"is {name!r}")
+        dims = [int(d) for d in input_dims[name]]
+        if len(dims) != len(want) or any(d is not None and d != s
+                                         for d, s in zip(want[1:], dims[1:])):
+            raise VerifyError(f"--input-dims {name}={dims}; the model's input is "
+                              f"{[d or '?' for d in want]} (NHWC, Keras' own layout)")
+        recorded, how = {name: dims}, "--input-dims"
+    else:
+        recorded, how = doc.get("inputs") or {}, "dims recorded at export"
     dims = next(iter(recorded.values())) if len(recorded) == 1 else None
-    how = "dims recorded at export"
     if dims is None:
         if any(d is None for d in want[1:]):
             raise VerifyError(
@@ -109,12 +121,17 @@ def keras_values(keras: Any, model: Any, tr: Any, x: np.ndarray) -> dict[str, np
             layer.activation = act
         a = np.asarray(y, np.float32)
         values[n] = np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
+    for s, x_name in tr.sigmoids.items():  # element-wise: the graph's layout will do
+        if x_name in values:
+            values[s] = np.asarray(keras.ops.convert_to_numpy(
+                keras.ops.sigmoid(values[x_name])), np.float32)
     return values
 
 
 def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
-                 input: Any = None, atol: float = 1e-4, rtol: float = 1e-4,
-                 storage: str | None = None, seed: int = 0) -> Any:
+                 input: Any = None, input_dims: dict[str, Any] | None = None,
+                 atol: float = 1e-4, rtol: float = 1e-4, storage: str | None = None,
+                 seed: int = 0) -> Any:
     """Check the export in ``outdir`` against the Keras ``model`` file, Keras as the
     oracle (module docstring); returns verify's Report. Raises :class:`KerasMissing`
     without keras, VerifyError when nothing can be compared."""
@@ -134,7 +151,7 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
         tr = keras_as_onnx(kmodel)
     except Untranslatable as e:
         raise VerifyError(f"{path}: {e}") from None
-    x, what = _input_array(kmodel, doc, input, seed)
+    x, what = _input_array(kmodel, doc, input, seed, input_dims)
     values = keras_values(keras, kmodel, tr, x)
     feeds = {tr.inputs[0]: np.ascontiguousarray(tr.to_graph(tr.inputs[0], x))}
     feeds.update({n: values[n] for n in tr.inputs[1:]})

@@ -119,7 +119,39 @@ def keras2_bytes(layers: list[tuple[str, dict[str, Any], list[tuple[int, ...]]]]
     return bio.getvalue()
 
 
+def onnx_affine_bytes() -> bytes:
+    """Constants in every role the ONNX reader gives them: Conv -> Mul -> Add (folded), a
+    Sub with the constant first (arithmetic), a Mul by a per-pixel map, PRelu slopes,
+    LayerNormalization scale and bias on a (N, T, C) sequence (tensors); symbolic N/H/W."""
+    assert onnx is not None
+    h, rng = onnx.helper, np.random.default_rng(2)
+
+    def c(*shape: int) -> np.ndarray:
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+
+    nodes = [h.make_node("Conv", ["x", "w"], ["a"], name="conv", pads=[1, 1, 1, 1]),
+             h.make_node("Mul", ["a", "s"], ["b"], name="mul"),
+             h.make_node("Add", ["b", "t"], ["d"], name="add"),
+             h.make_node("PRelu", ["d", "slope"], ["e"], name="prelu"),
+             h.make_node("Sub", ["k", "e"], ["f"], name="rsub"),
+             h.make_node("Mul", ["f", "map"], ["g"], name="pmul"),
+             h.make_node("Reshape", ["g", "shape"], ["q"], name="seq"),
+             h.make_node("LayerNormalization", ["q", "ln_s", "ln_b"], ["y"], name="ln")]
+    inits = {"w": c(4, 3, 3, 3), "s": c(1, 4, 1, 1), "t": c(4, 1, 1), "slope": c(4, 1, 1),
+             "k": c(1, 4, 1, 1), "map": c(1, 4, 4, 4), "shape": np.array([1, 4, 16]),
+             "ln_s": c(16), "ln_b": c(16)}
+    graph = h.make_graph(
+        nodes, "affine", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                   ["N", 3, "H", "W"])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
 _SEEDS: dict[str, bytes] = {}
+_ONNX_SEEDS: list[bytes] = []
 
 
 def seeds() -> dict[str, bytes]:
@@ -128,6 +160,7 @@ def seeds() -> dict[str, bytes]:
         _SEEDS["safetensors"] = safetensors_bytes(_st_tensors())
         if onnx is not None and EXAMPLE_ONNX.exists():
             _SEEDS["onnx"] = EXAMPLE_ONNX.read_bytes()
+            _ONNX_SEEDS.extend([_SEEDS["onnx"], onnx_affine_bytes()])
         if h5py is not None:
             _SEEDS["h5"] = keras2_bytes(KERAS_LAYERS)
     return _SEEDS
@@ -203,12 +236,18 @@ def mutate_safetensors(p: Picker) -> bytes:
 
 
 _ONNX_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul", "Flatten", "Reshape", "Relu",
-             "BatchNormalization", "Add", "Identity", "Foo"]  # fmt: skip
+             "BatchNormalization", "Add", "Identity", "Foo", "Sub", "Mul", "Div", "PRelu",
+             "LayerNormalization", "InstanceNormalization", "Gather", "LSTM"]  # fmt: skip
+# --input-dims the fuzzer passes to ONNX exports: fitting ones, and ones to be refused
+_INPUT_DIMS = [{"x": (1, 3, 8, 8)}, {"x": (2, 3, 4, 4)}, {"x": (1, 3, 0, 8)},
+               {"x": (1, 3, 8)}, {"nope": (1, 3, 8, 8)}, {"x": (1, 3, 2**40, 8)},
+               {"x": (1, 5, 8, 8)}]  # fmt: skip
 
 
 def mutate_onnx(p: Picker) -> bytes:
     assert onnx is not None
-    m = onnx.load_from_string(seeds()["onnx"])
+    seeds()
+    m = onnx.load_from_string(p.choice(_ONNX_SEEDS))
     g = m.graph
     for _ in range(p.int(1, 3)):
         kind = p.int(0, 7)
@@ -337,6 +376,10 @@ def check_one(p: Picker) -> str:
         kw["fold_bn"] = True
     if fmt == "safetensors" and p.bool(50):
         kw["input_shapes"] = {"fc": (2, 4, 4)}
+    if fmt == "onnx" and p.bool(40):
+        kw["input_dims"] = p.choice(_INPUT_DIMS)
+    if p.bool(20):
+        kw["strict"] = True
     label = f"{fmt}-{'struct' if structured else 'bytes'}"
     try:
         with warnings.catch_warnings():

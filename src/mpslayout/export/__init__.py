@@ -169,11 +169,16 @@ def export(
     input_dims: Mapping[str, Sequence[int]] | None = None,
     progress: bool = True,
     force: bool = False,
+    quantize: str = "linear",
 ) -> dict[str, Any]:
     """Export every supported layer of ``model`` to ``outdir``; returns the manifest.
 
-    ``dtype``: "float32" or "float16", the weight files' element type (biases are always
-    float32). ``only``: layer names (node/layer names, weight tensor names or file stems)
+    ``dtype``: "float32", "float16" or "uint8", the weight files' element type (biases are
+    always float32). "uint8" quantizes the weights of convolution and fully connected
+    layers per output channel (``quantize="linear"``: ``NAME.ranges.bin``) or with one
+    256-entry table (``quantize="lut"``: ``NAME.lut.bin``), docs/layouts.md section 10;
+    other layers stay float32. 8-bit source weights (QDQ, ConvInteger) are uint8 anyway.
+    ``only``: layer names (node/layer names, weight tensor names or file stems)
     to export. ``fold_bn``: fold a BatchNormalization into the convolution or fully
     connected layer before it (ONNX, Keras). ``strict``: fail when a learned tensor is
     left behind (listed as skipped or unsupported, carried by no layer), naming each tensor
@@ -202,9 +207,11 @@ def export(
     except TypeError:
         # a name numpy does not know ('bfloat16' without ml_dtypes) is a bad value
         err = ValueError if isinstance(dtype, str) else TypeError
-        raise err(f"dtype must be 'float32' or 'float16', got {dtype!r}") from None
-    if out_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
-        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        raise err(f"dtype must be 'float32', 'float16' or 'uint8', got {dtype!r}") from None
+    if out_dtype not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint8)):
+        raise ValueError(f"dtype must be 'float32', 'float16' or 'uint8', got {dtype!r}")
+    if quantize not in ("linear", "lut"):
+        raise ValueError(f"quantize must be 'linear' or 'lut', got {quantize!r}")
     only = _only(only)
     for flag, value in (("fold_bn", fold_bn), ("strict", strict), ("progress", progress),
                         ("force", force)):
@@ -253,6 +260,10 @@ def export(
     }
     if plan.training_state:
         fields["training_state"] = plan.training_state
+    if out_dtype == np.uint8:
+        fields["options"]["quantize"] = quantize
+        for layer in plan.layers:
+            layer.params["quantize"] = quantize
     bar = Progress(len(plan.layers), sum(x.source_bytes for x in plan.layers), progress)
     return write_all(outdir, plan.layers, out_dtype, force=force, progress=bar,
                      manifest_fields=fields, version=__version__)

@@ -25,6 +25,9 @@ WEIGHTLESS = frozenset((
 POINTWISE = frozenset(("Activation", "ReLU", "LeakyReLU", "ELU", "Dropout", "GaussianNoise",
                         "GaussianDropout", "Identity"))
 MODELS = frozenset(("Sequential", "Functional", "Model"))
+# weighted layers whose output has their input's shape
+SAME_SHAPE = frozenset(("BatchNormalization", "LayerNormalization", "Normalization", "PReLU",
+                        "GroupNormalization", "UnitNormalization"))
 MERGES = frozenset(("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
                      "Concatenate"))
 
@@ -181,11 +184,35 @@ def _out_shape(n: Node, shape: list[Any] | None) -> list[Any] | None:
         if not c.get("keepdims", False):
             return [shape[0], hwc[2]]
         return [shape[0], 1, 1, hwc[2]] if fmt != "channels_first" else [shape[0], hwc[2], 1, 1]
-    if cls in WEIGHTLESS or cls == "BatchNormalization":
-        if cls in ("UpSampling2D", "ZeroPadding2D", "Cropping2D"):
-            return None  # not needed for any exported layer's geometry
+    if cls in ("UpSampling2D", "ZeroPadding2D", "Cropping2D"):
+        return _resized(n, shape)
+    if cls in WEIGHTLESS or cls in SAME_SHAPE:
         return shape
     return None
+
+
+def _resized(n: Node, shape: list[Any]) -> list[Any] | None:
+    """Output shape of an UpSampling2D, ZeroPadding2D or Cropping2D (channels_last)."""
+    if len(shape) != 4 or n.cfg.get("data_format", "channels_last") != "channels_last":
+        return None
+    key = {"UpSampling2D": "size", "ZeroPadding2D": "padding", "Cropping2D": "cropping"}
+    v = n.cfg.get(key[n.cls], 2 if n.cls == "UpSampling2D" else 1)
+    try:
+        if isinstance(v, int):
+            v = [v, v] if n.cls == "UpSampling2D" else [[v, v], [v, v]]
+        if n.cls == "UpSampling2D":
+            f = [int(v[0]), int(v[1])]
+            change = [lambda s, i=i: s * f[i] for i in range(2)]
+        else:
+            pairs = [[int(p), int(p)] if isinstance(p, int) else [int(p[0]), int(p[1])]
+                     for p in v]
+            sign = 1 if n.cls == "ZeroPadding2D" else -1
+            change = [lambda s, i=i: s + sign * sum(pairs[i]) for i in range(2)]
+    except (TypeError, ValueError, IndexError):
+        return None
+    hw = [change[i](shape[1 + i]) if isinstance(shape[1 + i], int) else None
+          for i in range(2)]
+    return [shape[0], *hw, shape[3]]
 
 
 def _merged_shape(n: Node, shapes: list[list[Any] | None]) -> list[Any] | None:

@@ -118,6 +118,7 @@ class Layer:
                 names.append(v)
         names.extend(r.name for r in self.tensors.values() if not r.synthetic)
         names.extend(self.carried)
+        names.extend(getattr(self.weight, "parts", ()))  # an 8-bit weight's q, scale, zp
         names.extend(f["tensor"] for f in self.source.get("fused", []))
         return list(dict.fromkeys(names))
 
@@ -226,8 +227,37 @@ def _prepare(a: np.ndarray, scale: np.ndarray | None, axis: int | None,
     return (a.astype(np.float64) * s).astype(np.float32)
 
 
+QUANTIZABLE = ("conv", "depthwise", "expand_depthwise", "transposed", "fc", "dense_reshape",
+               "conv_subpixel")
+
+
 def convert_layer(layer: Layer, dtype: np.dtype,
                   chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, np.ndarray, int]]:
+    """:func:`convert_floats`, or for ``dtype`` uint8 its float32 result quantized
+    (convolution and fully connected weights; other layers stay float32)."""
+    if dtype != np.uint8:
+        yield from convert_floats(layer, dtype, chunk_bytes)
+        return
+    if layer.rule not in QUANTIZABLE:
+        yield from convert_floats(layer, _F4, chunk_bytes)
+        return
+    parts: list[np.ndarray] = []
+    rest = []
+    for role, a, nbytes in convert_floats(layer, _F4, chunk_bytes):
+        if role == "weights" and a.dtype != np.uint8:
+            parts.append(a)  # float32 chunks, output channels first
+        else:
+            rest.append((role, a, nbytes))  # bias, or an 8-bit source layer's files
+    if parts:
+        from .onnx_quant import requantize
+
+        yield from requantize(layer, np.concatenate(parts), layer.params.get("quantize",
+                                                                               "linear"))
+    yield from rest
+
+
+def convert_floats(layer: Layer, dtype: np.dtype,
+                   chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, np.ndarray, int]]:
     """Yield ``(role, array, source_bytes)``: the weights, possibly in several chunks whose
     concatenation along axis 0 is the whole result, then the float32 vectors (bias, or a
     batch norm's gamma/beta/mean/variance). ``source_bytes`` is for progress."""
@@ -284,6 +314,13 @@ def convert_layer(layer: Layer, dtype: np.dtype,
             yield "bias", b_out, 0 if layer.bias is None else layer.bias.nbytes
         return
     fn, axis = _converter(layer)
+    if getattr(w_ref, "q", None) is not None:  # 8-bit source weights: bytes kept
+        from .onnx_quant import uint8_layer
+
+        files = uint8_layer(layer, lambda u: fn(u, dtype=np.dtype(np.uint8)))
+        if files is not None:
+            yield from files
+            return
     if axis is None or src.size == 0:
         yield "weights", _call(fn, _prepare(src, layer.scale, None, 0, 0), dtype), w_ref.nbytes
     else:

@@ -191,7 +191,7 @@ def layer_entry(layer: Any, files: dict[str, dict[str, Any]], dtype: str) -> dic
     }
     entry.update(layer.geometry)
     if layer.kind != "batch_normalization":
-        entry["weights_dtype"] = dtype
+        entry["weights_dtype"] = files.get("weights", {}).get("dtype", dtype)
     entry["files"] = files
     entry["notes"] = list(layer.notes)
     return entry

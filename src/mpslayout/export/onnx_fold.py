@@ -11,20 +11,23 @@ k*s, k*t + beta - mean*k with k = gamma/sqrt(var + eps)); the exported weights a
 only when its input is the layer's (or the previous folded node's) output and nothing else
 reads that output, its other operand is a floating constant holding one value or one value
 per output channel (every other axis 1 after broadcasting), the values are finite (and
-non-zero for ``Div``), and the constant is the second operand of a ``Sub``/``Div``
-(``c - x`` and ``c / x`` stay arithmetic layers, with the constant as MPS's primary).
+non-zero for ``Div``), the folded weights and bias stay within float32's range (a scale
+that would overflow them is left as an arithmetic layer), and the constant is the second
+operand of a ``Sub``/``Div`` (``c - x`` and ``c / x`` stay arithmetic layers, with the
+constant as MPS's primary).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .layers import Layer, SkipLayer, batch_norm_fold, is_float
 
 FOLDABLE = ("Add", "Sub", "Mul", "Div")
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -51,9 +54,11 @@ def per_channel(shape: tuple[int, ...], rank: int, axis: int, n: int) -> bool:
     return all(d == 1 for i, d in enumerate(padded) if i != ax) and padded[ax] in (1, n)
 
 
-def fold_chain(g: Any, out: str, n: int, rank: int, axis: int) -> Folded:
+def fold_chain(g: Any, out: str, n: int, rank: int, axis: int,
+               weight_absmax: Callable[[], float] | None = None) -> Folded:
     """Follow ``out`` through foldable nodes (see the module docstring); marks them
-    consumed in ``g`` (an onnx_graph.Graph)."""
+    consumed in ``g`` (an onnx_graph.Graph). ``weight_absmax()``: the largest |weight|
+    (times Gemm's alpha), to keep a folded scale from overflowing float32."""
     f = Folded(out)
     while True:
         nxt = g.sole_consumer(f.out)
@@ -79,6 +84,7 @@ def fold_chain(g: Any, out: str, n: int, rank: int, axis: int) -> Folded:
             if not np.isfinite(v).all() or (nxt.op_type == "Div" and not v.all()):
                 return f
             op = nxt.op_type
+            before = (f.scale, f.shift)
             if op == "Add":
                 _affine(f, None, v)
             elif op == "Sub":
@@ -86,11 +92,23 @@ def fold_chain(g: Any, out: str, n: int, rank: int, axis: int) -> Folded:
             else:
                 k = v if op == "Mul" else 1.0 / v
                 _affine(f, k, np.zeros(n))
+            if not _in_range(f, weight_absmax):
+                f.scale, f.shift = before
+                return f
             f.fused.append({"node": g.name(nxt), "op": op, "tensor": ref.name})
         else:
             return f
         g.consumed.add(id(nxt))
         f.out = nxt.output[0]
+
+
+def _in_range(f: Folded, weight_absmax: Callable[[], float] | None) -> bool:
+    """Whether the folded shift (a bound on the bias' growth) and weights fit float32."""
+    if f.shift is not None and not (np.abs(f.shift).max(initial=0) < F32_MAX / 2):
+        return False
+    if f.scale is None or weight_absmax is None:
+        return True
+    return bool(np.abs(f.scale).max(initial=0) * weight_absmax() < F32_MAX / 2)
 
 
 def _affine(f: Folded, k: np.ndarray | None, t: np.ndarray) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from . import manifest as mf
+from . import onnx_quant
 from .attrs import as_float, as_int, as_pair, as_text
 from .layers import Layer, Overrides, Plan, SkipLayer, TensorRef, is_float
 from .onnx_fold import record
@@ -50,6 +52,7 @@ NOT_DATA: dict[str, tuple[int, ...]] = {
     "ReduceL2": (1,), "TopK": (1,), "Gather": (1,), "GatherElements": (1,),
     "ConstantOfShape": (0,), "Range": (0, 1, 2), "OneHot": (1, 2), "CumSum": (1,),
     "Where": (0,), "LSTM": (4, 5, 6), "GRU": (4, 5), "RNN": (4, 5),
+    "Identity": (0,),  # an alias: its readers see the constant through it
 }
 
 # ----------------------------------------------------------------------- the graph
@@ -253,10 +256,10 @@ class Graph:
         while name not in self.protos:
             node = self.producer.get(name)
             if node is None or node.op_type != "Identity" or seen > 64:
-                return None
+                return onnx_quant.dequantized(self, name)  # 8-bit weights, or None
             name, seen = node.input[0], seen + 1
-        if name not in self.refs:
-            self.refs[name] = tensor_ref(self.protos[name], self.dir)
+        if name not in self.refs:  # a Constant node's tensor is named by the node's output
+            self.refs[name] = replace(tensor_ref(self.protos[name], self.dir), name=name)
         return self.refs[name]
 
     def shape(self, name: str) -> list[int | None] | None:

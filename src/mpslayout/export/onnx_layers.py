@@ -3,19 +3,37 @@ convolution), ConvTranspose, Gemm/MatMul (with the (C, H, W) of a flatten before
 Reshape after it), and a BatchNormalization left unfolded. Each builder reads one node of
 an :class:`~.onnx_graph.Graph`, folds what follows it (:mod:`.onnx_fold`) and appends a
 layer, or raises SkipLayer saying why not.
+
+A MatMul with a constant (C, O) operand on a (N, T, C) sequence (attention projections) is
+exported as a fully connected layer with a note: MPS applies it at each of the T positions
+(the sequence as an image of T pixels, a 1x1 kernel), which is what the MatMul computes;
+its weights are then usable by MPSCNNFullyConnected or a 1x1 MPSCNNConvolution alike.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from . import manifest as mf
-from .layers import Layer, SkipLayer, folded_bias, is_float, reshape_layer
+from .layers import Layer, SkipLayer, TensorRef, folded_bias, is_float, reshape_layer
 from .onnx_fold import fold_chain
 from .onnx_graph import POINTWISE, Graph
+
+
+def absmax(w: TensorRef, factor: float = 1.0) -> Callable[[], float]:
+    """max |w| * factor, computed when first asked (only a Mul/Div fold needs it)."""
+    cache: list[float] = []
+
+    def get() -> float:
+        if not cache:
+            a = w.load()
+            cache.append(float(np.abs(a.astype(np.float64)).max(initial=0)) * factor)
+        return cache[0]
+
+    return get
 
 
 def conv(g: Graph, node: Any) -> None:
@@ -28,7 +46,7 @@ def conv(g: Graph, node: Any) -> None:
     b = g.vector(node, 2, o, "bias")
     in_hw = g.spatial(node.input[0])
     pads = g.pads(node, a, in_hw, (kh, kw), stride, dil)
-    f = fold_chain(g, node.output[0], o, 4, 1)
+    f = fold_chain(g, node.output[0], o, 4, 1, absmax(w))
     out, scale, shift = f.out, f.scale, f.shift
     end, nxt, through = g.follow(out)
     source = {"format": "onnx", "node": name, "op": "Conv", "weights": w.name,
@@ -112,7 +130,7 @@ def conv_transpose(g: Graph, node: Any) -> None:
         pads = (p[0][0], p[1][0], p[0][1], p[1][1])
     else:
         pads = g.pads(node, a, in_hw, (kh, kw), stride, dil)
-    f = fold_chain(g, node.output[0], o, 4, 1)
+    f = fold_chain(g, node.output[0], o, 4, 1, absmax(w))
     out, scale, shift = f.out, f.scale, f.shift
     source = {"format": "onnx", "node": name, "op": "ConvTranspose", "weights": w.name,
               "bias": b.name if b is not None else None, "input": node.input[0],
@@ -234,7 +252,8 @@ def dense(g: Graph, node: Any) -> None:
         raise SkipLayer(f"the image flattened into it is (H, W, C)={hwc}, "
                     f"{math.prod(hwc)} values, but the weight has {n} inputs")
     out_shape = g.shape(out)
-    f = fold_chain(g, out, o, len(out_shape) if out_shape else 2, -1)
+    f = fold_chain(g, out, o, len(out_shape) if out_shape else 2, -1,
+                   absmax(w, abs(alpha)))
     out, scale, shift = f.out, f.scale, f.shift
     end, nxt, through = g.follow(out)
     reshape = None
@@ -269,6 +288,12 @@ def dense(g: Graph, node: Any) -> None:
         if s is not None and len(s) == 3 and hwc is None:
             layer.notes.append("a MatMul on a (N, T, C) sequence: MPS applies it to each of "
                                "the T positions (an image of T pixels, 1x1 kernel)")
+        if nxt is not None and nxt.op_type == "Reshape":
+            why = (f"it feeds Reshape {g.name(nxt)!r}, whose target shape is not known: its "
+                   f"rows are left in source order; pass --input-dims (or --reshape "
+                   f"{name}=H,W,C) if that Reshape makes an image")
+            layer.notes.append(why)
+            g.plan.assumptions.append(f"layer {name!r}: {why}")
         g.add_layer(layer, f, [])
         return
     shape, rorder, rout = reshape

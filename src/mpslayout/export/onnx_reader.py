@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from . import onnx_constants as oc
 from . import onnx_layers as ol
-from . import onnx_rnn
+from . import onnx_quant, onnx_rnn
 from .layers import Overrides, Plan
 from .onnx_graph import STRUCTURAL, WEIGHTLESS, Graph
 from .onnx_tensors import _onnx, tensor_ref
@@ -39,6 +39,10 @@ BUILDERS: dict[str, Callable[[Graph, Any], None]] = {
     "PRelu": oc.prelu,
     "Gather": oc.gather,
     **{op: onnx_rnn.read_node for op in onnx_rnn.OPS},
+    "DequantizeLinear": onnx_quant.dequantize_node,
+    "DynamicQuantizeLinear": onnx_quant.dynamic_quantize_node,
+    "ConvInteger": onnx_quant.integer_node,
+    "MatMulInteger": onnx_quant.integer_node,
 }
 
 

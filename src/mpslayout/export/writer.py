@@ -164,6 +164,8 @@ class _BinFile:
 def _layout(layer: Layer, role: str) -> str:
     if layer.rule in ("lstm", "gru", "rnn"):
         return file_layout(role)
+    if role == "lut":  # lookupTableForUInt8Kernel: 256 float32
+        return "lut"
     if role in ("constant", "tensor"):
         return "image_slices" if role == "constant" else "source"
     if role != "weights":

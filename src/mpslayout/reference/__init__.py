@@ -65,7 +65,7 @@ from .normalization import batch_normalization, instance_normalization
 from .pooling import pooling
 from .resampling import upsampling
 from .shape import concatenate, reshape
-from .softmax import log_softmax, softmax
+from .softmax import log_softmax, reduce_channels, softmax
 
 __all__ = [
     "ARITHMETIC",
@@ -83,6 +83,7 @@ __all__ = [
     "log_softmax",
     "neuron",
     "pooling",
+    "reduce_channels",
     "reshape",
     "slice_shape",
     "softmax",

@@ -13,10 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from ..reference.quant import float_weights
+
 __all__ = ["ExportedLayer", "VerifyError", "load_export"]
 
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*\.bin$")
-_FILE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+_FILE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
+                "uint8": np.dtype("u1")}
 
 
 class VerifyError(ValueError):
@@ -75,7 +78,7 @@ def load_export(outdir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Ex
             dt = _FILE_DTYPES.get(info.get("dtype"))
             if dt is None:
                 raise VerifyError(f"layer {entry.get('name')!r}: {name} has dtype "
-                                  f"{info.get('dtype')!r}, not float32 or float16")
+                                  f"{info.get('dtype')!r}, not float32, float16 or uint8")
             shape = [int(v) for v in info.get("shape", [])]
             fpath = os.path.join(folder, name)
             if not os.path.isfile(fpath):
@@ -91,7 +94,7 @@ def load_export(outdir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Ex
                 raise VerifyError(f"layer {entry.get('name')!r}: {name} does not match its "
                                   "SHA-256 in the manifest (changed after the export?)")
             arrays[role] = np.fromfile(fpath, dtype=dt).reshape(shape)
-        layers.append(ExportedLayer(entry, arrays))
+        layers.append(ExportedLayer(entry, float_weights(arrays)))  # 8-bit: as MPS reads it
     return doc, layers
 
 

@@ -11,11 +11,11 @@ import numpy as np
 
 from .. import reference as R
 from ..reference._common import _conv_index, _transposed_index
-from ..reference.onnx_ops import NotExpressible, arithmetic_kernel, broadcast_strides
+from ..reference.onnx_ops import Kernel, NotExpressible, arithmetic_kernel, broadcast_strides
 from .files import ExportedLayer, VerifyError
 from .graph import Graph
 
-__all__ = ["LAYER_OPS", "NEURON_OPS", "Segment", "map_layers"]
+__all__ = ["LAYER_OPS", "NEURON_OPS", "Segment", "arithmetic_layer", "map_layers"]
 
 LAYER_OPS = {"convolution": ("Conv",), "depthwise": ("Conv",),
              "transposed": ("ConvTranspose",), "fully_connected": ("Gemm", "MatMul"),
@@ -24,7 +24,8 @@ LAYER_OPS = {"convolution": ("Conv",), "depthwise": ("Conv",),
              "arithmetic": ("Add", "Sub", "Mul", "Div", "Sum")}
 # single-input activations MPS fuses into a convolution (MPSCNNNeuron types)
 NEURON_OPS = frozenset(("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "Elu",
-                        "Softplus", "Softsign", "Clip", "PRelu", "HardSwish", "Gelu"))
+                        "Softplus", "Softsign", "Clip", "PRelu", "HardSwish", "Gelu", "Abs",
+                        "Neg", "Exp", "Log", "Sqrt", "Reciprocal"))
 _PASS = frozenset(("Identity", "Dropout"))
 _ABSORB = frozenset(("BatchNormalization", "DepthToSpace", "Reshape", "Transpose", "Flatten",
                      *_PASS))
@@ -233,8 +234,15 @@ def run_layer(g: Graph, seg: Segment, x: R.Image, dest: tuple[int, int] | None,
                                      arr["variance"], epsilon=float(e["epsilon"]),
                                      out_dtype=out_dtype)
     if kind == "arithmetic":
-        return _arithmetic_layer(g, seg, x, values, magnitude and bias, magnitude, out_dtype)
+        # one operation per element: the magnitude of a product or quotient is that of
+        # its result, of a sum |x| + |c| (the executor bounds how an input error moves
+        # with the kernel's own bound)
+        y = arithmetic_layer(g, seg, values, magnitude=magnitude).run([x], out_dtype)
+        return R.Image(np.abs(y.data).astype(np.float32), y.channels) if magnitude else y
     if kind == "fully_connected":
+        if w.shape[1:3] == (1, 1) and x.height * x.width > 1 and w.shape[3] == x.channels:
+            # a projection of every position of a sequence: a 1x1 MPSCNNConvolution
+            return R.convolution(x, w, b, dest_size=(x.width, x.height), out_dtype=out_dtype)
         y = R.fully_connected(x, w, b, out_dtype=out_dtype)
         rs = e.get("reshape")
         if rs is not None:
@@ -269,19 +277,15 @@ def run_layer(g: Graph, seg: Segment, x: R.Image, dest: tuple[int, int] | None,
     raise VerifyError(f"layer kind {kind!r} is not one the verifier runs")
 
 
-def _arithmetic_layer(g: Graph, seg: Segment, x: R.Image, values: Mapping[str, np.ndarray],
-                      with_constant: bool, magnitude: bool, out_dtype: Any) -> R.Image:
-    """MPSCNN arithmetic with the exported constant and the manifest's broadcast strides
-    (as magnitudes: ``|x| + |c|`` or ``|x|*|c|``, ``|x|/|c|``; an added constant counts
-    only ``with_constant``)."""
+def arithmetic_layer(g: Graph, seg: Segment, values: Mapping[str, np.ndarray], *,
+                     magnitude: bool = False) -> Kernel:
+    """The MPSCNN arithmetic kernel of an exported ``arithmetic`` layer: its own constant
+    file, read with the manifest's broadcast strides, and the graph operand. With
+    ``magnitude``, a sum or difference becomes ``|x| + |c|`` (run it on ``|x|``)."""
     e = seg.layer.entry
     op = str(e.get("op"))
     if op not in _ARITH_OPS:
         raise VerifyError(f"arithmetic op {op!r} is not add, subtract, multiply or divide")
-    const = _constant_image(seg)
-    if magnitude:
-        keep = with_constant or op in ("multiply", "divide")
-        const = R.Image(np.abs(const.data).astype(np.float32) * keep, const.channels)
     pos = 0 if e.get("constant_operand") == "primary" else 1
     bs = e.get("broadcast_strides") or {}
     c_strides = (int(bs.get("x", 1)), int(bs.get("y", 1)), int(bs.get("feature_channels", 1)))
@@ -298,11 +302,7 @@ def _arithmetic_layer(g: Graph, seg: Segment, x: R.Image, values: Mapping[str, n
     except NotExpressible as err:
         raise VerifyError(str(err)) from None
     strides = [c_strides, x_strides] if pos == 0 else [x_strides, c_strides]
-    # a divisor's magnitude is not |x|/|c|: division is bounded by the executor, not here
-    kind = {"divide": "multiply", "subtract": "add"}.get(op, op) if magnitude else op
-    k = arithmetic_kernel(kind, _ARITH_OPS[op], [img_t], strides, {pos: const}, out_shape)
-    if magnitude and op == "divide":
-        inv = R.Image((1.0 / np.abs(const.data.astype(np.float64))).astype(np.float32),
-                      const.channels)
-        k = arithmetic_kernel("multiply", "", [img_t], strides, {pos: inv}, out_shape)
-    return k.run([x], out_dtype)
+    const = _constant_image(seg)
+    if magnitude and op in ("add", "subtract"):
+        op, const = "add", R.Image(np.abs(const.data).astype(np.float32), const.channels)
+    return arithmetic_kernel(op, _ARITH_OPS[op], [img_t], strides, {pos: const}, out_shape)

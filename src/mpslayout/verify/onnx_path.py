@@ -14,6 +14,7 @@ import numpy as np
 from .core import verify_graph
 from .files import VerifyError, load_export
 from .graph import Graph, onnx_module
+from .integer_ops import float_equivalent
 from .report import Report
 
 __all__ = ["input_feeds", "onnx_runtime_oracle", "verify"]
@@ -60,33 +61,44 @@ def onnx_runtime_oracle(model: Any) -> Any:
     return oracle
 
 
-def input_feeds(g: Graph, given: np.ndarray | None, recorded: Mapping[str, Any],
+def input_feeds(g: Graph, given: Mapping[str | None, np.ndarray], recorded: Mapping[str, Any],
                 dims: Mapping[str, Sequence[int]], seed: int) -> tuple[dict[str, np.ndarray], str]:
-    """The model's input(s) and how they were chosen: ``given`` (--input), else ``dims``
-    (--input-dims), else the dims the export recorded, else the model's fixed dims, with a
-    seeded standard normal sample; refuses any symbolic dim but the batch."""
+    """The model's inputs and how they were chosen: ``given`` ({name: array}, or {None:
+    array} for a model's only input: --input), else ``dims`` (--input-dims), else the dims
+    the export recorded, else the model's fixed dims, with a seeded standard normal
+    sample; refuses any symbolic dim but the batch, and inputs that are not float."""
     inputs = g.inputs
     if not inputs:
         raise VerifyError("the model has no input")
-    if given is not None and len(inputs) != 1:
-        raise VerifyError(f"--input gives one array but the model has {len(inputs)} inputs")
+    names = [vi.name for vi in inputs]
+    if None in given:
+        if len(inputs) != 1:
+            raise VerifyError(f"--input FILE.npy gives one array but the model has inputs "
+                              f"{names}: pass --input NAME=FILE.npy for each")
+        given = {names[0]: given[None]}
+    unknown = [k for k in given if k not in names]
+    if unknown:
+        raise VerifyError(f"--input names {unknown}; the model's inputs are {names}")
     rng = np.random.default_rng(seed)
     feeds, how = {}, []
     for vi in inputs:
         tt = vi.type.tensor_type
-        if tt.elem_type != 1:
-            raise VerifyError(f"model input {vi.name!r} is not float32")
         model_dims: list[int | None] = [
             d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
             for d in tt.shape.dim]
-        if given is not None:
-            a = np.asarray(given, dtype=np.float32)
+        if vi.name in given:
+            a = np.asarray(given[vi.name])
+            if a.dtype.kind == "f":
+                a = a.astype(np.float32)
             if a.ndim != len(model_dims) or any(d is not None and d != s
                                                 for d, s in zip(model_dims, a.shape)):
                 raise VerifyError(f"--input has shape {list(a.shape)}, the model's "
                                   f"{vi.name!r} is {[d or '?' for d in model_dims]}")
             feeds[vi.name] = np.ascontiguousarray(a)
             continue
+        if tt.elem_type != 1:
+            raise VerifyError(f"model input {vi.name!r} is not float32: pass its values with "
+                              f"--input {vi.name}=FILE.npy")
         shape, source = list(model_dims), "the model"
         for label, table in (("--input-dims", dims), ("the export's recorded dims", recorded)):
             want = table.get(vi.name)
@@ -124,15 +136,19 @@ def input_feeds(g: Graph, given: np.ndarray | None, recorded: Mapping[str, Any],
     return feeds, "; ".join(how)
 
 
+Given = np.ndarray | str | os.PathLike[str]
+
+
 def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
-           input: np.ndarray | str | os.PathLike[str] | None = None,
+           input: Given | Mapping[str, Given] | None = None,
            input_dims: Mapping[str, Sequence[int]] | None = None,
            atol: float = 1e-4, rtol: float = 1e-4, storage: str | None = None,
            seed: int = 0) -> Report:
     """Check the export in ``outdir`` against the ONNX ``model`` with ONNX Runtime as the
     oracle (see :mod:`mpslayout.verify`).
 
-    ``input``: an array or a .npy path for the model's input; else ``input_dims``
+    ``input``: an array or a .npy path for the model's only input, or {input name: array
+    or .npy path}; for other inputs ``input_dims``
     ({input name: dims}) or the dims recorded at export, with a seeded standard normal
     sample (``seed``). ``storage``: the MPS image type, "float16" or "float32" (default:
     the manifest's weight type). Raises :class:`VerifyError` when nothing can be compared
@@ -149,17 +165,30 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
         raise VerifyError(f"model file not found: {mpath}") from None
     except Exception as e:
         raise VerifyError(f"cannot read {mpath} as ONNX: {type(e).__name__}: {e}") from None
-    if isinstance(input, (str, os.PathLike)):
-        given = np.load(os.fspath(input), allow_pickle=False)
-        what = os.fspath(input)
-    else:
-        given = None if input is None else np.asarray(input)
-        what = "the array given" if input is not None else f"seeded standard normal (seed {seed})"
+    # ConvInteger/MatMulInteger chains: judged as the float model with weights dequantized
+    proto, integer_nodes = float_equivalent(proto)
+    table: dict[str | None, Given] = (dict(input) if isinstance(input, Mapping) else
+                                      {} if input is None else {None: input})
+    given: dict[str | None, np.ndarray] = {}
+    for k, v in table.items():
+        if isinstance(v, (str, os.PathLike)):
+            try:
+                given[k] = np.load(os.fspath(v), allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise VerifyError(f"cannot read --input {os.fspath(v)}: {e}") from None
+        else:
+            given[k] = np.asarray(v)
+    paths = [os.fspath(v) for v in table.values() if isinstance(v, (str, os.PathLike))]
+    what = (", ".join(paths) if paths else "the arrays given" if table else
+            f"seeded standard normal (seed {seed})")
     recorded = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
     feeds, how = input_feeds(Graph(proto), given, recorded, input_dims or {}, seed)
     what += "; shape " + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
     if how:
         what += f" ({how})"
+    if integer_nodes:
+        what += (f"; {', '.join(integer_nodes)} run as float operators on dequantized "
+                 "weights (not quantizing activations), as the exported layers do")
     run = onnx_runtime_oracle(proto)
     return verify_graph(outdir, proto, feeds, lambda names: run(names, feeds),
                         model_label=mpath, oracle_label="ONNX Runtime", input_label=what,

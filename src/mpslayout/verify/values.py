@@ -1,5 +1,6 @@
 """Tensors as the executor holds them: MPS images, and the way back to the oracle's
-shapes (4-D NCHW, or (N, K) for a flattened image or a vector)."""
+shapes: 4-D NCHW; (N, K) for a flattened image or a vector (a 1x1 image of K channels);
+(N, T, C) for a sequence (an image 1 pixel high and T wide, of C channels)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ class Val:
 
 
 def as_val(a: np.ndarray, storage: np.dtype) -> Val:
-    """The oracle's value as an image: 4-D NCHW, or (N, K) as a 1x1 image of K channels."""
+    """The oracle's value as an image (module docstring)."""
     if a.dtype.kind != "f" or a.size == 0:
         return Val(None)
     if a.ndim == 4:
         return Val(R.Image.from_nchw(a, storage))
+    if a.ndim == 3:
+        return Val(R.Image.from_nhwc(a[:, None], storage))
     if a.ndim == 2:
         return Val(R.Image.from_nchw(a.reshape(*a.shape, 1, 1), storage), "CHW")
     return Val(None)
@@ -46,6 +49,8 @@ def as_oracle(v: Val, like: np.ndarray) -> np.ndarray | None:
     img = v.image
     if like.ndim == 4:
         a = img.nchw()
+    elif like.ndim == 3:
+        a = img.nhwc().reshape(img.batch, img.height * img.width, img.channels)
     elif like.ndim == 2:
         a = (img.nhwc() if v.flat == "HWC" else img.nchw()).reshape(img.batch, -1)
     else:

@@ -1,0 +1,155 @@
+"""ONNX window operators as MPS kernels: pooling (MPSCNNPoolingMax/Average, global ones
+as a window the size of the image) and Resize/Upsample (MPSCNNUpsamplingNearest/Bilinear
+where ONNX's coordinates are the kernel's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .onnx_kernel import (
+    Kernel,
+    NodeView,
+    NotExpressible,
+    attr,
+    linear_kernel,
+)
+from .pooling import pooling
+from .resampling import bilinear_coordinates, upsampling
+
+__all__ = ["BUILDERS"]
+
+
+def _auto_pads(auto: str, size: tuple[int, int], k: tuple[int, int], s: tuple[int, int],
+               d: tuple[int, int]) -> list[int]:
+    pads = [0, 0, 0, 0]
+    for j, (n, kk, ss, dd) in enumerate(zip(size, k, s, d)):
+        total = max((-(-n // ss) - 1) * ss + (kk - 1) * dd + 1 - n, 0)
+        begin = total // 2 if auto == "SAME_UPPER" else total - total // 2
+        pads[j], pads[j + 2] = begin, total - begin
+    return pads
+
+
+def _pool(node: NodeView) -> Kernel:
+    src, out = node.shape(node.inputs[0]), node.shape(node.outputs[0])
+    if src is None or out is None or len(src) != 4 or len(out) != 4:
+        raise NotExpressible("pooling of a tensor that is not 4-D")
+    mode = "max" if "Max" in node.op else "average"
+    h, w = src[2], src[3]
+    if node.op.startswith("Global"):
+        kh, kw, st, dl, pads, zero = h, w, (1, 1), (1, 1), [0, 0, 0, 0], (0, 0)
+    else:
+        kh, kw = (int(v) for v in node.attrs["kernel_shape"])
+        sy, sx = (int(v) for v in attr(node, "strides", [1, 1]))
+        dy, dx = (int(v) for v in attr(node, "dilations", [1, 1]))
+        st, dl = (sx, sy), (dx, dy)
+        auto = str(attr(node, "auto_pad", "NOTSET"))
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            if dy > 1 or dx > 1:  # ONNX Runtime leaves the dilation out of the padding
+                raise NotExpressible(f"auto_pad={auto} with dilations: ONNX Runtime and the "
+                                     "ONNX specification disagree on its padding")
+            pads = _auto_pads(auto, (h, w), (kh, kw), (sy, sx), (dy, dx))
+        elif auto == "VALID":
+            pads = [0, 0, 0, 0]
+        else:
+            pads = [int(v) for v in attr(node, "pads", [0, 0, 0, 0])]
+        zero = (0, 0)
+        if mode == "average" and int(attr(node, "count_include_pad", 0)):
+            if pads[0] != pads[2] or pads[1] != pads[3]:
+                raise NotExpressible("count_include_pad with asymmetric padding: no "
+                                     "MPSCNNPoolingAverage zeroPadSize expresses it")
+            zero = (pads[1], pads[0])
+    args = {"kernel": (kw, kh), "dest_size": (out[3], out[2]),
+            "offset": ((kw // 2) * dl[0] - pads[1], (kh // 2) * dl[1] - pads[0]),
+            "strides": st, "dilation": dl, "zero_pad_size": zero}
+    mps = "MPSCNNPoolingMax" if mode == "max" else "MPSCNNPoolingAverage"
+    return linear_kernel(mps, [node.inputs[0]],
+                         lambda xs, dt: pooling(xs[0], mode, out_dtype=dt, **args),
+                         kh * kw if mode == "average" else 1)
+
+
+# ----------------------------------------------------------------------- resampling
+
+
+def _coordinate_mode(node: NodeView) -> str:
+    """coordinate_transformation_mode; Upsample and Resize before opset 11 are asymmetric."""
+    if node.op == "Upsample" or node.opset < 11:
+        return "asymmetric"
+    return str(attr(node, "coordinate_transformation_mode", "half_pixel"))
+
+
+def _onnx_coordinates(node: NodeView, n: int, m: int, s: float) -> np.ndarray:
+    """The source coordinate ONNX's Resize gives destination positions 0..m-1 (the
+    specification's coordinate_transformation_mode formulas)."""
+    mode = _coordinate_mode(node)
+    o = np.arange(m, dtype=np.float64)
+    if mode == "half_pixel":
+        return (o + 0.5) / s - 0.5
+    if mode == "pytorch_half_pixel":
+        return (o + 0.5) / s - 0.5 if m > 1 else np.zeros(m)
+    if mode == "align_corners":
+        return o * (n - 1) / (m - 1) if m > 1 else np.zeros(m)
+    if mode == "asymmetric":
+        return o / s
+    raise NotExpressible(f"coordinate_transformation_mode={mode!r}")
+
+
+def _nearest_index(node: NodeView, pos: np.ndarray, s: float) -> np.ndarray:
+    rule = str(attr(node, "nearest_mode", "round_prefer_floor"))
+    if node.op == "Upsample" or node.opset < 11:
+        rule = "floor"  # the older operators sample with floor
+    if rule == "floor":
+        return np.floor(pos)
+    if rule == "ceil":
+        return np.ceil(pos)
+    if rule == "round_prefer_ceil":
+        return np.floor(pos + 0.5)
+    return np.ceil(pos - 0.5)  # round_prefer_floor
+
+
+def _resize(node: NodeView) -> Kernel:
+    src, out = node.shape(node.inputs[0]), node.shape(node.outputs[0])
+    if src is None or out is None or len(src) != 4 or len(out) != 4:
+        raise NotExpressible("a resize of a tensor that is not 4-D")
+    if src[:2] != out[:2]:
+        raise NotExpressible("a resize of the batch or channel axis")
+    factors = []
+    for n, m in ((src[2], out[2]), (src[3], out[3])):
+        if m % n or m < n:
+            raise NotExpressible(f"a resize from {n} to {m}: MPSCNNUpsampling enlarges by "
+                                 "integer factors")
+        factors.append(m // n)
+    mode = str(attr(node, "mode", "nearest"))
+    x = node.inputs[0]
+    if mode == "nearest":
+        for n, s in ((src[2], factors[0]), (src[3], factors[1])):
+            idx = np.clip(_nearest_index(node, _onnx_coordinates(node, n, n * s, s), s),
+                          0, n - 1)
+            if not np.array_equal(idx, np.arange(n * s) // s):
+                raise NotExpressible(
+                    f"nearest with coordinate_transformation_mode="
+                    f"{_coordinate_mode(node)!r} and "
+                    f"nearest_mode={attr(node, 'nearest_mode', 'round_prefer_floor')!r} "
+                    "does not read floor(o/s), what MPSCNNUpsamplingNearest reads")
+        return linear_kernel("MPSCNNUpsamplingNearest", [x],
+                             lambda xs, dt: upsampling(xs[0], "nearest", scale=factors[::-1],
+                                                       out_dtype=dt))
+    if mode not in ("linear", "bilinear"):
+        raise NotExpressible(f"mode={mode!r}: MPSCNNUpsampling is nearest or bilinear")
+    for align in (False, True):
+        if all(np.allclose(np.clip(_onnx_coordinates(node, n, n * s, s), 0, n - 1),
+                           bilinear_coordinates(n, s, align), rtol=0, atol=1e-9)
+               for n, s in ((src[2], factors[0]), (src[3], factors[1]))):
+            name = f"MPSCNNUpsamplingBilinear (alignCorners {'YES' if align else 'NO'})"
+            return linear_kernel(name, [x], lambda xs, dt, a=align: upsampling(
+                xs[0], "bilinear", scale=factors[::-1], align_corners=a, out_dtype=dt), 4)
+    raise NotExpressible(
+        f"linear with coordinate_transformation_mode={_coordinate_mode(node)!r}: neither "
+        "alignment of MPSCNNUpsamplingBilinear samples there")
+
+
+BUILDERS: dict[str, Callable[[NodeView], Kernel]] = {
+    **dict.fromkeys(("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"), _pool),
+    "Resize": _resize, "Upsample": _resize,
+}
