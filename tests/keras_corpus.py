@@ -76,6 +76,7 @@ def _zoo():
     r = L.Flatten(name="flat2")(r)
     d = L.Dense(32, name="fc")(f)
     d = L.Dropout(0.5, name="drop")(d)
+    d = L.Flatten(name="flat3")(L.Reshape((1, 1, 32), name="vector_image")(d))
     d = L.Concatenate(name="cat2")([d, r])
     d = L.Dense(10, activation="softmax", name="head")(d)
     return keras.Model(x0, d, name="zoo")

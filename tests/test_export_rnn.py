@@ -21,7 +21,7 @@ from mpslayout.export import export
 from mpslayout.verify_rnn import run_exported
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "manifest.schema.json"
@@ -88,7 +88,6 @@ def pytorch_onnx(tmp_path_factory: Any) -> tuple[Path, Path, dict[str, Any]]:
 
 
 def test_onnx_lstm_gru_files_follow_the_documented_rule(pytorch_onnx: Any) -> None:
-    import onnx
     from onnx import numpy_helper
 
     model_path, out, doc = pytorch_onnx
@@ -125,7 +124,6 @@ def test_verify_passes_the_lstm_and_names_the_inexact_gru(pytorch_onnx: Any) -> 
 
 def _onnx_model(path: Path, nodes: list[Any], inits: dict[str, np.ndarray],
                 x_shape: list[int]) -> None:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
@@ -304,7 +302,6 @@ def test_corpus_crnn_tail_verifies(tmp_path: Path) -> None:
     """The shared corpus' CRNN tail (bidirectional LSTM as torch exports it, then a
     classifier): both directions export and agree with ONNX Runtime."""
     import corpus
-    import onnx
 
     from mpslayout.verify import verify
 
@@ -314,3 +311,44 @@ def test_corpus_crnn_tail_verifies(tmp_path: Path) -> None:
     rows = {r.name: r for r in verify(tmp_path / "out", tmp_path / "crnn.onnx").rows}
     assert rows["lstm.forward"].ok
     assert rows["lstm.backward"].ok
+
+
+@pytest.mark.parametrize(("op", "change", "reason"), [
+    ("GRU", {"hidden_size": 5}, "do not describe"),
+    ("GRU", {"direction": "sideways"}, "direction"),
+    ("GRU", {"activations": ["Sigmoid"]}, "activations"),
+    ("GRU", {"W": np.zeros((1, 9, 3), np.int8)}, "not floating point"),
+    ("GRU", {"B": np.zeros((1, 7), np.float32)}, "B has shape"),
+    ("GRU", {"W": np.zeros((9, 3), np.float32)}, "3-D"),
+    ("LSTM", {"activations": ["Sigmoid", "Tanh", "Nope"]}, "no neuron"),
+])
+def test_malformed_recurrent_nodes_are_listed_not_crashed(tmp_path: Path, op: str,
+                                                          change: dict[str, Any],
+                                                          reason: str) -> None:
+    """A node the exporter cannot read is listed with the reason (or, for an activation MPS
+    lacks, exported with a note); the rest of the model still exports."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g, h = (3, 3) if op == "GRU" else (4, 3)
+    ins = {"W": np.zeros((1, g * h, 3), np.float32), "R": np.zeros((1, g * h, h), np.float32),
+           "B": np.zeros((1, 2 * g * h), np.float32)}
+    attrs: dict[str, Any] = {"hidden_size": h}
+    for k, v in change.items():
+        (ins if k in ins else attrs)[k] = v
+    nodes = [helper.make_node(op, ["X", "W", "R", "B"], ["Y"], name="cell", **attrs),
+             helper.make_node("Conv", ["c_in", "cw"], ["c_out"], name="conv")]
+    graph = helper.make_graph(
+        nodes, "bad", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 1, 3]),
+                       helper.make_tensor_value_info("c_in", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("c_out", TensorProto.FLOAT, None)],
+        [*(numpy_helper.from_array(v, k) for k, v in ins.items()),
+         numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "cw")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    doc = export(tmp_path / "m.onnx", tmp_path / "out", progress=False)
+    assert "conv" in [e["name"] for e in doc["layers"]]
+    listed = [x["reason"] for x in doc["skipped"] + doc["unsupported"]]
+    notes = [n for e in doc["layers"] for n in e["notes"]]
+    assert any(reason in r for r in listed + notes), (listed, notes)

@@ -281,3 +281,24 @@ def _keras_runs(keras: Any, xb: np.ndarray, h: int) -> list[tuple[np.ndarray, ..
         y = keras.ops.convert_to_numpy(layer(xb)).transpose(1, 0, 2)
         out.append((k, rk, b, y))
     return out
+
+
+def test_gate_order_table_of_the_docs_is_the_one_the_twins_use() -> None:
+    """docs/layouts.md section 9's gate-order table, read from the page, against the slow
+    twins' orders (which the fast converters equal bit for bit)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "layouts.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 4 and cells[0].split(" ")[0] in ("ONNX", "PyTorch", "Keras"):
+            rows[cells[0].split(" ")[0]] = cells[1], cells[2]
+    assert set(rows) == {"ONNX", "PyTorch", "Keras"}
+    lstm_names = {"i": "inputGate", "f": "forgetGate", "c": "cellGate", "g(=c)": "cellGate",
+                  "o": "outputGate"}
+    gru_names = {"z": "inputGate", "r": "recurrentGate", "h": "outputGate",
+                 "n(=h)": "outputGate"}
+    for fw, (lstm, gru) in rows.items():
+        assert [lstm_names[g.strip()] for g in lstm.split(",")] == slow_rnn._LSTM[fw]
+        assert [gru_names[g.strip()] for g in gru.split(",")] == slow_rnn._GRU[fw]

@@ -22,7 +22,8 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from mpslayout import cli  # noqa: E402
-from mpslayout.verify import VerifyError, verify  # noqa: E402
+from mpslayout.verify import VerifyError, verify, verify_graph  # noqa: E402
+from mpslayout.verify.onnx_path import onnx_runtime_oracle  # noqa: E402
 
 C = 8
 
@@ -218,6 +219,28 @@ def test_resize(tmp_path: Path, mode: str, ctm: str, mps: str | None) -> None:
         assert not report.not_verified
 
 
+def test_older_resampling_operators(tmp_path: Path) -> None:
+    """Upsample (opset 9) and Resize (opset 10) sample asymmetrically: nearest is
+    floor(o/s), MPSCNNUpsamplingNearest; linear is neither MPS alignment. Resize by sizes."""
+    up9 = [helper.make_node("Upsample", ["a", "scales"], ["m"], name="up", mode="nearest")]
+    r = _export_verify(_model(tmp_path, up9, [_const("scales", [1, 1, 2, 2])], opset=9,
+                              tag="up9"), tmp_path)
+    assert r.ok, r.table()
+    assert _ops(r) == {"up": "MPSCNNUpsamplingNearest"}
+    r10 = [helper.make_node("Resize", ["a", "scales"], ["m"], name="up", mode="linear")]
+    r = _export_verify(_model(tmp_path, r10, [_const("scales", [1, 1, 2, 2])], opset=10,
+                              tag="r10"), tmp_path)
+    assert r.ok, r.table()
+    (nv,) = r.not_verified
+    assert "'asymmetric'" in nv["reason"]
+    sizes = numpy_helper.from_array(np.array([1, C, 12, 18], np.int64), "sizes")
+    rs = [helper.make_node("Resize", ["a", "", "", "sizes"], ["m"], name="up", mode="linear",
+                           coordinate_transformation_mode="align_corners")]
+    r = _export_verify(_model(tmp_path, rs, [sizes], tag="rs"), tmp_path)
+    assert r.ok, r.table()
+    assert _ops(r) == {"up": "MPSCNNUpsamplingBilinear (alignCorners YES)"}
+
+
 def test_softmax_instance_norm_and_concat(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     nodes = [helper.make_node("InstanceNormalization", ["a", "g", "b"], ["n"], name="inorm",
@@ -348,3 +371,39 @@ def test_large_float32_sums_are_rounding_not_a_divergence(tmp_path: Path) -> Non
     assert not bad.ok
     assert bad.rows[0].isolated is not None
     assert bad.rows[0].isolated.worst > 100
+
+
+# ----------------------------------------------------------------------- other oracles
+
+
+def test_an_oracle_that_omits_tensors(tmp_path: Path) -> None:
+    """verify_graph with an oracle that cannot give some tensors (as a Keras model cannot
+    give every node of its ONNX translation): those are computed and passed on, listed as
+    not compared, and what follows is still judged (a planted bug there still fails)."""
+    nodes = [helper.make_node("Add", ["a", "three"], ["t1"], name="add3"),
+             helper.make_node("Clip", ["t1", "zero", "six"], ["t2"], name="clip"),
+             helper.make_node("Mul", ["a", "t2"], ["t3"], name="mul"),
+             helper.make_node("Div", ["t3", "six"], ["m"], name="div")]
+    inits = [_const("three", 3.0), _const("zero", 0.0), _const("six", 6.0)]
+    path = _model(tmp_path, nodes, inits, tag="omit")
+    out = tmp_path / "out"
+    assert cli.main(["export", str(path), "-o", str(out), "-q"]) == 0
+    model = onnx.load(str(path))
+    x = np.random.default_rng(2).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    full = onnx_runtime_oracle(model)
+
+    def oracle(names: list[str]) -> dict[str, np.ndarray]:
+        return {k: v for k, v in full(names, {"x": x}).items() if k not in ("a", "t2")}
+
+    report = verify_graph(out, model, {"x": x}, oracle, model_label="omit.onnx",
+                          oracle_label="a partial oracle")
+    assert report.ok, report.table()
+    reasons = {v["name"]: v["reason"] for v in report.not_verified}
+    assert set(reasons) == {"first", "clip"}
+    assert all("no value" in r for r in reasons.values())
+    assert {r.name for r in report.rows} == {"add3", "mul", "div", "last"}
+    last = next(r for r in report.rows if r.name == "last")
+    assert last.isolated is not None
+    assert last.isolated.ok
+    assert report.operators_verified + len(report.not_verified) == len(model.graph.node)
+    assert "a partial oracle" in report.table()

@@ -121,6 +121,10 @@ def keras_values(keras: Any, model: Any, tr: Any, x: np.ndarray) -> dict[str, np
             layer.activation = act
         a = np.asarray(y, np.float32)
         values[n] = np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
+    for s, x_name in tr.sigmoids.items():  # element-wise: the graph's layout will do
+        if x_name in values:
+            values[s] = np.asarray(keras.ops.convert_to_numpy(
+                keras.ops.sigmoid(values[x_name])), np.float32)
     return values
 
 

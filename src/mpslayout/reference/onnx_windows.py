@@ -72,12 +72,17 @@ def _pool(node: NodeView) -> Kernel:
 # ----------------------------------------------------------------------- resampling
 
 
+def _coordinate_mode(node: NodeView) -> str:
+    """coordinate_transformation_mode; Upsample and Resize before opset 11 are asymmetric."""
+    if node.op == "Upsample" or node.opset < 11:
+        return "asymmetric"
+    return str(attr(node, "coordinate_transformation_mode", "half_pixel"))
+
+
 def _onnx_coordinates(node: NodeView, n: int, m: int, s: float) -> np.ndarray:
     """The source coordinate ONNX's Resize gives destination positions 0..m-1 (the
     specification's coordinate_transformation_mode formulas)."""
-    mode = str(attr(node, "coordinate_transformation_mode", "half_pixel"))
-    if node.op == "Upsample" or node.opset < 11:
-        mode = "asymmetric"
+    mode = _coordinate_mode(node)
     o = np.arange(m, dtype=np.float64)
     if mode == "half_pixel":
         return (o + 0.5) / s - 0.5
@@ -124,7 +129,7 @@ def _resize(node: NodeView) -> Kernel:
             if not np.array_equal(idx, np.arange(n * s) // s):
                 raise NotExpressible(
                     f"nearest with coordinate_transformation_mode="
-                    f"{attr(node, 'coordinate_transformation_mode', 'half_pixel')!r} and "
+                    f"{_coordinate_mode(node)!r} and "
                     f"nearest_mode={attr(node, 'nearest_mode', 'round_prefer_floor')!r} "
                     "does not read floor(o/s), what MPSCNNUpsamplingNearest reads")
         return linear_kernel("MPSCNNUpsamplingNearest", [x],
@@ -140,8 +145,7 @@ def _resize(node: NodeView) -> Kernel:
             return linear_kernel(name, [x], lambda xs, dt, a=align: upsampling(
                 xs[0], "bilinear", scale=factors[::-1], align_corners=a, out_dtype=dt), 4)
     raise NotExpressible(
-        f"linear with coordinate_transformation_mode="
-        f"{attr(node, 'coordinate_transformation_mode', 'half_pixel')!r}: neither "
+        f"linear with coordinate_transformation_mode={_coordinate_mode(node)!r}: neither "
         "alignment of MPSCNNUpsamplingBilinear samples there")
 
 

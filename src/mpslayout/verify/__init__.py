@@ -22,7 +22,8 @@ docs/verify.md.
 
 Modules: :mod:`.files` (reading the export), :mod:`.graph` (the ONNX graph),
 :mod:`.layers` (exported layers and the nodes they stand for), :mod:`.executor` (the
-walk), :mod:`.tolerance`, :mod:`.report`, :mod:`.core` (:func:`verify_graph`, any
+walk: :mod:`.walk` its state, :mod:`.layer_steps` and :mod:`.op_steps` its two kinds of
+step), :mod:`.tolerance`, :mod:`.report`, :mod:`.core` (:func:`verify_graph`, any
 oracle), :mod:`.onnx_path` (:func:`verify`, ONNX Runtime and the input rules).
 """
 

@@ -1,0 +1,152 @@
+"""The step for a weightless operator: its MPS kernel from the table, or the reason it
+has none (then the oracle's value is used and the operator is listed as not verified)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import reference as R
+from ..reference.onnx_ops import Kernel, NotExpressible
+from . import tolerance as T
+from .report import Row
+from .values import Val, as_val
+from .walk import PASS, Walk
+
+__all__ = ["OpSteps"]
+
+_WEIGHTED = frozenset(("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"))
+# operators that only compute shapes, indices or types: nothing to verify numerically
+_SHAPE_ONLY = frozenset(("Shape", "Gather", "Constant", "ConstantOfShape", "Unsqueeze",
+                         "Squeeze", "Cast", "Range", "Equal", "Where", "Size", "Expand",
+                         "Slice", "Concat", "ReduceProd", "Floor", "Ceil", "Add", "Sub", "Mul",
+                         "Div"))
+_NO_KERNEL = dict.fromkeys(
+    ("LSTM", "GRU", "RNN"), "a recurrent layer: MPS runs it with MPSRNNImageInferenceLayer "
+    "(MPSLSTMDescriptor/MPSGRUDescriptor), which this verifier does not run")
+
+
+class OpSteps(Walk):
+    """Weightless operators through :mod:`mpslayout.reference.onnx_ops`."""
+
+    def _has_kernel(self, i: int) -> bool:
+        try:
+            return self._kernel(i) is not None
+        except NotExpressible:
+            return False
+
+    def _run_op(self, i: int) -> None:
+        g = self.g
+        n = g.nodes[i]
+        op, name = n.op_type, g.names[i]
+        out = n.output[0] if n.output else ""
+        like = self.values.get(out)
+        if name in self.tensor_layers and not self._has_kernel(i):
+            self._borrow(i, f"exported as a raw tensor (layer "
+                            f"{self.tensor_layers[name].name!r}) for a custom kernel: no "
+                            "MPSCNN kernel")
+            return
+        if op in _WEIGHTED:
+            why = next((f" ({x.get('reason')})" for x in self.not_exported
+                        if x.get("name") == name), "")
+            self._borrow(i, f"not in the export{why}: the oracle's value used")
+            return
+        if like is None and op not in _SHAPE_ONLY and self._pass_on(i):
+            return
+        if like is None or like.dtype.kind != "f":
+            self._borrow(i, None if op in _SHAPE_ONLY or like is not None else
+                         "the oracle gives no value for its output")
+            return
+        ins = [self._input(t) for t in n.input if t]
+        if op in PASS:
+            self.vals[out] = ins[0]
+            self.report.shape_operators += 1
+            return
+        if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze") and like.ndim == 2:
+            v = ins[0]
+            axis = int(g.attrs(i).get("axis", 1)) if op == "Flatten" else 1
+            if v.image is not None and axis == 1 and like.shape[0] == v.image.batch \
+                    and like.shape[1] == int(np.prod(v.image.shape[1:])):
+                self.vals[out] = Val(v.image, v.flat or "CHW")
+                self.flattened.add(out)
+                self.report.shape_operators += 1
+                return
+            self._borrow(i, "a flatten the reference executor does not model")
+            return
+        if op in ("Shape", "Constant", "ConstantOfShape", "Cast") or all(
+                g.const(t) is not None for t in n.input if t):
+            self._borrow(i, None)  # computed from constants only
+            return
+        if op == "Reshape" and like.ndim == 4:
+            self._borrow(i, "a reshape to an image that no exported layer records: "
+                            "MPSNNReshape reads HWC order (export with --reshape NAME=H,W,C)")
+            return
+        if op in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"):
+            self._borrow(i, f"a {op} to a {like.ndim}-D tensor: it moves data across the "
+                            "image's axes, which no MPSCNN kernel does (MPSNNReshape keeps "
+                            "images 4-D)")
+            return
+        try:
+            kernel = self._kernel(i)
+        except NotExpressible as e:
+            self._borrow(i, str(e))
+            return
+        if kernel is None:
+            self._borrow(i, _NO_KERNEL.get(op, f"no MPSCNN kernel for ONNX {op}"))
+            return
+        imgs = [self._input(t) for t in kernel.images]
+        if any(v.image is None for v in imgs):
+            self._borrow(i, "an input is not an image the reference executor holds")
+            return
+        self._run_kernel(i, kernel, [v.image for v in imgs], like)  # type: ignore[misc]
+
+    def _pass_on(self, i: int) -> bool:
+        """An operator whose output the oracle does not give: run it on the executor's own
+        values when its kernel can, so that what follows is still checked."""
+        try:
+            kernel = self._kernel(i)
+            imgs = [] if kernel is None else [self._input(t).image for t in kernel.images]
+            if kernel is None or any(v is None for v in imgs):
+                return False
+            flat = self._input(kernel.images[0]).flat
+            self.vals[self.g.nodes[i].output[0]] = Val(kernel.run(imgs, None),  # type: ignore[arg-type]
+                                                       flat)
+        except (NotExpressible, ValueError):
+            return False
+        self._unjudged([i], f"its output {self.g.nodes[i].output[0]!r}")
+        return True
+
+    def _op_result(self, kernel: Kernel, xs: list[R.Image]) -> tuple[R.Image, np.ndarray]:
+        y = kernel.run(xs, None)
+        deltas = [self._delta(x, t) for x, t in zip(xs, kernel.images)]
+        with np.errstate(invalid="ignore", over="ignore"):  # inf bounds stay inf
+            err = kernel.bound(xs, deltas) + kernel.stores * self.u_s * np.abs(y.nhwc())
+            if kernel.magnitude is not None:
+                err = err + kernel.terms * T.U32 * kernel.magnitude(xs)
+            else:
+                err = err + T.U32 * np.abs(y.nhwc())
+        return y, np.where(np.isnan(err), np.inf, err)
+
+    def _run_kernel(self, i: int, kernel: Kernel, xs: list[R.Image], like: np.ndarray) -> None:
+        n = self.g.nodes[i]
+        out = n.output[0]
+        row = Row(len(self.report.rows) + 1, self.g.names[i], n.op_type, kernel.mps, False,
+                  out, list(like.shape))
+        try:
+            iso = [as_val(self.values[t], self.storage).image if t in self.values else None
+                   for t in kernel.images]
+            flat = self._input(kernel.images[0]).flat if like.ndim == 2 else None
+            if all(v is not None for v in iso):
+                y_iso, err = self._op_result(kernel, iso)  # type: ignore[arg-type]
+                row.isolated = self._check(Val(y_iso, flat), like, err)
+            y, err = self._op_result(kernel, xs)
+            self.vals[out] = Val(y, flat)
+            row.chained = self._check(self.vals[out], like, err)
+        except ValueError as e:
+            if "multiple of 4" in str(e):  # a model MPS cannot run as it is
+                self._borrow(i, str(e))
+                return
+            row.error = str(e)
+            self.vals[out] = as_val(like, self.storage)
+        self.report.rows.append(row)
+        self.report.operators_verified += 1
+        self.done.add(i)
