@@ -1,4 +1,10 @@
-// Cold conv OIHW->OHWI: direct vs staged vs memcpy, paired per round, 64 MiB flush before each run.
+// Cold conv OIHW->OHWI from C++ (no Python): the direct, staged and stream tile kernels
+// against a memcpy of the same bytes, paired per round (rotating order), a 64 MiB flush
+// before each run; prints the median t/memcpy of each (bench/README.md, "Kernels per shape").
+//
+//   g++ -O3 -std=c++17 -Icsrc bench/tile_kernels.cpp csrc/layout/engine.cpp \
+//       csrc/layout/dispatch.cpp csrc/layout/kernels_avx2.cpp -o /tmp/tile_kernels -lpthread
+//   /tmp/tile_kernels O I kH kW [f16: 0|1] [rounds]      e.g. 512 512 3 3 0 15
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,7 +24,7 @@ int main(int argc, char** argv) {
   size_t n = size_t(O) * I * KH * KW;
   char* src = (char*)aligned_alloc(64, n * 4 + 64) ; char* dst = (char*)aligned_alloc(64, n * 4 + 64);
   char* m1 = (char*)aligned_alloc(64, n * 4 + 64); char* m2 = (char*)aligned_alloc(64, n * 4 + 64);
-  src += 16; dst += 16;  // like malloc'd numpy data
+  src += 16; dst += 16;  // 16 bytes past a line, like malloc'd numpy data
   for (size_t i = 0; i < n; ++i) ((float*)src)[i] = (float)(i % 1000) * 0.25f;
   memset(dst, 1, n * edst); memset(m1, 2, n * 4); memset(m2, 3, n * 4);
   int64_t K = KH * KW;
