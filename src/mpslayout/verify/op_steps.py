@@ -67,6 +67,15 @@ class OpSteps(Walk):
             v = ins[0]
             axis = int(g.attrs(i).get("axis", 1)) if op == "Flatten" else 1
             if v.image is not None and axis == 1 and like.shape[0] == v.image.batch \
+                    and like.shape[1] == int(np.prod(v.image.shape[1:])) \
+                    and v.image.batch not in self._input_batches():
+                # not a batch of images but rows of a sequence ((T, N, heads, hd) merged
+                # to (T*N, C) in attention): each row a vector, as the export reads it
+                rows = v.image.nchw(v.image.dtype).reshape(like.shape[0], -1, 1, 1)
+                self.vals[out] = Val(R.Image.from_nchw(rows, v.image.dtype), "CHW")
+                self.report.shape_operators += 1
+                return
+            if v.image is not None and axis == 1 and like.shape[0] == v.image.batch \
                     and like.shape[1] == int(np.prod(v.image.shape[1:])):
                 self.vals[out] = Val(v.image, v.flat or "CHW")
                 self.flattened.add(out)
@@ -100,6 +109,11 @@ class OpSteps(Walk):
             self._borrow(i, "an input is not an image the reference executor holds")
             return
         self._run_kernel(i, kernel, [v.image for v in imgs], like)  # type: ignore[misc]
+
+    def _input_batches(self) -> set[int]:
+        """The batch sizes of the graph's image inputs (empty when none is an image)."""
+        return {v.image.batch for v in (self.vals.get(vi.name) for vi in self.g.inputs)
+                if v is not None and v.image is not None}
 
     def _layout_transpose(self, i: int, v: Val, like: np.ndarray) -> bool:
         """A Transpose that only changes the framework's view of an MPS image (tf2onnx's
