@@ -204,3 +204,40 @@ def test_planted_bug_fails_and_names_the_layer(tmp_path: Path, arch: str, varian
     assert [r.name for r in report.rows if r.isolated and not r.isolated.ok] == [layer]
     assert cli.main(args) == 1
     assert f"first divergence at layer {layer!r}" in capsys.readouterr().out
+
+
+def _swap_files(out: Path, layer: str, a: str, b: str) -> None:
+    """Swap two of a layer's files (their bytes and SHA-256 entries): a gate written where
+    another belongs."""
+    import json
+
+    doc = json.loads((out / "manifest.json").read_text())
+    entry = next(x for x in doc["layers"] if x["name"] == layer)
+    fa, fb = entry["files"][a], entry["files"][b]
+    da, db = (out / fa["file"]).read_bytes(), (out / fb["file"]).read_bytes()
+    assert da != db
+    (out / fa["file"]).write_bytes(db)
+    (out / fb["file"]).write_bytes(da)
+    fa["sha256"], fb["sha256"] = fb["sha256"], fa["sha256"]
+    (out / "manifest.json").write_text(json.dumps(doc, indent=2))
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["recorded-dims", "with-input"])
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_crnn_swapped_lstm_gates_fail_and_name_the_direction(
+        tmp_path: Path, direction: str, given: bool) -> None:
+    """PyTorch's gate order (i, f, g, o) read as ONNX's (i, o, f, c): the forget and output
+    gates of one direction of the bidirectional LSTM trade places."""
+    cm = _build("crnn", "op17")
+    path = corpus.save(cm, tmp_path)
+    out = tmp_path / "out"
+    export(str(path), str(out), input_dims=cm.input_dims, progress=False)
+    layer = f"/rnn/LSTM.{direction}"
+    for suffix in ("InputWeights", "InputWeights.bias", "RecurrentWeights"):
+        _swap_files(out, layer, f"forgetGate{suffix}", f"outputGate{suffix}")
+    x = np.random.default_rng(6).standard_normal(cm.input_dims["x"]).astype(np.float32)
+    report = verify(out, path, input={"x": x} if given else None)
+    assert not report.ok
+    failed = [r.name for r in report.rows if not r.ok]
+    assert failed, report.table()
+    assert failed[0] == layer, report.table()
