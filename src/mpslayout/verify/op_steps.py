@@ -156,15 +156,22 @@ class OpSteps(Walk):
         self._unjudged([i], f"its output {self.g.nodes[i].output[0]!r}")
         return True
 
-    def _op_result(self, kernel: Kernel, xs: list[R.Image]) -> tuple[R.Image, np.ndarray]:
+    def _op_result(self, kernel: Kernel, xs: list[R.Image], i: int | None = None
+                   ) -> tuple[R.Image, np.ndarray]:
         y = kernel.run(xs, None)
         deltas = [self._delta(x, t) for x, t in zip(xs, kernel.images)]
+        # a constant operand the export stores as a raw tensor is read as stored (float16
+        # in a float16 export): its rounding moves the result by up to that unit times the
+        # operation's magnitude (|x c| for a product, |x| + |c| for a sum)
+        u_c = max((T.unit(self.exported[t].dtype) for t in
+                   (self.g.nodes[i].input if i is not None else ())
+                   if t in self.exported and self.exported[t].dtype.kind == "f"), default=0.0)
         with np.errstate(invalid="ignore", over="ignore"):  # inf bounds stay inf
             err = kernel.bound(xs, deltas) + kernel.stores * self.u_s * np.abs(y.nhwc())
             if kernel.magnitude is not None:
-                err = err + kernel.terms * T.U32 * kernel.magnitude(xs)
+                err = err + (kernel.terms * T.U32 + u_c) * kernel.magnitude(xs)
             else:
-                err = err + T.U32 * np.abs(y.nhwc())
+                err = err + (T.U32 + u_c) * np.abs(y.nhwc())
         return y, np.where(np.isnan(err), np.inf, err)
 
     def _run_kernel(self, i: int, kernel: Kernel, xs: list[R.Image], like: np.ndarray) -> None:
@@ -177,9 +184,9 @@ class OpSteps(Walk):
                    for t in kernel.images]
             flat = self._input(kernel.images[0]).flat if like.ndim == 2 else None
             if all(v is not None for v in iso):
-                y_iso, err = self._op_result(kernel, iso)  # type: ignore[arg-type]
+                y_iso, err = self._op_result(kernel, iso, i)  # type: ignore[arg-type]
                 row.isolated = self._check(Val(y_iso, flat), like, err)
-            y, err = self._op_result(kernel, xs)
+            y, err = self._op_result(kernel, xs, i)
             self.vals[out] = Val(y, flat)
             row.chained = self._check(self.vals[out], like, err)
         except ValueError as e:
