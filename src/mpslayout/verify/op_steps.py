@@ -14,6 +14,9 @@ from .walk import PASS, Walk
 
 __all__ = ["OpSteps"]
 
+# elementwise neurons: each output value from its input value alone, any tensor shape
+_NEURONS = frozenset(("Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu",
+                      "Elu", "Softplus", "Softsign", "Abs", "Exp", "Log", "Sqrt", "Clip"))
 _WEIGHTED = frozenset(("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"))
 # operators that only compute shapes, indices or types: nothing to verify numerically
 _SHAPE_ONLY = frozenset(("Shape", "Gather", "Constant", "ConstantOfShape", "Unsqueeze",
@@ -106,7 +109,8 @@ class OpSteps(Walk):
             return
         imgs = [self._input(t) for t in kernel.images]
         if any(v.image is None for v in imgs):
-            self._borrow(i, "an input is not an image the reference executor holds")
+            if not self._run_pointwise(i, kernel, like):
+                self._borrow(i, "an input is not an image the reference executor holds")
             return
         self._run_kernel(i, kernel, [v.image for v in imgs], like)  # type: ignore[misc]
 
@@ -173,6 +177,31 @@ class OpSteps(Walk):
             else:
                 err = err + (T.U32 + u_c) * np.abs(y.nhwc())
         return y, np.where(np.isnan(err), np.inf, err)
+
+    def _run_pointwise(self, i: int, kernel: Kernel, like: np.ndarray) -> bool:
+        """A neuron (one input, elementwise) on a tensor that is not an image (YOLO's
+        Sigmoid after its 5-D detect reshape): the MPS neuron computes each value alone,
+        so it runs on the oracle's input laid out as one row of pixels, and is judged in
+        isolation (the walk holds no image to chain from)."""
+        n = self.g.nodes[i]
+        src = self.values.get(kernel.images[0]) if len(kernel.images) == 1 else None
+        if n.op_type not in _NEURONS or src is None or src.shape != like.shape \
+                or src.dtype.kind != "f":
+            return False
+        flat = as_val(src.reshape(1, 1, -1, 1), self.storage).image
+        try:
+            y, err = self._op_result(kernel, [flat], None)  # type: ignore[list-item]
+        except ValueError:
+            return False
+        row = Row(len(self.report.rows) + 1, self.g.names[i], n.op_type, kernel.mps, False,
+                  n.output[0], list(like.shape),
+                  notes=["run on the oracle's input as one row of pixels (not an image)"])
+        row.isolated = T.check(y.nhwc().reshape(like.shape), like, self.atol, self.rtol,
+                               err.reshape(like.shape))
+        self.report.rows.append(row)
+        self.report.operators_verified += 1
+        self.done.add(i)
+        return True
 
     def _run_kernel(self, i: int, kernel: Kernel, xs: list[R.Image], like: np.ndarray) -> None:
         n = self.g.nodes[i]
