@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 from corpus import CorpusModel
+from corpus import _Graph as _G
 
 # ----------------------------------------------------------------------- torch modules
 
@@ -448,51 +449,6 @@ def build(name: str, variant: str = "op17") -> CorpusModel:
 # ----------------------------------------------------------------------- other converters
 
 
-class _G:
-    """A tiny onnx.helper graph builder with seeded, trained-looking constants."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[Any] = []
-        self.inits: list[Any] = []
-        self.n = 0
-
-    def const(self, name: str, a: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        self.inits.append(numpy_helper.from_array(np.asarray(a), name))
-        return name
-
-    def weight(self, name: str, *shape: int, fan_in: int) -> str:
-        b = 1 / np.sqrt(fan_in)
-        return self.const(name, self.rng.uniform(-b, b, shape).astype(np.float32))
-
-    def vec(self, name: str, shape: tuple[int, ...], lo: float, hi: float) -> str:
-        return self.const(name, self.rng.uniform(lo, hi, shape).astype(np.float32))
-
-    def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:
-        import onnx
-
-        self.nodes.append(onnx.helper.make_node(op, inputs, [name], name=name, **attrs))
-        return name
-
-    def model(self, inputs: dict[str, list[Any]], outputs: dict[str, list[Any]],
-              opset: int) -> Any:
-        import onnx
-        from onnx import TensorProto, helper
-
-        graph = helper.make_graph(
-            self.nodes, "g",
-            [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in inputs.items()],
-            [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in outputs.items()],
-            self.inits)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="mimic")
-        m.ir_version = 8
-        onnx.checker.check_model(m)
-        return m
-
-
 def tf2onnx_mimic() -> CorpusModel:
     """What tf2onnx makes of a Keras CNN classifier: an NHWC input with Transpose nodes
     around the convolutions, Conv without bias + Add of a (1, C, 1, 1) bias, BN as Mul/Add
@@ -528,8 +484,7 @@ def tf2onnx_mimic() -> CorpusModel:
     x = g.node("Add", [x, g.vec("dense/bias", (10,), -0.1, 0.1)], "dense/BiasAdd")
     x = g.node("Softmax", [x], "dense/Softmax", axis=-1)
     dims = {"input_1": (1, 16, 16, 3)}
-    return CorpusModel("tf2onnx_mimic", g.model({"input_1": ["unk__0", 16, 16, 3]},
-                                               {x: ["unk__0", 10]}, 13),
+    return CorpusModel("tf2onnx_mimic", g.model({"input_1": ["unk__0", 16, 16, 3]}, [x], 13),
                        dims, "tf2onnx: NHWC + Transposes, Conv + Add bias, Clip ReLU6",
                        None, ["input_1"])
 
@@ -591,8 +546,7 @@ def paddle2onnx_mimic() -> CorpusModel:
     d = "p2o.DynamicDimension."
     dims = {"x": (1, 3, 32, 32)}
     return CorpusModel("paddle2onnx_mimic",
-                       g.model({"x": [d + "0", 3, d + "1", d + "2"]},
-                               {y: [d + "0", 1, d + "3", d + "4"]}, 11), dims,
+                       g.model({"x": [d + "0", 3, d + "1", d + "2"]}, [y], 11), dims,
                        "paddle2onnx: PaddleOCR MobileNetV3 shapes", None, ["x"])
 
 
