@@ -59,9 +59,11 @@ def _node_alone(graph: Any, i: int, f16: bool, feeds: dict[str, np.ndarray]) -> 
     node = onnx.NodeProto()
     node.CopyFrom(graph.nodes[i])
     inits, inputs = [], []
+    seen: set[str] = set()
     for pos, name in enumerate(node.input):
-        if not name:
+        if not name or name in seen:  # one tensor read twice (initial_h = initial_c)
             continue
+        seen.add(name)
         c = graph.const(name)
         if c is not None:
             if f16 and c.dtype.kind == "f" and pos in _WEIGHT_INPUTS:
