@@ -616,9 +616,29 @@ def learned_tensors(model: Any) -> dict[str, list[tuple[str, str]]]:
                 if a.name == "value" and a.t.data_type in float_types:
                     consts.add(node.output[0])
     alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity"}
+    readers: dict[str, list[tuple[Any, int]]] = {}
+    for node in g.node:
+        for pos, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, pos))
+    outputs = {o.name for o in g.output}
+
+    def parameter_only(node: Any, depth: int = 0) -> bool:
+        # shape arithmetic (Concat of constants -> Resize scales) whose every reader
+        # takes it at a position that is not data
+        if node.op_type not in ("Concat", "Cast", "Mul", "Div", "Add", "Sub") or depth > 8:
+            return False
+        for o in node.output:
+            if o in outputs or not readers.get(o):
+                return False
+            for reader, pos in readers[o]:
+                if pos not in NOT_DATA.get(reader.op_type, ()) and not parameter_only(
+                        reader, depth + 1):
+                    return False
+        return True
+
     out: dict[str, list[tuple[str, str]]] = {}
     for i, node in enumerate(g.node):
-        if node.op_type in ("Identity", "Constant"):
+        if node.op_type in ("Identity", "Constant") or parameter_only(node):
             continue
         skip = NOT_DATA.get(node.op_type, ())
         for pos, name in enumerate(node.input):

@@ -142,6 +142,14 @@ def test_planted_bug_fails_and_names_the_layer(tmp_path: Path, name: str, kind: 
     _rewrite(out, layer, fix)
     report = verify(out, path)  # no --input: the dims recorded at export
     assert "recorded" in report.input
+    assert_names_only(report, layer)
+    assert cli.main(["verify", str(out), "--model", str(path)]) == 1
+    assert f"first divergence at layer {layer!r}" in capsys.readouterr().out
+
+
+def assert_names_only(report: Any, layer: str) -> None:
+    """The report fails, its first divergence is ``layer`` (isolated too), and no other
+    layer fails in isolation."""
     assert not report.ok
     first = report.first_divergence
     assert first is not None
@@ -149,5 +157,3 @@ def test_planted_bug_fails_and_names_the_layer(tmp_path: Path, name: str, kind: 
     assert first.isolated is not None
     assert not first.isolated.ok
     assert [r.name for r in report.rows if r.isolated and not r.isolated.ok] == [layer]
-    assert cli.main(["verify", str(out), "--model", str(path)]) == 1
-    assert f"first divergence at layer {layer!r}" in capsys.readouterr().out

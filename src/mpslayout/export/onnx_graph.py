@@ -55,6 +55,10 @@ NOT_DATA: dict[str, tuple[int, ...]] = {
     "Identity": (0,),  # an alias: its readers see the constant through it
 }
 
+# operators that compute a parameter (a Resize scale, a shape) from constants
+_PARAM_ARITHMETIC = frozenset(("Concat", "Cast", "Mul", "Div", "Add", "Sub", "Floor",
+                               "Ceil", "Identity"))
+
 # ----------------------------------------------------------------------- the graph
 
 
@@ -313,11 +317,33 @@ class Graph:
             layer.source["through"] = through
         self.plan.layers.append(layer)
 
+    def only_parameters(self, node: Any, depth: int = 0) -> bool:
+        """True when everything ``node`` computes ends at operand positions that are not
+        data (NOT_DATA), through shape arithmetic (Concat, Cast, ...): the TorchScript
+        exporter without constant folding builds Resize's scales as Concat(Constant,
+        Constant), which carries no learned tensor."""
+        if depth > 8 or node.op_type not in _PARAM_ARITHMETIC:
+            return False
+        outs = [o for o in node.output if o]
+        if not outs or any(o in self.graph_outputs for o in outs):
+            return False
+        for o in outs:
+            for c in self.consumers.get(o, []):
+                positions = [k for k, t in enumerate(c.input) if t == o]
+                if all(k in NOT_DATA.get(c.op_type, ()) for k in positions):
+                    continue
+                if c.op_type in _PARAM_ARITHMETIC and self.only_parameters(c, depth + 1):
+                    continue
+                return False
+        return True
+
     def data_constants(self, node: Any) -> list[TensorRef]:
         """The floating-point constants ``node`` reads at data operands (not shapes, axes,
         bounds...: NOT_DATA): the learned tensors it carries."""
         skip = NOT_DATA.get(node.op_type, ())
-        out = []
+        out: list[TensorRef] = []
+        if self.only_parameters(node):
+            return out
         for pos, inp in enumerate(node.input):
             ref = self.const(inp) if inp and pos not in skip else None
             if ref is not None and is_float(ref.dtype):

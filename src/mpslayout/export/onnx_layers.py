@@ -151,6 +151,11 @@ def conv_transpose(g: Graph, node: Any) -> None:
     g.add_layer(layer, f, [])
 
 
+def _batches(g: Graph) -> set[int | None]:
+    """The batch sizes of the graph's inputs (None when one is not known)."""
+    return {None if not d else d[0] for d in g.plan.inputs.values()} or {None}
+
+
 def flatten_source(g: Graph, a: str) -> tuple[str, tuple[int, int, int] | None, str, str]:
     """What a fully connected layer reading tensor ``a`` sees: (MPS input tensor,
     (H, W, C) of the image flattened into ``a`` or None for a plain vector, flatten
@@ -174,6 +179,12 @@ def flatten_source(g: Graph, a: str) -> tuple[str, tuple[int, int, int] | None, 
         s = g.shape(a)
         return a, None, "CHW", ("plain" if s is not None and len(s) >= 2 else "unknown")
     s = g.shape(src)
+    batches = _batches(g)
+    if s is not None and len(s) >= 3 and s[0] is not None and None not in batches \
+            and s[0] not in batches:
+        # not a batch of images: rows of a sequence (attention's (T, N, heads, hd) merged
+        # to (T*N, C)), each row a vector the layer reads
+        return a, None, "CHW", "plain"
     if s is None or None in s[1:]:
         return src, None, "CHW", "unknown"
     if len(s) == 2:

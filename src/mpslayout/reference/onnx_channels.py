@@ -17,6 +17,7 @@ from .onnx_kernel import (
     attr,
     linear_kernel,
 )
+from .onnx_windows import global_pool
 from .shape import concatenate
 from .softmax import log_softmax, reduce_channels, softmax
 
@@ -38,6 +39,9 @@ def _reduce(node: NodeView) -> Kernel:
     if axes is None and len(node.inputs) > 1 and node.inputs[1]:
         c = node.const(node.inputs[1])
         axes = None if c is None else [int(v) for v in np.ravel(c)]
+    if axes is not None and len(shape) == 4 and sorted(int(a) % 4 for a in axes) == [2, 3] \
+            and int(attr(node, "keepdims", 1)) and node.op in ("ReduceMean", "ReduceMax"):
+        return global_pool(node, "average" if node.op == "ReduceMean" else "max")
     if axes is None or sorted(int(a) % len(shape) for a in axes) != [_channel_axis(len(shape))]:
         raise NotExpressible(f"a reduction over axes {axes}: MPSNNReduceFeatureChannels "
                              "reduces the feature channels only")

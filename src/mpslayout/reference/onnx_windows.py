@@ -18,7 +18,7 @@ from .onnx_kernel import (
 from .pooling import pooling
 from .resampling import bilinear_coordinates, upsampling
 
-__all__ = ["BUILDERS"]
+__all__ = ["BUILDERS", "global_pool"]
 
 
 def _auto_pads(auto: str, size: tuple[int, int], k: tuple[int, int], s: tuple[int, int],
@@ -31,13 +31,21 @@ def _auto_pads(auto: str, size: tuple[int, int], k: tuple[int, int], s: tuple[in
     return pads
 
 
-def _pool(node: NodeView) -> Kernel:
+def global_pool(node: NodeView, mode: str) -> Kernel:
+    """A global ``mode`` ("max" or "average") pool of an NCHW tensor to 1x1: a window the
+    size of the image; also what ReduceMean/ReduceMax over axes (2, 3), keepdims, is
+    (the dynamo exporter's AdaptiveAvgPool2d(1))."""
+    return _pool(node, mode)
+
+
+def _pool(node: NodeView, mode: str | None = None) -> Kernel:
     src, out = node.shape(node.inputs[0]), node.shape(node.outputs[0])
     if src is None or out is None or len(src) != 4 or len(out) != 4:
         raise NotExpressible("pooling of a tensor that is not 4-D")
-    mode = "max" if "Max" in node.op else "average"
+    glob = mode is not None or node.op.startswith("Global")
+    mode = mode or ("max" if "Max" in node.op else "average")
     h, w = src[2], src[3]
-    if node.op.startswith("Global"):
+    if glob:
         kh, kw, st, dl, pads, zero = h, w, (1, 1), (1, 1), [0, 0, 0, 0], (0, 0)
     else:
         kh, kw = (int(v) for v in node.attrs["kernel_shape"])
@@ -150,6 +158,7 @@ def _resize(node: NodeView) -> Kernel:
 
 
 BUILDERS: dict[str, Callable[[NodeView], Kernel]] = {
-    **dict.fromkeys(("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"), _pool),
+    **dict.fromkeys(("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"),
+                    lambda node: _pool(node)),
     "Resize": _resize, "Upsample": _resize,
 }

@@ -14,6 +14,9 @@ from .walk import PASS, Walk
 
 __all__ = ["OpSteps"]
 
+# elementwise neurons: each output value from its input value alone, any tensor shape
+_NEURONS = frozenset(("Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu",
+                      "Elu", "Softplus", "Softsign", "Abs", "Exp", "Log", "Sqrt", "Clip"))
 _WEIGHTED = frozenset(("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"))
 # operators that only compute shapes, indices or types: nothing to verify numerically
 _SHAPE_ONLY = frozenset(("Shape", "Gather", "Constant", "ConstantOfShape", "Unsqueeze",
@@ -61,9 +64,20 @@ class OpSteps(Walk):
             self.vals[out] = ins[0]
             self.report.shape_operators += 1
             return
+        if op == "Transpose" and self._layout_transpose(i, ins[0], like):
+            return
         if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze") and like.ndim == 2:
             v = ins[0]
             axis = int(g.attrs(i).get("axis", 1)) if op == "Flatten" else 1
+            if v.image is not None and axis == 1 and like.shape[0] == v.image.batch \
+                    and like.shape[1] == int(np.prod(v.image.shape[1:])) \
+                    and v.image.batch not in self._input_batches():
+                # not a batch of images but rows of a sequence ((T, N, heads, hd) merged
+                # to (T*N, C) in attention): each row a vector, as the export reads it
+                rows = v.image.nchw(v.image.dtype).reshape(like.shape[0], -1, 1, 1)
+                self.vals[out] = Val(R.Image.from_nchw(rows, v.image.dtype), "CHW")
+                self.report.shape_operators += 1
+                return
             if v.image is not None and axis == 1 and like.shape[0] == v.image.batch \
                     and like.shape[1] == int(np.prod(v.image.shape[1:])):
                 self.vals[out] = Val(v.image, v.flat or "CHW")
@@ -95,9 +109,40 @@ class OpSteps(Walk):
             return
         imgs = [self._input(t) for t in kernel.images]
         if any(v.image is None for v in imgs):
-            self._borrow(i, "an input is not an image the reference executor holds")
+            if not self._run_pointwise(i, kernel, like):
+                self._borrow(i, "an input is not an image the reference executor holds")
             return
         self._run_kernel(i, kernel, [v.image for v in imgs], like)  # type: ignore[misc]
+
+    def _input_batches(self) -> set[int]:
+        """The batch sizes of the graph's image inputs (empty when none is an image)."""
+        return {v.image.batch for v in (self.vals.get(vi.name) for vi in self.g.inputs)
+                if v is not None and v.image is not None}
+
+    def _layout_transpose(self, i: int, v: Val, like: np.ndarray) -> bool:
+        """A Transpose that only changes the framework's view of an MPS image (tf2onnx's
+        NHWC <-> NCHW pairs): (0, 2, 3, 1) of an image is the same image read in its own
+        HWC order, which a following flatten reads as HWC rows; (0, 3, 1, 2) of a graph
+        input (or of such a view) is the image the app loads from NHWC data. No kernel
+        runs, so it counts as a shape operator."""
+        n = self.g.nodes[i]
+        perm = [int(p) for p in self.g.attrs(i).get("perm", [])]
+        if v.image is None or like.ndim != 4:
+            return False
+        if perm == [0, 2, 3, 1] and v.flat is None:
+            if any(self.g.nodes[j].op_type not in ("Flatten", "Reshape")
+                   for j in self.g.consumers[n.output[0]]):
+                return False
+            self.vals[n.output[0]] = Val(v.image, "HWC")
+            self.flattened.add(n.output[0])  # the image behind it is the Transpose's input
+        elif perm == [0, 3, 1, 2] and (v.flat == "HWC" or
+                                       n.input[0] in {vi.name for vi in self.g.inputs}):
+            self.vals[n.output[0]] = Val(v.image if v.flat == "HWC" else
+                                         R.Image.from_nhwc(v.image.nchw(), v.image.dtype))
+        else:
+            return False
+        self.report.shape_operators += 1
+        return True
 
     def _pass_on(self, i: int) -> bool:
         """An operator whose output the oracle does not give: run it on the executor's own
@@ -115,16 +160,48 @@ class OpSteps(Walk):
         self._unjudged([i], f"its output {self.g.nodes[i].output[0]!r}")
         return True
 
-    def _op_result(self, kernel: Kernel, xs: list[R.Image]) -> tuple[R.Image, np.ndarray]:
+    def _op_result(self, kernel: Kernel, xs: list[R.Image], i: int | None = None
+                   ) -> tuple[R.Image, np.ndarray]:
         y = kernel.run(xs, None)
         deltas = [self._delta(x, t) for x, t in zip(xs, kernel.images)]
+        # a constant operand the export stores as a raw tensor is read as stored (float16
+        # in a float16 export): its rounding moves the result by up to that unit times the
+        # operation's magnitude (|x c| for a product, |x| + |c| for a sum)
+        u_c = max((T.unit(self.exported[t].dtype) for t in
+                   (self.g.nodes[i].input if i is not None else ())
+                   if t in self.exported and self.exported[t].dtype.kind == "f"), default=0.0)
         with np.errstate(invalid="ignore", over="ignore"):  # inf bounds stay inf
             err = kernel.bound(xs, deltas) + kernel.stores * self.u_s * np.abs(y.nhwc())
             if kernel.magnitude is not None:
-                err = err + kernel.terms * T.U32 * kernel.magnitude(xs)
+                err = err + (kernel.terms * T.U32 + u_c) * kernel.magnitude(xs)
             else:
-                err = err + T.U32 * np.abs(y.nhwc())
+                err = err + (T.U32 + u_c) * np.abs(y.nhwc())
         return y, np.where(np.isnan(err), np.inf, err)
+
+    def _run_pointwise(self, i: int, kernel: Kernel, like: np.ndarray) -> bool:
+        """A neuron (one input, elementwise) on a tensor that is not an image (YOLO's
+        Sigmoid after its 5-D detect reshape): the MPS neuron computes each value alone,
+        so it runs on the oracle's input laid out as one row of pixels, and is judged in
+        isolation (the walk holds no image to chain from)."""
+        n = self.g.nodes[i]
+        src = self.values.get(kernel.images[0]) if len(kernel.images) == 1 else None
+        if n.op_type not in _NEURONS or src is None or src.shape != like.shape \
+                or src.dtype.kind != "f":
+            return False
+        flat = as_val(src.reshape(1, 1, -1, 1), self.storage).image
+        try:
+            y, err = self._op_result(kernel, [flat], None)  # type: ignore[list-item]
+        except ValueError:
+            return False
+        row = Row(len(self.report.rows) + 1, self.g.names[i], n.op_type, kernel.mps, False,
+                  n.output[0], list(like.shape),
+                  notes=["run on the oracle's input as one row of pixels (not an image)"])
+        row.isolated = T.check(y.nhwc().reshape(like.shape), like, self.atol, self.rtol,
+                               err.reshape(like.shape))
+        self.report.rows.append(row)
+        self.report.operators_verified += 1
+        self.done.add(i)
+        return True
 
     def _run_kernel(self, i: int, kernel: Kernel, xs: list[R.Image], like: np.ndarray) -> None:
         n = self.g.nodes[i]
@@ -136,9 +213,9 @@ class OpSteps(Walk):
                    for t in kernel.images]
             flat = self._input(kernel.images[0]).flat if like.ndim == 2 else None
             if all(v is not None for v in iso):
-                y_iso, err = self._op_result(kernel, iso)  # type: ignore[arg-type]
+                y_iso, err = self._op_result(kernel, iso, i)  # type: ignore[arg-type]
                 row.isolated = self._check(Val(y_iso, flat), like, err)
-            y, err = self._op_result(kernel, xs)
+            y, err = self._op_result(kernel, xs, i)
             self.vals[out] = Val(y, flat)
             row.chained = self._check(self.vals[out], like, err)
         except ValueError as e:
