@@ -103,3 +103,51 @@ def test_same_files_with_and_without_ml_dtypes(tmp_path, monkeypatch, dtype) -> 
     for name in files:
         assert (tmp_path / "with" / name).read_bytes() == (tmp_path / "without" / name
                                                             ).read_bytes(), name
+
+
+def bf16_onnx(path, raw: bool) -> dict[str, np.ndarray]:
+    """The same conv as an ONNX model whose weight is a BFLOAT16 initializer, stored as
+    raw_data or as bit patterns in int32_data (both forms occur in exporters' files)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    t = bf16_model(path.with_suffix(".safetensors"))
+    bits = t["conv.weight"]
+    w = TensorProto(name="conv.weight", data_type=TensorProto.BFLOAT16, dims=list(bits.shape))
+    if raw:
+        w.raw_data = bits.astype("<u2").tobytes()
+    else:
+        w.int32_data.extend(int(v) for v in bits.reshape(-1))
+    b = helper.make_tensor("conv.bias", TensorProto.FLOAT, [8], t["conv.bias"].tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], ["y"], name="conv",
+                          pads=[1, 1, 1, 1])],
+        "bf16", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])],
+        initializer=[w, b])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return t
+
+
+def bf16_torch(path) -> dict[str, np.ndarray]:
+    torch = pytest.importorskip("torch")
+    t = bf16_model(path.with_suffix(".safetensors"))
+    sd = {"conv.weight": torch.from_numpy(t["conv.weight"].view(np.int16).copy())
+          .view(torch.bfloat16),
+          "conv.bias": torch.from_numpy(t["conv.bias"].copy())}
+    torch.save(sd, path)
+    return t
+
+
+@pytest.mark.parametrize("source", ["onnx-raw", "onnx-int32", "pytorch"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_onnx_and_pytorch_without_ml_dtypes(tmp_path, monkeypatch, source, dtype) -> None:
+    path = tmp_path / ("m.pt" if source == "pytorch" else "m.onnx")
+    t = bf16_torch(path) if source == "pytorch" else bf16_onnx(path, source == "onnx-raw")
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # `import ml_dtypes` fails
+    export(path, tmp_path / "out", dtype=dtype, progress=False)
+    _, arrays = load_export(tmp_path / "out")
+    with np.errstate(all="ignore"):
+        conv = widened(t["conv.weight"]).transpose(0, 2, 3, 1).astype(dtype)
+    same_bits(arrays["conv"]["weights"], conv)
+    same_bits(arrays["conv"]["bias"], t["conv.bias"])

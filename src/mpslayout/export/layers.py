@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import images, mps
-from ..engine import _cast_code
+from ..engine import _cast_code, bfloat16_bits_to_float32
 from . import manifest as mf
 
 KINDS = ("convolution", "depthwise", "transposed", "fully_connected", "subpixel",
@@ -62,6 +62,19 @@ class TensorRef:
                 f"declared {self.dtype}{list(self.shape)}"
             )
         return a
+
+
+def bfloat16_ref(bits: TensorRef) -> TensorRef:
+    """A bfloat16 tensor given as a ref to its raw bits (``<u2``): as ``ml_dtypes.bfloat16``
+    when ml_dtypes is installed, else widened to the float32 values it holds (exact, through
+    the engine's bfloat16 -> float32 path), so no reader needs ml_dtypes for bfloat16."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return TensorRef(bits.name, bits.shape, _F4,
+                         lambda: bfloat16_bits_to_float32(bits.opener()).reshape(bits.shape))
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    return TensorRef(bits.name, bits.shape, bf16, lambda: bits.opener().view(bf16))
 
 
 def const_tensor(name: str, values: Any) -> TensorRef:

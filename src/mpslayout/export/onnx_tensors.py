@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import TensorRef
+from .layers import TensorRef, bfloat16_ref
 
 _EXTERNAL = 1  # TensorProto.EXTERNAL
 
@@ -32,14 +32,8 @@ def _np_dtype(code: int) -> np.dtype | None:
              10: "<f2", 11: "<f8", 12: "<u4", 13: "<u8"}
     if code in table:
         return np.dtype(table[code])
-    if code == 16:  # BFLOAT16
-        try:
-            import ml_dtypes
-        except ImportError:
-            raise ImportError(
-                "bfloat16 initializers need the ml_dtypes package: pip install ml_dtypes"
-            ) from None
-        return np.dtype(ml_dtypes.bfloat16)
+    if code == 16:  # BFLOAT16, read as its raw bits; tensor_ref gives it its type
+        return np.dtype("<u2")
     return None
 
 
@@ -112,6 +106,11 @@ def _typed_values(t: Any, dt: np.dtype, n: int) -> np.ndarray:
 
 def tensor_ref(t: Any, model_dir: str) -> TensorRef:
     """A lazy view of a TensorProto, after checking its declared size against its bytes."""
+    ref = _stored_ref(t, model_dir)
+    return bfloat16_ref(ref) if t.data_type == 16 else ref
+
+
+def _stored_ref(t: Any, model_dir: str) -> TensorRef:
     dims = tuple(int(d) for d in t.dims)
     if any(d < 0 for d in dims):
         raise ValueError(f"initializer {t.name!r} has a negative dimension: {list(dims)}")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import statedict
-from .layers import Overrides, Plan, TensorRef
+from .layers import Overrides, Plan, TensorRef, bfloat16_ref
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "module", "net")
 
@@ -52,22 +52,15 @@ def _load(path: str) -> Any:
 def _numpy(t: Any) -> np.ndarray:
     torch = _torch()
     t = t.detach()
-    if t.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    if t.dtype == torch.bfloat16:  # raw bits; bfloat16_ref gives them their type
+        return t.view(torch.int16).numpy().view(np.uint16)
     return t.numpy()
 
 
 def _np_dtype(t: Any) -> np.dtype | None:
     torch = _torch()
     if t.dtype == torch.bfloat16:
-        try:
-            import ml_dtypes
-        except ImportError:
-            raise ImportError("bfloat16 tensors need the ml_dtypes package: "
-                              "pip install ml_dtypes") from None
-        return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(np.uint16)
     try:
         return torch.empty(0, dtype=t.dtype).numpy().dtype
     except (TypeError, RuntimeError):
@@ -97,7 +90,8 @@ def read(path: str, *, overrides: Overrides) -> Plan:
         if dt is None or t.is_sparse or t.is_quantized:
             odd.append(name)
             continue
-        tensors[name] = TensorRef(name, tuple(t.shape), dt, lambda t=t: _numpy(t))
+        ref = TensorRef(name, tuple(t.shape), dt, lambda t=t: _numpy(t))
+        tensors[name] = bfloat16_ref(ref) if t.dtype == torch.bfloat16 else ref
     plan = statedict.plan(tensors, "pytorch", overrides)
     plan.assumptions.extend(notes)
     for name in odd:
