@@ -407,3 +407,49 @@ def test_an_oracle_that_omits_tensors(tmp_path: Path) -> None:
     assert last.isolated.ok
     assert report.operators_verified + len(report.not_verified) == len(model.graph.node)
     assert "a partial oracle" in report.table()
+
+
+# ----------------------------------------------------------------------- fused chains
+
+
+S2, HALF = "s2", "half"
+GELU_CHAINS = {
+    # torch.onnx: x * 0.5 * (1 + erf(x / sqrt 2)) as Div, Erf, Add, Mul(x), Mul(0.5)
+    "div-mul-x-half": [("Div", ["a", S2], "g1"), ("Erf", ["g1"], "g2"),
+                       ("Add", ["g2", "one"], "g3"), ("Mul", ["a", "g3"], "g4"),
+                       ("Mul", ["g4", HALF], "m")],
+    # x * (1 / sqrt 2), 1 + erf, then * 0.5 before * x
+    "mul-rsqrt2-half-x": [("Mul", ["a", "rs2"], "g1"), ("Erf", ["g1"], "g2"),
+                          ("Add", ["one", "g2"], "g3"), ("Mul", ["g3", HALF], "g4"),
+                          ("Mul", ["g4", "a"], "m")],
+    # 0.5 * x first, then times (1 + erf)
+    "half-x-first": [("Mul", ["a", HALF], "h"), ("Div", ["a", S2], "g1"),
+                     ("Erf", ["g1"], "g2"), ("Add", ["g2", "one"], "g3"),
+                     ("Mul", ["h", "g3"], "m")],
+}
+
+
+@pytest.mark.parametrize("chain", list(GELU_CHAINS))
+def test_erf_decomposed_gelu_verifies_as_one_gelu_neuron(tmp_path: Path, chain: str,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """MPS has no Erf neuron: torch's erf decomposition of GELU runs as one
+    MPSCNNNeuronGeLU, judged by ONNX Runtime on the chain's output; a GeLU kernel computing
+    the tanh approximation instead would fail."""
+    nodes = [helper.make_node(op, ins, [out], name=f"n{k}_{op.lower()}")
+             for k, (op, ins, out) in enumerate(GELU_CHAINS[chain])]
+    inits = [_const(S2, np.sqrt(2.0)), _const("rs2", np.sqrt(0.5)), _const("one", 1.0),
+             _const(HALF, 0.5)]
+    path = _model(tmp_path, nodes, inits)
+    erf = next(n.name for n in nodes if n.op_type == "Erf")
+    for dtype in ("float32", "float16"):
+        report = _export_verify(path, tmp_path, dtype)
+        assert report.ok, report.table()
+        assert not report.not_verified, report.not_verified
+        assert _ops(report)[erf] == "MPSCNNNeuronGeLU", report.table()
+    from mpslayout.reference import neurons
+    monkeypatch.setitem(neurons._FORMULAS, "gelu", lambda x, a, b, c: 0.5 * x * (
+        1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3))) + 1e-3 * x)
+    report = verify(tmp_path / "out_g_float32", path)
+    bad = [r for r in report.rows if not r.ok]
+    assert [r.name for r in bad] == [erf], report.table()

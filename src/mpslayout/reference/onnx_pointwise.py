@@ -23,7 +23,8 @@ from .onnx_kernel import (
     float_image,
 )
 
-__all__ = ["BUILDERS", "arithmetic_kernel", "broadcast_strides", "constant_image"]
+__all__ = ["BUILDERS", "arithmetic_kernel", "broadcast_strides", "constant_image",
+           "gelu_kernel"]
 
 
 def _neuron_kernel(mps: str, x: str, kind: str, a: Any = 0.0, b: float = 0.0,
@@ -72,10 +73,15 @@ def _simple_neuron(node: NodeView) -> Kernel:
     return _neuron_kernel(mps, node.inputs[0], kind, *params(node))
 
 
+def gelu_kernel(x: str) -> Kernel:
+    """MPSCNNNeuronGeLU of image ``x``: ``0.5 * x * (1 + erf(x / sqrt(2)))``."""
+    return _neuron_kernel("MPSCNNNeuronGeLU", x, "gelu")
+
+
 def _gelu(node: NodeView) -> Kernel:
     if attr(node, "approximate", "none") != "none":
         raise NotExpressible("Gelu with approximate='tanh': MPSCNNNeuronGeLU is the erf form")
-    return _neuron_kernel("MPSCNNNeuronGeLU", node.inputs[0], "gelu")
+    return gelu_kernel(node.inputs[0])
 
 
 def _prelu(node: NodeView) -> Kernel:

@@ -30,7 +30,7 @@ class Executor(LayerSteps, OpSteps):
                        if layer.kind in LAYER_OPS else
                        f"layer kind {layer.kind!r} is not one the verifier runs")))
         for i in range(len(self.g.nodes)):
-            if i in self.done:
+            if i in self.done or (i in self.fused and self._run_fused(self.fused[i])):
                 continue
             if i in self.segments:
                 self._run_layer(self.segments[i])

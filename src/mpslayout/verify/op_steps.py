@@ -7,7 +7,9 @@ import numpy as np
 
 from .. import reference as R
 from ..reference.onnx_ops import Kernel, NotExpressible
+from ..reference.onnx_pointwise import gelu_kernel
 from . import tolerance as T
+from .patterns import Fused
 from .report import Row
 from .values import Val, as_val
 from .walk import PASS, Walk
@@ -113,6 +115,42 @@ class OpSteps(Walk):
                 self._borrow(i, "an input is not an image the reference executor holds")
             return
         self._run_kernel(i, kernel, [v.image for v in imgs], like)  # type: ignore[misc]
+
+    def _run_fused(self, f: Fused) -> bool:
+        """A chain of nodes one MPS kernel computes (:mod:`.patterns`), run as that kernel
+        on the chain's input when it is an image and the oracle gives the chain's output:
+        one row, and every node of the chain verified by it. Constants of the chain the
+        export wrote as arithmetic layers are still checked, as those layers on the
+        oracle's values."""
+        like = self.values.get(f.out)
+        x = self._input(f.x)
+        covered = {j: s for s in self.segments.values() for j in s.nodes}
+        if like is None or like.dtype.kind != "f" or x.image is None \
+                or any(j in self.done for j in f.nodes) \
+                or any(j in covered and not set(covered[j].nodes) <= set(f.nodes)
+                       for j in f.nodes):
+            return False
+        inner = [self.g.nodes[j].output[0] for j in f.nodes if j != f.last]
+        for t in inner:
+            if t in self.values:
+                self.vals[t] = as_val(self.values[t], self.storage)
+        for j in f.nodes:
+            if j in self.segments:
+                self._run_layer(self.segments[j])
+        before = len(self.report.rows)
+        self._run_kernel(f.last, gelu_kernel(f.x), [x.image], like)
+        if len(self.report.rows) > before:
+            row = self.report.rows[-1]
+            row.op = "Gelu"
+            row.name = next(self.g.names[j] for j in f.nodes
+                            if self.g.nodes[j].op_type == "Erf")
+            row.notes.append(f"the {len(f.nodes)}-node erf decomposition of GELU "
+                             f"({', '.join(self.g.nodes[j].op_type for j in f.nodes)}), "
+                             "run as one MPSCNNNeuronGeLU")
+            self.report.operators_verified += len([j for j in f.nodes
+                                                   if j not in covered]) - 1
+        self.done.update(f.nodes)
+        return True
 
     def _input_batches(self) -> set[int]:
         """The batch sizes of the graph's image inputs (empty when none is an image)."""

@@ -13,6 +13,7 @@ from . import tolerance as T
 from .files import ExportedLayer, VerifyError
 from .graph import Graph, NodeView
 from .layers import map_layers
+from .patterns import gelu_chains
 from .report import Check, Report
 from .values import Val, as_image, as_oracle, as_val
 
@@ -50,6 +51,7 @@ class Walk:
                                                   for d in vi.type.tensor_type.shape.dim)
             for vi in g.inputs)
         self.unmapped = unmapped
+        self.fused = gelu_chains(g)  # node -> the chain of nodes one MPS kernel computes
 
     def _input(self, tensor: str) -> Val:
         return self.vals.get(tensor, Val(None))
