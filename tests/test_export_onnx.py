@@ -542,7 +542,9 @@ def test_dynamic_spatial_size_needs_input_shape(tmp_path):
     onnx.save(model, str(path))
     manifest = export(path, tmp_path / "a", progress=False)
     assert [e["name"] for e in manifest["layers"]] == ["conv"]
-    assert "--input-shape fc=C,H,W" in manifest["skipped"][0]["reason"]
+    reason = manifest["skipped"][0]["reason"]
+    assert "--input-shape fc=C,H,W" in reason
+    assert "--input-dims" in reason
     manifest = export(path, tmp_path / "b", input_shapes={"fc": (4, 3, 5)}, progress=False)
     fc = by_name(manifest)["fc"]
     assert fc["fully_connected"]["source_image"] == {"height": 3, "width": 5, "channels": 4}

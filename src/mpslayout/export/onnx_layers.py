@@ -257,8 +257,12 @@ def dense(g: Graph, node: Any) -> None:
         c, h, ww = given
         hwc, status = (h, ww, c), "image"
     if status == "unknown":
-        raise SkipLayer(f"the (C, H, W) of the image flattened into {node.input[0]!r} is not "
-                    f"known; pass --input-shape {name}=C,H,W")
+        # the graph's symbolic dims hide what reaches it (an image flattened, or a sequence
+        # merged into rows); fixing the graph input's dims settles either
+        raise SkipLayer(f"what reaches {node.input[0]!r} (an image flattened, or a sequence "
+                        "reshaped into rows) is not known from the graph's symbolic dims; pass "
+                        "--input-dims INPUT=D0,D1,... (or --input-shape "
+                        f"{name}=C,H,W for a flattened C x H x W image)")
     if hwc is not None and math.prod(hwc) != n:
         raise SkipLayer(f"the image flattened into it is (H, W, C)={hwc}, "
                     f"{math.prod(hwc)} values, but the weight has {n} inputs")
