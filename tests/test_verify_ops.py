@@ -453,3 +453,53 @@ def test_erf_decomposed_gelu_verifies_as_one_gelu_neuron(tmp_path: Path, chain: 
     report = verify(tmp_path / "out_g_float32", path)
     bad = [r for r in report.rows if not r.ok]
     assert [r.name for r in bad] == [erf], report.table()
+
+
+# ----------------------------------------------------------------------- padding
+
+
+@pytest.mark.parametrize(("mode", "value", "mps"), [
+    ("constant", None, "MPSNNPad (MPSImageEdgeModeZero)"),  # Keras ZeroPadding2D, paddle
+    ("constant", 0.5, "MPSNNPad (MPSImageEdgeModeConstant)"),
+    ("edge", None, "MPSNNPad (MPSImageEdgeModeClamp)"),
+    ("reflect", None, "MPSNNPad (MPSImageEdgeModeMirror)")])
+def test_pad_verifies_as_mpsnnpad(tmp_path: Path, mode: str, value: float | None, mps: str,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An asymmetric Pad of height and width (opset 11+: pads as an input) between two
+    convolutions, judged by ONNX Runtime; a pad kernel that mirrored with the edge repeated
+    would fail the edge and reflect modes, one filling 0 for a nonzero value the constant."""
+    ins = ["a", "pads"] + (["cv"] if value is not None else [])
+    nodes = [helper.make_node("Pad", ins, ["m"], name="pad", mode=mode)]
+    inits = [numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "pads")]
+    if value is not None:
+        inits.append(_const("cv", np.float32(value)))
+    path = _model(tmp_path, nodes, inits)
+    for dtype in ("float32", "float16"):
+        report = _export_verify(path, tmp_path, dtype)
+        assert report.ok, report.table()
+        assert not report.not_verified, report.not_verified
+        assert _ops(report)["pad"] == mps, report.table()
+        assert [r.shape for r in report.rows if r.name == "pad"] == [[1, C, 9, 9]]
+    from mpslayout.reference import padding
+    wrong = {"zero": "zero", "constant": "zero", "clamp": "mirror", "mirror": "clamp"}
+    real = padding._source_index
+    if mode == "constant" and value is None:  # a zero pad read as an edge clamp
+        wrong["zero"] = "clamp"
+    monkeypatch.setattr(padding, "_source_index",
+                        lambda n, b, a, m: real(n, b, a, wrong[m]))
+    if mode == "constant" and value is not None:  # the fill value dropped
+        monkeypatch.setattr(padding, "_source_index", real)
+        real_pad = padding.pad
+        from mpslayout.reference import onnx_windows
+        monkeypatch.setattr(onnx_windows, "pad", lambda x, b, a, e, f=0.0, **k:
+                            real_pad(x, b, a, "zero", 0.0, **k))
+    report = verify(tmp_path / "out_g_float32", path)
+    assert [r.name for r in report.rows if not r.ok] == ["pad"], report.table()
+
+
+def test_pad_forms_mps_cannot_run_are_not_verified_with_the_reason(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Pad", ["a", "pads"], ["m"], name="pad", mode="wrap")]
+    inits = [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")]
+    report = _export_verify(_model(tmp_path, nodes, inits, opset=19), tmp_path)
+    assert [x["name"] for x in report.not_verified] == ["pad"]
+    assert "MPSImageEdgeMode has" in report.not_verified[0]["reason"]

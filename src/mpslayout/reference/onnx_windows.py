@@ -5,9 +5,11 @@ where ONNX's coordinates are the kernel's)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from .image import Image
 from .onnx_kernel import (
     Kernel,
     NodeView,
@@ -15,6 +17,7 @@ from .onnx_kernel import (
     attr,
     linear_kernel,
 )
+from .padding import pad
 from .pooling import pooling
 from .resampling import bilinear_coordinates, upsampling
 
@@ -157,8 +160,66 @@ def _resize(node: NodeView) -> Kernel:
         "alignment of MPSCNNUpsamplingBilinear samples there")
 
 
+_PAD_MODES = {"constant": "zero", "edge": "clamp", "reflect": "mirror"}
+
+
+def _pad(node: NodeView) -> Kernel:
+    """ONNX Pad of an NCHW image on its height and width: MPSNNPad with the edge mode of
+    the ONNX mode (constant -> MPSImageEdgeModeZero/Constant, edge -> Clamp, reflect ->
+    Mirror; :mod:`.padding`)."""
+    src = node.shape(node.inputs[0])
+    if src is None or len(src) != 4:
+        raise NotExpressible("a Pad of a tensor that is not 4-D: MPSNNPad pads images")
+    mode = str(attr(node, "mode", "constant"))
+    if mode not in _PAD_MODES:
+        raise NotExpressible(f"Pad mode {mode!r}: MPSImageEdgeMode has zero, constant, "
+                             "clamp, mirror and mirror-with-edge")
+    fill = 0.0
+    if node.opset < 11:
+        pads = [int(p) for p in attr(node, "pads", [])]
+        fill = float(attr(node, "value", 0.0))
+    else:
+        ins = [*node.inputs, "", "", ""]
+        p = node.const(ins[1])
+        if p is None:
+            raise NotExpressible("a Pad whose pads are not a constant")
+        pads = [int(v) for v in np.asarray(p).ravel()]
+        if ins[2]:
+            v = node.const(ins[2])
+            if v is None:
+                raise NotExpressible("a Pad whose constant_value is not a constant")
+            fill = float(np.asarray(v).ravel()[0]) if np.size(v) else 0.0
+        if ins[3]:
+            a = node.const(ins[3])
+            if a is None:
+                raise NotExpressible("a Pad whose axes are not a constant")
+            full = [0] * 8
+            for k, ax in enumerate(int(v) % 4 for v in np.asarray(a).ravel()):
+                full[ax], full[ax + 4] = pads[k], pads[k + len(pads) // 2]
+            pads = full
+    if len(pads) != 8 or any(v < 0 for v in pads):
+        raise NotExpressible(f"Pad pads {pads}: MPSNNPad adds pixels (no cropping)")
+    if any(pads[k] for k in (0, 1, 4, 5)):
+        raise NotExpressible(f"a Pad of the batch or channel axes (pads {pads}): MPSNNPad "
+                             "pads height and width here")
+    edge = "constant" if mode == "constant" and fill != 0.0 else _PAD_MODES[mode]
+    before, after = (pads[2], pads[3]), (pads[6], pads[7])
+    names = {"zero": "Zero", "constant": "Constant", "clamp": "Clamp", "mirror": "Mirror"}
+
+    def run(xs: list[Image], dt: Any) -> Image:
+        return pad(xs[0], before, after, edge, fill, out_dtype=dt)
+
+    def bound(xs: list[Image], ds: list[np.ndarray]) -> np.ndarray:
+        # each value is one source value or the fill: moves as that source value
+        d = Image.from_nhwc(ds[0], np.float32)
+        return pad(d, before, after, "zero" if edge == "constant" else edge,
+                   out_dtype=np.float32).nhwc()
+
+    return Kernel(f"MPSNNPad (MPSImageEdgeMode{names[edge]})", [node.inputs[0]], run, bound)
+
+
 BUILDERS: dict[str, Callable[[NodeView], Kernel]] = {
     **dict.fromkeys(("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"),
                     lambda node: _pool(node)),
-    "Resize": _resize, "Upsample": _resize,
+    "Resize": _resize, "Upsample": _resize, "Pad": _pad,
 }
