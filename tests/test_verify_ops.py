@@ -503,3 +503,34 @@ def test_pad_forms_mps_cannot_run_are_not_verified_with_the_reason(tmp_path: Pat
     report = _export_verify(_model(tmp_path, nodes, inits, opset=19), tmp_path)
     assert [x["name"] for x in report.not_verified] == ["pad"]
     assert "MPSImageEdgeMode has" in report.not_verified[0]["reason"]
+
+
+# ----------------------------------------------------------------------- shape-derived
+
+
+def test_a_scale_computed_from_shapes_is_a_constant_operand(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Attention's scale as torch exports it: Shape -> Slice -> Cast -> Sqrt ->
+    Reciprocal, then Mul: fixed once the input size is, so the Mul is MPSCNNMultiply by a
+    constant (it was "not an image the reference executor holds"); one that read the scale
+    wrong would fail."""
+    nodes = [helper.make_node("Shape", ["a"], ["s0"], name="shape"),
+             helper.make_node("Slice", ["s0", "st", "en"], ["s1"], name="slice"),
+             helper.make_node("Cast", ["s1"], ["s2"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Sqrt", ["s2"], ["s3"], name="sqrt"),
+             helper.make_node("Reciprocal", ["s3"], ["s4"], name="rsqrt"),
+             helper.make_node("Mul", ["a", "s4"], ["m"], name="scale")]
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "st"),
+             numpy_helper.from_array(np.array([2], np.int64), "en")]
+    path = _model(tmp_path, nodes, inits)
+    report = _export_verify(path, tmp_path)
+    assert report.ok, report.table()
+    assert "scale" not in {x["name"] for x in report.not_verified}, report.not_verified
+    assert _ops(report)["scale"] == "MPSCNNMultiply", report.table()
+    from mpslayout.verify import graph
+    real = graph.NodeView.const
+    monkeypatch.setattr(graph.NodeView, "const", lambda self, t: (
+        None if (c := real(self, t)) is None else c * 1.01 if t == "s4" else c))
+    report = verify(tmp_path / "out_g_float32", path)
+    assert [r.name for r in report.rows if not r.ok] == ["scale"], report.table()

@@ -51,6 +51,7 @@ class Graph:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._infer(input_shapes or {})
         self._consts: dict[str, np.ndarray | None] = {}
+        self._derived: dict[str, bool] = {}
 
     def _infer(self, input_shapes: Mapping[str, tuple[int, ...]]) -> None:
         onnx = onnx_module()
@@ -103,6 +104,32 @@ class Graph:
         self._consts[name] = value
         return value
 
+    def shape_derived(self, name: str) -> bool:
+        """Whether ``name`` is computed from constants and tensor shapes only (attention's
+        ``1 / sqrt(head_dim)`` from Shape/Gather/Cast/Sqrt): a constant of the model at a
+        given input size, which an app computes once when it builds the network."""
+        memo = self._derived
+        stack = [name]
+        while stack:
+            t = stack[-1]
+            if t in memo:
+                stack.pop()
+                continue
+            i = self.producer.get(t)
+            if t in self.inits or (i is not None and self.nodes[i].op_type in
+                                   ("Constant", "Shape", "Size")):
+                memo[t] = True
+            elif i is None or not self.nodes[i].input:
+                memo[t] = False
+            else:
+                todo = [u for u in self.nodes[i].input if u and u not in memo]
+                if todo:
+                    stack.extend(todo)
+                    continue
+                memo[t] = all(memo[u] for u in self.nodes[i].input if u)
+            stack.pop()
+        return memo[name]
+
     def sole_consumer(self, tensor: str) -> int | None:
         users = self.consumers.get(tensor, [])
         return users[0] if len(users) == 1 else None
@@ -126,7 +153,10 @@ class NodeView:
         """The constant, as the export wrote it when it did (a raw ``tensor`` layer)."""
         if tensor in self._exported:
             return self._exported[tensor]
-        return self._graph.const(tensor)
+        c = self._graph.const(tensor)
+        if c is None and tensor in self._values and self._graph.shape_derived(tensor):
+            return np.asarray(self._values[tensor])  # fixed once the input size is
+        return c
 
     def shape(self, tensor: str) -> tuple[int, ...] | None:
         v = self._values.get(tensor)
