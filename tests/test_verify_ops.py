@@ -534,3 +534,29 @@ def test_a_scale_computed_from_shapes_is_a_constant_operand(tmp_path: Path,
         None if (c := real(self, t)) is None else c * 1.01 if t == "s4" else c))
     report = verify(tmp_path / "out_g_float32", path)
     assert [r.name for r in report.rows if not r.ok] == ["scale"], report.table()
+
+
+def test_elementwise_arithmetic_on_a_5d_tensor(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mul by a constant scalar and Add of two 5-D tensors (a detect head after its 5-D
+    reshape): elementwise, so MPSCNN arithmetic on one row of pixels; a wrong kernel
+    fails."""
+    nodes = [helper.make_node("Reshape", ["a", "five"], ["r"], name="to5d"),
+             helper.make_node("Mul", ["r", "two"], ["r2"], name="double"),
+             helper.make_node("Add", ["r2", "r"], ["r3"], name="plus"),
+             helper.make_node("Reshape", ["r3", "four"], ["m"], name="to4d")]
+    inits = [numpy_helper.from_array(np.array([1, 2, 4, 6, 6], np.int64), "five"),
+             numpy_helper.from_array(np.array([1, C, 6, 6], np.int64), "four"),
+             _const("two", 2.0)]
+    path = _model(tmp_path, nodes, inits)
+    report = _export_verify(path, tmp_path)
+    assert report.ok, report.table()
+    assert _ops(report)["double"] == "MPSCNNMultiply", report.table()
+    assert _ops(report)["plus"] == "MPSCNNAdd", report.table()
+    assert not {"double", "plus"} & {x["name"] for x in report.not_verified}
+    from mpslayout.reference import onnx_pointwise
+    real = onnx_pointwise.arithmetic
+    monkeypatch.setattr(onnx_pointwise, "arithmetic", lambda kind, *a, **k: real(
+        "subtract" if kind == "add" else kind, *a, **k))
+    report = verify(tmp_path / "out_g_float32", path)
+    assert "plus" in [r.name for r in report.rows if not r.ok], report.table()

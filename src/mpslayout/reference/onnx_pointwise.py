@@ -23,7 +23,7 @@ from .onnx_kernel import (
     float_image,
 )
 
-__all__ = ["BUILDERS", "arithmetic_kernel", "broadcast_strides", "constant_image",
+__all__ = ["ARITHMETIC_OPS", "BUILDERS", "arithmetic_kernel", "broadcast_strides", "constant_image",
            "gelu_kernel"]
 
 
@@ -201,6 +201,9 @@ def broadcast_strides(operand: tuple[int, ...], out: tuple[int, ...]) -> tuple[i
 _ARITH = {"Add": ("add", "MPSCNNAdd"), "Sum": ("add", "MPSCNNAdd"),
           "Sub": ("subtract", "MPSCNNSubtract"), "Mul": ("multiply", "MPSCNNMultiply"),
           "Div": ("divide", "MPSCNNDivide")}
+
+
+ARITHMETIC_OPS = _ARITH  # ONNX op -> (reference arithmetic kind, MPS kernel)
 
 
 def constant_image(value: np.ndarray, rank: int, dtype: Any) -> Image:

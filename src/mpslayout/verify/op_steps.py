@@ -7,7 +7,12 @@ import numpy as np
 
 from .. import reference as R
 from ..reference.onnx_ops import Kernel, NotExpressible
-from ..reference.onnx_pointwise import gelu_kernel
+from ..reference.onnx_pointwise import (
+    ARITHMETIC_OPS,
+    arithmetic_kernel,
+    constant_image,
+    gelu_kernel,
+)
 from . import tolerance as T
 from .patterns import Fused
 from .report import Row
@@ -46,6 +51,8 @@ class OpSteps(Walk):
         out = n.output[0] if n.output else ""
         like = self.values.get(out)
         if name in self.tensor_layers and not self._has_kernel(i):
+            if like is not None and self._run_flat_arithmetic(i, like):
+                return
             self._borrow(i, f"exported as a raw tensor (layer "
                             f"{self.tensor_layers[name].name!r}) for a custom kernel: no "
                             "MPSCNN kernel")
@@ -104,7 +111,8 @@ class OpSteps(Walk):
         try:
             kernel = self._kernel(i)
         except NotExpressible as e:
-            self._borrow(i, str(e))
+            if not self._run_flat_arithmetic(i, like):
+                self._borrow(i, str(e))
             return
         if kernel is None:
             self._borrow(i, _NO_KERNEL.get(op, f"no MPSCNN kernel for ONNX {op}"))
@@ -198,10 +206,11 @@ class OpSteps(Walk):
         self._unjudged([i], f"its output {self.g.nodes[i].output[0]!r}")
         return True
 
-    def _op_result(self, kernel: Kernel, xs: list[R.Image], i: int | None = None
-                   ) -> tuple[R.Image, np.ndarray]:
+    def _op_result(self, kernel: Kernel, xs: list[R.Image], i: int | None = None,
+                   deltas: list[np.ndarray] | None = None) -> tuple[R.Image, np.ndarray]:
         y = kernel.run(xs, None)
-        deltas = [self._delta(x, t) for x, t in zip(xs, kernel.images)]
+        if deltas is None:
+            deltas = [self._delta(x, t) for x, t in zip(xs, kernel.images)]
         # a constant operand the export stores as a raw tensor is read as stored (float16
         # in a float16 export): its rounding moves the result by up to that unit times the
         # operation's magnitude (|x c| for a product, |x| + |c| for a sum)
@@ -227,8 +236,46 @@ class OpSteps(Walk):
                 or src.dtype.kind != "f":
             return False
         flat = as_val(src.reshape(1, 1, -1, 1), self.storage).image
+        return self._judge_row(i, kernel, [flat], [src], like)  # type: ignore[list-item]
+
+    def _run_flat_arithmetic(self, i: int, like: np.ndarray) -> bool:
+        """Add/Sub/Mul/Div of tensors that are not images (5-D and up), each operand the
+        result's shape or a constant scalar: elementwise, so MPSCNN arithmetic on the
+        oracle's operands laid out as one row of pixels, judged in isolation."""
+        n = self.g.nodes[i]
+        ins = [t for t in n.input if t]
+        if n.op_type not in ARITHMETIC_OPS or len(ins) != 2 or like.dtype.kind != "f":
+            return False
+        images, strides, constants, flat, srcs = [], [], {}, [], []
+        for k, t in enumerate(ins):
+            c = self.exported.get(t, self.g.const(t))  # as the export wrote it, if it did
+            v = self.values.get(t)
+            if c is not None and c.size == 1 and c.dtype.kind == "f":
+                constants[k] = constant_image(c.reshape(1, 1, 1, 1), 4, np.float32)
+                strides.append((0, 0, 0))
+            elif c is None and v is not None and v.shape == like.shape and v.dtype.kind == "f":
+                images.append(t)
+                strides.append((1, 1, 1))
+                flat.append(as_val(v.reshape(1, 1, 1, -1), self.storage).image)
+                srcs.append(v)
+            else:
+                return False
+        if not images:
+            return False
+        kernel = arithmetic_kernel(*ARITHMETIC_OPS[n.op_type], images, strides, constants,
+                                   (1, 1, 1, like.size))
+        return self._judge_row(i, kernel, flat, srcs, like)
+
+    def _judge_row(self, i: int, kernel: Kernel, flat: list[R.Image], srcs: list[np.ndarray],
+                   like: np.ndarray) -> bool:
+        """``kernel`` on the oracle's operands ``srcs`` laid out as the images ``flat``,
+        compared with the oracle's ``like``; the operands' error is their rounding to
+        the image type (the oracle's values are the inputs)."""
+        n = self.g.nodes[i]
+        deltas = [np.abs(x.nhwc() - np.asarray(a, np.float64).reshape(x.shape))
+                  for x, a in zip(flat, srcs)]
         try:
-            y, err = self._op_result(kernel, [flat], None)  # type: ignore[list-item]
+            y, err = self._op_result(kernel, flat, None, deltas)
         except ValueError:
             return False
         row = Row(len(self.report.rows) + 1, self.g.names[i], n.op_type, kernel.mps, False,
