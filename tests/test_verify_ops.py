@@ -560,3 +560,23 @@ def test_elementwise_arithmetic_on_a_5d_tensor(tmp_path: Path,
         "subtract" if kind == "add" else kind, *a, **k))
     report = verify(tmp_path / "out_g_float32", path)
     assert "plus" in [r.name for r in report.rows if not r.ok], report.table()
+
+
+def test_a_wrong_neuron_on_a_5d_tensor_fails(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """YOLO's Sigmoid after its 5-D reshape runs on one row of pixels; its tolerance is the
+    input's rounding, so a sigmoid off by 1e-3 is a divergence (the bound was infinite)."""
+    nodes = [helper.make_node("Reshape", ["a", "five"], ["r"], name="to5d"),
+             helper.make_node("Sigmoid", ["r"], ["r2"], name="sig"),
+             helper.make_node("Reshape", ["r2", "four"], ["m"], name="to4d")]
+    inits = [numpy_helper.from_array(np.array([1, 2, 4, 6, 6], np.int64), "five"),
+             numpy_helper.from_array(np.array([1, C, 6, 6], np.int64), "four")]
+    path = _model(tmp_path, nodes, inits)
+    report = _export_verify(path, tmp_path)
+    assert report.ok, report.table()
+    assert _ops(report)["sig"] == "MPSCNNNeuronSigmoid", report.table()
+    from mpslayout.reference import neurons
+    monkeypatch.setitem(neurons._FORMULAS, "sigmoid",
+                        lambda x, a, b, c: 1.0 / (1.0 + np.exp(-x)) + 1e-3)
+    report = verify(tmp_path / "out_g_float32", path)
+    assert [r.name for r in report.rows if not r.ok] == ["sig"], report.table()
