@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import bfloat16_bits_to_float32
 from . import statedict
-from .layers import Overrides, Plan, TensorRef
+from .layers import Overrides, Plan, TensorRef, bfloat16_ref
 
 MAX_HEADER = 100 << 20  # the safetensors library's own limit
 
@@ -39,14 +38,6 @@ def _dtype(code: str) -> np.dtype:
     if code == "BF16":
         return _BF16_BITS
     raise ValueError(f"unknown safetensors dtype {code!r}")
-
-
-def _ml_bfloat16() -> np.dtype | None:
-    try:
-        import ml_dtypes  # optional: keeps bfloat16 tensors memory-mapped
-    except ImportError:
-        return None
-    return np.dtype(ml_dtypes.bfloat16)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -135,20 +126,16 @@ def read_header(path: str) -> tuple[dict[str, TensorRef], dict[str, str]]:
 
 def _ref(path: str, name: str, dt: np.dtype, shape: tuple[int, ...], offset: int,
          bfloat16: bool = False) -> TensorRef:
+    """A memory-mapped tensor; bfloat16 (stored as ``<u2`` bits) typed by ``bfloat16_ref``."""
     count = math.prod(shape)
-    widen = False
-    if bfloat16:
-        ml_bf16 = _ml_bfloat16()
-        dt, widen = (ml_bf16, False) if ml_bf16 is not None else (np.dtype(np.float32), True)
-    stored = _BF16_BITS if widen else dt
 
     def opener() -> np.ndarray:
         if count == 0:
             return np.empty(shape, dt)
-        a = np.memmap(path, dtype=stored, mode="r", offset=offset, shape=(count,))
-        return bfloat16_bits_to_float32(a).reshape(shape) if widen else a.reshape(shape)
+        return np.memmap(path, dtype=dt, mode="r", offset=offset, shape=(count,)).reshape(shape)
 
-    return TensorRef(name, shape, dt, opener)
+    ref = TensorRef(name, shape, dt, opener)
+    return bfloat16_ref(ref) if bfloat16 else ref
 
 
 def read(path: str, *, overrides: Overrides) -> Plan:
