@@ -45,20 +45,20 @@ def _conv_core(src: Image, w: np.ndarray, *, groups: int, offset: Pair, strides:
     acc = np.zeros((n * oh * ow, groups, og), F8)
     # weights per tap as (g, I/g, O/g)
     wt = w.reshape(groups, og, kh, kw, ig).transpose(2, 3, 0, 4, 1)
-    for ty in range(kh):
+
+    def tap(out_n: int, in_n: int, k: int, axis: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+        # axis 0 is x, 1 is y (MPS's order of strides, offsets and dilations)
         if transposed:
-            iy, vy = _transposed_index(oh, h, kh, strides[1], kernel_offset[1],
-                                       dilation[1], ty)
-        else:
-            iy, vy = _conv_index(oh, h, kh, strides[1], offset[1], dilation[1], ty)
+            return _transposed_index(out_n, in_n, k, strides[axis], kernel_offset[axis],
+                                     dilation[axis], t)
+        return _conv_index(out_n, in_n, k, strides[axis], offset[axis], dilation[axis], t)
+
+    for ty in range(kh):
+        iy, vy = tap(oh, h, kh, 1, ty)
         if not vy.any():
             continue
         for tx in range(kw):
-            if transposed:
-                ix, vx = _transposed_index(ow, wd, kw, strides[0], kernel_offset[0],
-                                           dilation[0], tx)
-            else:
-                ix, vx = _conv_index(ow, wd, kw, strides[0], offset[0], dilation[0], tx)
+            ix, vx = tap(ow, wd, kw, 0, tx)
             if not vx.any():
                 continue
             slab = _gather(x, iy, ix).reshape(n * oh * ow, groups, ig).transpose(1, 0, 2)
