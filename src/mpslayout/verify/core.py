@@ -27,16 +27,6 @@ from .tolerance import U16
 __all__ = ["Oracle", "verify_graph"]
 
 
-def _requantized_notes(report: Report, layers: list[Any]) -> None:
-    """Weights requantized from floats (export --dtype uint8) differ from the model's by up
-    to half a quantization step each: say so on their rows (the tolerance does not)."""
-    lossy = {x.name for x in layers if not x.entry.get("quantization", {}).get("exact", True)}
-    for row in report.rows:
-        if row.layer and row.name in lossy:
-            row.notes.append("weights requantized to 8 bits from floats: differences of "
-                             "the order of the weights' quantization step are expected "
-                             "(not counted in the tolerance; raise --atol to accept them)")
-
 Oracle = Callable[[Sequence[str]], Mapping[str, np.ndarray]]
 
 
@@ -81,7 +71,6 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
     ex = Executor(g, layers, values, st, U16 if wdt == "float16" else 0.0, report,
                   list(doc.get("skipped", [])) + list(doc.get("unsupported", [])))
     ex.run(arrays)
-    _requantized_notes(report, layers)
     if recurrent:  # sequences, not images: checked node by node (mpslayout.verify_rnn)
         done = verify_rnn.check_layers(g, recurrent, values, report)
         before = len(report.not_verified)

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,8 +28,12 @@ class VerifyError(ValueError):
 
 @dataclass
 class ExportedLayer:
+    """A manifest entry and its arrays (8-bit weights as MPS reads them, float32); ``quant``
+    keeps the 8-bit form's own ``ranges`` or ``lut`` for the tolerance."""
+
     entry: dict[str, Any]
     arrays: dict[str, np.ndarray]
+    quant: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -94,7 +98,8 @@ def load_export(outdir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Ex
                 raise VerifyError(f"layer {entry.get('name')!r}: {name} does not match its "
                                   "SHA-256 in the manifest (changed after the export?)")
             arrays[role] = np.fromfile(fpath, dtype=dt).reshape(shape)
-        layers.append(ExportedLayer(entry, float_weights(arrays)))  # 8-bit: as MPS reads it
+        quant = {k: arrays[k] for k in ("ranges", "lut") if k in arrays}
+        layers.append(ExportedLayer(entry, float_weights(arrays), quant))  # as MPS reads it
     return doc, layers
 
 

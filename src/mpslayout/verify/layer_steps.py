@@ -10,6 +10,7 @@ from .. import reference as R
 from . import tolerance as T
 from .files import VerifyError
 from .layers import Segment, arithmetic_layer, run_layer, tap_problem, terms
+from .quant_bounds import requantized, weight_error
 from .report import Row
 from .values import Val, as_image, as_val
 from .walk import Walk
@@ -27,21 +28,47 @@ class LayerSteps(Walk):
             return str(rs.get("source_order", "CHW"))
         return None
 
-    def _layer(self, seg: Segment, x: R.Image, src_t: str) -> tuple[R.Image, np.ndarray]:
-        """The layer's result on ``x`` and what rounding and ``x``'s own error explain."""
+    def _quant_term(self, seg: Segment, x: R.Image, dest: tuple[int, int] | None
+                    ) -> np.ndarray | None:
+        """What requantized 8-bit weights explain (NHWC): the layer on ``|x|`` with each
+        weight replaced by its output channel's bound (:mod:`.quant_bounds`); None when
+        the weights are not requantized or no bound is known (the row says which)."""
+        if not requantized(seg.layer):
+            return None
+        if seg.layer.name not in self.quant_bounds:
+            self.quant_bounds[seg.layer.name] = weight_error(self.g, seg, self.values)
+        e, _ = self.quant_bounds[seg.layer.name]
+        w = seg.layer.arrays.get("weights")
+        if e is None or w is None:
+            return None
+        per_weight = np.broadcast_to(e.astype(np.float32).reshape((-1,) + (1,) * (w.ndim - 1)),
+                                     w.shape)
+        return run_layer(self.g, seg, x, dest, self.values, magnitude=True, bias=False,
+                         weights=np.ascontiguousarray(per_weight)).nhwc().astype(np.float64)
+
+    def _layer(self, seg: Segment, x: R.Image, src_t: str
+               ) -> tuple[R.Image, np.ndarray, np.ndarray | None]:
+        """The layer's result on ``x``, what rounding, ``x``'s own error and requantized
+        weights explain, and the part of that the weights' quantization makes (or None)."""
         dest = self._dest(seg.end)
         pre = run_layer(self.g, seg, x, dest, self.values)
+        delta = self._delta(x, src_t)
         with np.errstate(invalid="ignore", over="ignore"):  # an unknown input error is inf
             if seg.layer.kind == "arithmetic":
-                moved = arithmetic_layer(self.g, seg, self.values).bound(
-                    [x], [self._delta(x, src_t)])
+                moved = arithmetic_layer(self.g, seg, self.values).bound([x], [delta])
             else:  # linear in x: the layer on |d| with |w| and no bias
-                moved = run_layer(self.g, seg, as_image(self._delta(x, src_t)), dest,
+                moved = run_layer(self.g, seg, as_image(delta), dest,
                                   self.values, magnitude=True, bias=False).nhwc()
         mag = run_layer(self.g, seg, x, dest, self.values, magnitude=True).nhwc()
         u_w = self.u_w if seg.layer.kind != "batch_normalization" else 0.0
+        if seg.layer.entry.get("weights_dtype") == "uint8":
+            u_w = max(u_w, T.U16)  # MPS dequantizes 8-bit weights to half precision
         moved = np.where(np.isnan(moved), np.inf, moved)
         err = moved + (terms(seg, x) * T.U32 + u_w) * mag + self.u_s * np.abs(pre.nhwc())
+        # the weight error meets the oracle's input, at most |x| + |d| from 0
+        with np.errstate(invalid="ignore", over="ignore"):
+            q = self._quant_term(seg, as_image(np.abs(x.nhwc()) + delta), dest)
+        errs = [err] if q is None else [err + q, err]  # with and without quantization
         y = pre
         for j in seg.post:
             k = self._kernel(j)
@@ -49,9 +76,11 @@ class LayerSteps(Walk):
                 raise VerifyError(f"no reference kernel for {self.g.names[j]!r}")
             nxt = k.run([y], None)
             with np.errstate(invalid="ignore", over="ignore"):
-                err = k.bound([y], [err]) + k.stores * self.u_s * np.abs(nxt.nhwc())
+                errs = [k.bound([y], [e]) + k.stores * self.u_s * np.abs(nxt.nhwc())
+                        for e in errs]
             y = nxt
-        return y, np.where(np.isnan(err), np.inf, err)
+        errs = [np.where(np.isnan(e), np.inf, e) for e in errs]
+        return y, errs[0], (errs[0] - errs[1] if len(errs) > 1 else None)
 
     def _run_layer(self, seg: Segment) -> None:
         self.done.update(seg.nodes)
@@ -62,8 +91,8 @@ class LayerSteps(Walk):
                       if seg.layer.kind != "arithmetic" or g.const(t) is None)
         if like is None and self._input(img_in).image is not None:
             try:
-                y, _ = self._layer(seg, self._input(img_in).image,  # type: ignore[arg-type]
-                                   self._image_tensor(img_in))
+                y, _, _ = self._layer(seg, self._input(img_in).image,  # type: ignore[arg-type]
+                                      self._image_tensor(img_in))
                 self.vals[seg.end] = Val(y)
                 self._unjudged(seg.nodes, f"layer {seg.layer.name!r}'s output {seg.end!r}")
                 return
@@ -94,12 +123,27 @@ class LayerSteps(Walk):
                 x_iso = as_val(self.values[src_t], self.storage).image
                 if x_iso is None:
                     raise VerifyError(f"the oracle's {src_t!r} is not an image")
-                y_iso, err = self._layer(seg, x_iso, src_t)
-                row.isolated = self._check(Val(y_iso, self._flat(seg)), like, err)
-            y, err = self._layer(seg, x_val.image, src_t)
+                y_iso, err, part = self._layer(seg, x_iso, src_t)
+                row.isolated = self._check(Val(y_iso, self._flat(seg)), like, err, part)
+            y, err, part = self._layer(seg, x_val.image, src_t)
             self.vals[seg.end] = Val(y, self._flat(seg))
-            row.chained = self._check(self.vals[seg.end], like, err)
+            row.chained = self._check(self.vals[seg.end], like, err, part)
         except (VerifyError, ValueError, KeyError) as e:
             row.error = str(e) if isinstance(e, VerifyError) else f"{type(e).__name__}: {e}"
             if seg.end in self.values:
                 self.vals[seg.end] = as_val(self.values[seg.end], self.storage)
+        if requantized(seg.layer):
+            row.notes.append(self._quant_note(seg, row))
+
+    def _quant_note(self, seg: Segment, row: Row) -> str:
+        """What the tolerance allowed for the requantized weights, and how much of it."""
+        e, what = self.quant_bounds.get(seg.layer.name, (None, "no bound computed"))
+        if e is None:
+            return ("weights requantized to 8 bits from floats; their quantization error is "
+                    f"not in the tolerance ({what}): raise --atol to accept it")
+        shares = [f"{c.quant_share:.0%} ({label})" for label, c in
+                  (("isolated", row.isolated), ("chained", row.chained))
+                  if c is not None and c.quant_share is not None]
+        return ("weights requantized to 8 bits from floats: the tolerance includes the layer "
+                f"on |x| with each weight's bound ({what}); at the element closest to "
+                "failing that is " + (", ".join(shares) or "-") + " of the tolerance")

@@ -212,12 +212,15 @@ def _constant_image(seg: Segment) -> R.Image:
 
 def run_layer(g: Graph, seg: Segment, x: R.Image, dest: tuple[int, int] | None,
               values: Mapping[str, np.ndarray], *, magnitude: bool = False,
-              bias: bool = True, out_dtype: Any = None) -> R.Image:
+              bias: bool = True, out_dtype: Any = None,
+              weights: np.ndarray | None = None) -> R.Image:
     """The layer on image ``x``; with ``magnitude``, on ``|x|`` with ``|w|`` and ``|b|``
     (``bias`` False: without it), in float32: the sum of the absolute terms of each output,
-    and (on ``|d|``, without bias) a bound on how far an input error ``d`` moves it."""
+    and (on ``|d|``, without bias) a bound on how far an input error ``d`` moves it.
+    ``weights``: run with these (the layer's shape and layout) instead of the export's: a
+    per-weight error bound gives what that error moves each output by, at most."""
     e, kind, arr = seg.layer.entry, seg.layer.kind, seg.layer.arrays
-    w = arr.get("weights")
+    w = arr.get("weights") if weights is None else weights
     b = arr.get("bias")
     if magnitude:
         x = R.Image(np.abs(x.data).astype(np.float32), x.channels)

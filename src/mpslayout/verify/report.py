@@ -13,16 +13,22 @@ __all__ = ["Check", "Report", "Row"]
 @dataclass
 class Check:
     """Largest absolute error, the same over the largest |oracle value| of the tensor, the largest
-    ratio of an element's error to its tolerance (<= 1 passes), and the verdict."""
+    ratio of an element's error to its tolerance (<= 1 passes), the verdict, and (weights
+    requantized to 8 bits) the fraction of the tolerance their quantization bound makes at
+    the element closest to failing."""
 
     max_abs: float
     max_rel: float
     worst: float
     ok: bool
+    quant_share: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"max_abs": _num(self.max_abs), "max_rel": _num(self.max_rel),
-                "error_over_tolerance": _num(self.worst), "ok": self.ok}
+        d: dict[str, Any] = {"max_abs": _num(self.max_abs), "max_rel": _num(self.max_rel),
+                             "error_over_tolerance": _num(self.worst), "ok": self.ok}
+        if self.quant_share is not None:
+            d["quantization_share"] = _num(self.quant_share)
+        return d
 
 
 def _num(x: float) -> float | str:

@@ -36,6 +36,8 @@ class Walk:
         self.vals: dict[str, Val] = {}
         self.flattened: set[str] = set()  # tensors the walk holds as their image, flattened
         self.done: set[int] = set()
+        # layer name -> per-output-channel bound of requantized weights (quant_bounds)
+        self.quant_bounds: dict[str, tuple[np.ndarray | None, str]] = {}
         self.tensor_layers = {str(x.entry.get("source", {}).get("node")): x for x in layers
                               if x.kind == "tensor"}
         # raw tensors stand in for the model's constants, so a kernel checks the export's
@@ -95,14 +97,17 @@ class Walk:
             return np.full(img.shape, np.inf)
         return np.abs(img.nhwc() - v.nhwc())
 
-    def _check(self, y: Val, like: np.ndarray, explained_nhwc: np.ndarray) -> Check:
+    def _check(self, y: Val, like: np.ndarray, explained_nhwc: np.ndarray,
+               part_nhwc: np.ndarray | None = None) -> Check:
         ref = as_oracle(y, like)
         if ref is None:
             shape = None if y.image is None else list(y.image.shape)
             raise VerifyError(f"the reference result (N, H, W, C)={shape} does not match "
                               f"the oracle's {list(like.shape)}")
         extra = as_oracle(Val(as_image(explained_nhwc), y.flat), like)
-        return T.check(ref, like, self.atol, self.rtol, np.inf if extra is None else extra)
+        part = None if part_nhwc is None else as_oracle(Val(as_image(part_nhwc), y.flat), like)
+        return T.check(ref, like, self.atol, self.rtol, np.inf if extra is None else extra,
+                       part)
 
     def _unjudged(self, nodes: list[int], what: str) -> None:
         """Nodes the oracle gives no value for: computed and passed on, not compared."""
