@@ -29,7 +29,7 @@ class VerifyError(ValueError):
 @dataclass
 class ExportedLayer:
     """A manifest entry and its arrays (8-bit weights as MPS reads them, float32); ``quant``
-    keeps the 8-bit form's own ``ranges`` or ``lut`` for the tolerance."""
+    keeps the 8-bit form's bytes ``q`` and ``ranges`` or ``lut``, for the tolerance."""
 
     entry: dict[str, Any]
     arrays: dict[str, np.ndarray]
@@ -99,6 +99,8 @@ def load_export(outdir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Ex
                                   "SHA-256 in the manifest (changed after the export?)")
             arrays[role] = np.fromfile(fpath, dtype=dt).reshape(shape)
         quant = {k: arrays[k] for k in ("ranges", "lut") if k in arrays}
+        if quant and "weights" in arrays:
+            quant["q"] = arrays["weights"]
         layers.append(ExportedLayer(entry, float_weights(arrays), quant))  # as MPS reads it
     return doc, layers
 

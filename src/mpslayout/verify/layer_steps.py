@@ -31,7 +31,7 @@ class LayerSteps(Walk):
     def _quant_term(self, seg: Segment, x: R.Image, dest: tuple[int, int] | None
                     ) -> np.ndarray | None:
         """What requantized 8-bit weights explain (NHWC): the layer on ``|x|`` with each
-        weight replaced by its output channel's bound (:mod:`.quant_bounds`); None when
+        weight replaced by its error bound (:mod:`.quant_bounds`); None when
         the weights are not requantized or no bound is known (the row says which)."""
         if not requantized(seg.layer):
             return None
@@ -41,8 +41,7 @@ class LayerSteps(Walk):
         w = seg.layer.arrays.get("weights")
         if e is None or w is None:
             return None
-        per_weight = np.broadcast_to(e.astype(np.float32).reshape((-1,) + (1,) * (w.ndim - 1)),
-                                     w.shape)
+        per_weight = np.broadcast_to(e.astype(np.float32), w.shape)
         return run_layer(self.g, seg, x, dest, self.values, magnitude=True, bias=False,
                          weights=np.ascontiguousarray(per_weight)).nhwc().astype(np.float64)
 

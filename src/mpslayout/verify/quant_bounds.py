@@ -11,11 +11,15 @@ tolerance. It uses properties that hold whatever order the weights are in:
   most half a step, ``(max - min)/510``; MPS's float32 evaluation of that formula and the
   float32 range add at most ``8*u32*max(|min|, |max|)`` (four roundings of values no larger
   than ``2*max(|min|, |max|)``).
-- lookup table: ``delta``, the largest distance from any of the model's float weights (the
-  set of them, after the per-output-channel scale of a folded Mul/Div/batch norm and a
-  Gemm alpha) to its nearest table entry, plus ``4*u32`` of the largest magnitude (the
-  float32 rounding of the folded weights); 0 joins the set when the exported weights hold
-  more values than the source (a depthwise multiplier expanded with zeros).
+- lookup table: for each table value ``v``, ``delta_v``: the largest distance to ``v`` of
+  the model's float weights whose nearest table value is ``v`` (the set of weights, after
+  the per-output-channel scale of a folded Mul/Div/batch norm and a Gemm alpha; a weight
+  within rounding of a tie counts for both neighbours), plus ``4*u32`` of the largest
+  magnitude (float32 rounding of folded weights). A weight MPS reads as ``lut[q]`` is then
+  within ``delta_lut[q]`` of the model's; a layout bug only permutes these bounds, so its
+  tolerance is never above the one with ``max(delta)`` for every weight. 0 joins the set
+  when the exported weights hold more values than the source (a depthwise multiplier
+  expanded with zeros).
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ def requantized(layer: ExportedLayer) -> bool:
 
 def weight_error(g: Graph, seg: Segment, values: Mapping[str, np.ndarray]
                  ) -> tuple[np.ndarray | None, str]:
-    """Per exported output channel, a bound on ``|MPS's weight - the model's weight|``
-    (float64, one value per channel) and how it was made; ``(None, why)`` when no bound
-    can be made without position-by-position comparison."""
+    """A bound on ``|MPS's weight - the model's weight|`` for each exported weight (float64,
+    broadcastable to the weights' shape: one value per output channel for linear ranges,
+    one per weight for a lookup table) and how it was made; ``(None, why)`` when no bound
+    can be made without a position-by-position comparison."""
     layer = seg.layer
     w = layer.arrays.get("weights")
     if w is None or w.ndim < 1:
@@ -58,20 +63,34 @@ def weight_error(g: Graph, seg: Segment, values: Mapping[str, np.ndarray]
             return None, f"{r.shape[0]} ranges for {n_out} output channels"
         lo, hi = r[:, 0], r[:, 1]
         e = np.abs(hi - lo) / 510 + 8 * U32 * np.maximum(np.abs(lo), np.abs(hi))
-        return e, ("linear ranges: (max - min)/510 + 8 u32 max(|min|, |max|) per output "
-                   f"channel, largest {e.max(initial=0):.3g}")
-    lut = np.sort(np.asarray(layer.quant["lut"], _F8).ravel())
+        return e.reshape((-1,) + (1,) * (w.ndim - 1)), (
+            "linear ranges: (max - min)/510 + 8 u32 max(|min|, |max|) per output channel, "
+            f"largest {e.max(initial=0):.3g}")
     src = _source_weights(g, seg, values)
     if isinstance(src, str):
         return None, src
     if src.size < w.size:
         src = np.append(src, 0.0)
-    i = np.clip(np.searchsorted(lut, src), 1, lut.size - 1)
-    dist = np.minimum(np.abs(src - lut[i - 1]), np.abs(src - lut[i]))
-    big = max(float(np.abs(src).max(initial=0)), float(np.abs(lut).max(initial=0)))
-    delta = float(dist.max(initial=0)) + 4 * U32 * big
-    return np.full(n_out, delta), (f"lookup table: largest distance of the model's weights "
-                                   f"to the table, {delta:.3g}")
+    lut = np.asarray(layer.quant["lut"], _F8).ravel()
+    delta = _lut_deltas(lut, src)
+    return delta[layer.quant["q"]], ("lookup table: per entry, the largest distance of the "
+                                     "model's weights nearest to it, largest "
+                                     f"{delta.max(initial=0):.3g}")
+
+
+def _lut_deltas(lut: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """Per table entry, the largest distance to it of the weights ``src`` nearest to it."""
+    vals, inv = np.unique(lut, return_inverse=True)
+    slack = 4 * U32 * max(float(np.abs(src).max(initial=0)), float(np.abs(vals).max()))
+    i = np.searchsorted(vals, src)
+    lo, hi = np.clip(i - 1, 0, vals.size - 1), np.clip(i, 0, vals.size - 1)
+    d_lo, d_hi = np.abs(src - vals[lo]), np.abs(src - vals[hi])
+    near = np.minimum(d_lo, d_hi) + slack
+    cell = np.zeros(vals.size)
+    for idx, d in ((lo, d_lo), (hi, d_hi)):
+        m = d <= near
+        np.maximum.at(cell, idx[m], d[m])
+    return cell[inv.ravel()] + slack
 
 
 def _source_weights(g: Graph, seg: Segment, values: Mapping[str, np.ndarray]
