@@ -11,7 +11,8 @@ The contract other tools (``mpslayout verify``, the Swift loader) read:
   included (a batch norm's role -> tensor table, where there is one, is ``source.roles``).
 - folding: a Conv/ConvTranspose/Gemm/MatMul layer that absorbed following per-channel
   Add/Sub/Mul/Div nodes lists them in ``source.fused`` as ``{"node", "op", "tensor"}`` in
-  graph order, and its ``source.output`` is the output of the last fused node.
+  graph order (plus ``"reshape"``: the Reshape of a constant that gave the node its
+  operand), and its ``source.output`` is the output of the last fused node.
 - kind "arithmetic" (MPSCNNAdd/Subtract/Multiply/Divide with a constant operand): ``op``
   (add/subtract/multiply/divide), ``constant_operand`` (primary/secondary: Sub(c, x) has the
   constant as MPS's primary), ``constant_shape`` {height, width, channels} of the constant

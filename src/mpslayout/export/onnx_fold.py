@@ -14,7 +14,10 @@ per output channel (every other axis 1 after broadcasting), the values are finit
 non-zero for ``Div``), the folded weights and bias stay within float32's range (a scale
 that would overflow them is left as an arithmetic layer), and the constant is the second
 operand of a ``Sub``/``Div`` (``c - x`` and ``c / x`` stay arithmetic layers, with the
-constant as MPS's primary).
+constant as MPS's primary). The constant may come through a ``Reshape`` of a constant by a
+constant shape that nothing else reads (ONNX Runtime's ``quantize_dynamic`` writes a Conv's
+bias as ``Reshape(bias, [1, C, 1, 1]) -> Add``): the Reshape is folded with it (the fused
+record's ``reshape``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .layers import Layer, SkipLayer, batch_norm_fold, is_float
+from .layers import Layer, SkipLayer, TensorRef, batch_norm_fold, is_float
 
 FOLDABLE = ("Add", "Sub", "Mul", "Div")
 F32_MAX = float(np.finfo(np.float32).max)
@@ -76,7 +79,7 @@ def fold_chain(g: Any, out: str, n: int, rank: int, axis: int,
             pos = 0 if nxt.input[0] == f.out else 1
             if pos == 1 and nxt.op_type in ("Sub", "Div"):
                 return f
-            ref = g.const(nxt.input[1 - pos])
+            ref, reshape = _operand(g, nxt.input[1 - pos])
             if ref is None or not is_float(ref.dtype) or not per_channel(ref.shape, rank,
                                                                          axis, n):
                 return f
@@ -96,10 +99,39 @@ def fold_chain(g: Any, out: str, n: int, rank: int, axis: int,
                 f.scale, f.shift = before
                 return f
             f.fused.append({"node": g.name(nxt), "op": op, "tensor": ref.name})
+            if reshape is not None:  # its constant is now the layer's: no entry of its own
+                g.consumed.add(id(reshape))
+                g.plan.layers = [x for x in g.plan.layers
+                                 if x.source.get("node") != g.name(reshape)]
+                f.fused[-1]["reshape"] = g.name(reshape)
         else:
             return f
         g.consumed.add(id(nxt))
         f.out = nxt.output[0]
+
+
+def _operand(g: Any, name: str) -> tuple[TensorRef | None, Any | None]:
+    """The constant behind ``name``, also through a ``Reshape`` of a constant by a constant
+    shape read by nothing else (ONNX Runtime's quantize_dynamic writes a Conv's bias as
+    ``Reshape(bias, [1, C, 1, 1])``); and that Reshape node, or None."""
+    ref = g.const(name)
+    node = g.producer.get(name)
+    if ref is not None or node is None or node.op_type != "Reshape" or \
+            len(node.input) < 2 or g.sole_consumer(name) is None:
+        return ref, None
+    data, shape = g.const(node.input[0]), g.const(node.input[1])
+    if data is None or shape is None or shape.dtype.kind not in "iu":
+        return None, None
+    want = [int(d) for d in np.asarray(shape.load()).ravel()]
+    if not g.attrs(node).int("allowzero", 0):  # 0 copies the input's dim
+        want = [data.shape[i] if d == 0 and i < len(data.shape) else d
+                for i, d in enumerate(want)]
+    try:
+        target = np.empty(data.shape, np.bool_).reshape(want).shape
+    except ValueError:
+        return None, None
+    return TensorRef(data.name, tuple(target), data.dtype,
+                     lambda: data.load().reshape(target)), node
 
 
 def _in_range(f: Folded, weight_absmax: Callable[[], float] | None) -> bool:

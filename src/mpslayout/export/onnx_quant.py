@@ -169,6 +169,9 @@ def integer_node(g: Any, node: Any) -> None:
     if dql is not None and dql.op_type == "DynamicQuantizeLinear":
         x = dql.input[0]
     float_node.input.extend([x, ref.name])
+    if scaled is not None:  # the float layer's output is the rescaled one: folds follow it
+        del float_node.output[:]
+        float_node.output.append(scaled)
     g.names[id(float_node)] = g.name(node)
     before = len(g.plan.layers)
     (ol.conv if node.op_type == "ConvInteger" else ol.matmul)(g, float_node)
@@ -179,8 +182,6 @@ def integer_node(g: Any, node: Any) -> None:
                            ") and the output scaling are not part of it")
         layer.notes.extend(notes)
         layer.carried.extend(parts)
-        if scaled is not None:  # the layer's float output is the rescaled one
-            layer.source["output"] = scaled
 
 
 # ----------------------------------------------------------------------- conversion
