@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -62,6 +62,22 @@ def _read(folder: Path, info: dict[str, Any]) -> np.ndarray:
         info["shape"])
 
 
+def rewrite(out: Path, layer: str, role: str, fix: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Plant a bug: ``layer``'s ``role`` file replaced by ``fix`` of its array (same shape
+    and dtype, different values), the manifest's SHA-256 updated so only the numbers differ."""
+    import hashlib
+
+    doc = json.loads((out / "manifest.json").read_text())
+    info = next(e for e in doc["layers"] if e["name"] == layer)["files"][role]
+    old = _read(out, info)
+    new = np.ascontiguousarray(fix(old.copy()), dtype=old.dtype)
+    assert new.shape == old.shape
+    assert not np.array_equal(new, old)
+    (out / info["file"]).write_bytes(new.tobytes())
+    info["sha256"] = hashlib.sha256(new.tobytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(doc))
+
+
 def test_qdq_weights_keep_their_bytes_and_values(tmp_path: Path) -> None:
     t = _qdq_model(tmp_path / "m.onnx")
     doc = export(tmp_path / "m.onnx", tmp_path / "out", progress=False)
@@ -97,20 +113,31 @@ def test_qdq_verify_passes_and_a_range_off_by_one_step_fails(tmp_path: Path) -> 
     report = verify(tmp_path / "out", tmp_path / "m.onnx")
     assert report.ok, report.table()
     # plant the bug: the conv's ranges one step (of 255) too high, manifest kept consistent
-    conv = doc["layers"][0]
-    path = tmp_path / "out" / conv["files"]["ranges"]["file"]
-    r = np.fromfile(path, dtype=F32).reshape(-1, 2)
-    step = (r[:, 1] - r[:, 0]) / 255
-    r += step[:, None]
-    r.tofile(path)
-    import hashlib
-
-    doc["layers"][0]["files"]["ranges"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (tmp_path / "out" / "manifest.json").write_text(json.dumps(doc))
+    assert doc["layers"][0]["name"] == "conv"
+    rewrite(tmp_path / "out", "conv", "ranges",
+            lambda r: r + ((r[:, 1] - r[:, 0]) / 255)[:, None])
     report = verify(tmp_path / "out", tmp_path / "m.onnx")
     assert not report.ok
     assert report.first_divergence is not None
     assert report.first_divergence.name == "conv"
+
+
+def _quantize_dynamic(net: Any, shape: tuple[int, ...], folder: Path,
+                      weight_type: str = "QUInt8") -> Any:
+    """``net`` exported by torch to folder/f.onnx, then ONNX Runtime's quantize_dynamic of
+    its Conv/MatMul/Gemm weights to folder/q.onnx (returned, loaded)."""
+    import warnings
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(*shape),), str(folder / "f.onnx"), dynamo=False)
+        quantize_dynamic(str(folder / "f.onnx"), str(folder / "q.onnx"),
+                         weight_type=getattr(QuantType, weight_type),
+                         op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    return onnx.load(str(folder / "q.onnx"))
 
 
 @pytest.mark.parametrize("weight_type", ["QUInt8", "QInt8"])
@@ -118,24 +145,13 @@ def test_dynamic_quantization_conv_integer_exports_and_verifies(tmp_path: Path,
                                                                weight_type: str) -> None:
     """ONNX Runtime's quantize_dynamic of a torch-exported Conv + Linear: ConvInteger and
     MatMulInteger with weight zero points, weight scales in the Mul after them."""
-    import warnings
-
     torch = pytest.importorskip("torch")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from mpslayout.verify import verify
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(1, 3, 4, 4),), str(tmp_path / "f.onnx"),
-                          dynamo=False)
-        quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"),
-                         weight_type=getattr(QuantType, weight_type),
-                         op_types_to_quantize=["Conv", "MatMul", "Gemm"])
-    model = onnx.load(str(tmp_path / "q.onnx"))
+    model = _quantize_dynamic(net, (1, 3, 4, 4), tmp_path, weight_type)
     assert {"ConvInteger", "MatMulInteger"} <= {n.op_type for n in model.graph.node}
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     doc = export(tmp_path / "q.onnx", tmp_path / "out", progress=False)
@@ -159,11 +175,48 @@ def test_dynamic_quantization_conv_integer_exports_and_verifies(tmp_path: Path,
     assert all(r.ok for r in report.rows)
 
 
+def test_dynamic_quantization_biases_fold_into_the_layers(tmp_path: Path) -> None:
+    """quantize_dynamic writes ``ConvInteger -> Cast -> Mul(scale) -> Add(Reshape(bias,
+    [1, C, 1, 1]))`` for a Conv with bias and ``MatMulInteger -> Cast -> Mul -> Add(bias)``
+    for a Linear: both Adds fold into their layer's bias."""
+    torch = pytest.importorskip("torch")
+    from mpslayout.verify import verify
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 6)).eval()
+    model = _quantize_dynamic(net, (1, 3, 5, 5), tmp_path)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("ConvInteger") == 2
+    assert ops.count("MatMulInteger") == 1
+    adds = {n.name for n in model.graph.node if n.op_type == "Add"}
+    assert len(adds) == 3
+    out = tmp_path / "out"
+    doc = export(tmp_path / "q.onnx", out, progress=False)
+    layers = doc["layers"]
+    assert [e["kind"] for e in layers] == ["convolution", "convolution", "fully_connected"]
+    assert all(e["weights_dtype"] == "uint8" and e["quantization"]["exact"] for e in layers)
+    assert {f["node"] for e in layers for f in e["source"]["fused"]} == adds
+    assert sum("reshape" in f for e in layers for f in e["source"]["fused"]) == 2
+    for e, mod in zip(layers, (net[0], net[2], net[5])):
+        np.testing.assert_array_equal(_read(out, e["files"]["bias"]),
+                                      mod.bias.detach().numpy())
+    report = verify(out, tmp_path / "q.onnx")
+    assert report.ok, report.table()
+    assert [r.name for r in report.rows if r.layer] == [e["name"] for e in layers]
+    assert not report.not_verified
+    rewrite(out, layers[1]["name"], "bias", lambda b: b * 0)  # the folded bias forgotten
+    report = verify(out, tmp_path / "q.onnx")
+    assert report.first_divergence is not None
+    assert report.first_divergence.name == layers[1]["name"], report.table()
+
+
 @pytest.mark.parametrize("mode", ["linear", "lut"])
 def test_dtype_uint8_quantizes_float_weights(tmp_path: Path, mode: str) -> None:
     """--dtype uint8 on a float model: per-output-channel ranges (the twin's loops on the
-    MPS-layout weights) or one table; verify names the quantization error on each row and
-    passes with a tolerance that admits it."""
+    MPS-layout weights) or one table; verify passes with the default tolerances (which
+    include the quantization bound) and says how much of the tolerance it takes."""
     from mpslayout.cli import main
     from mpslayout.verify import verify
 
@@ -198,6 +251,7 @@ def test_dtype_uint8_quantizes_float_weights(tmp_path: Path, mode: str) -> None:
         assert conv["files"]["lut"]["layout"] == "lut"
         assert lut.shape == (256,)
         np.testing.assert_array_equal(lut[q], slow.conv_weights(w, layout="OIHW"))  # 162 values
-    loose = verify(tmp_path / "out", tmp_path / "f.onnx", atol=0.1, rtol=0.05)
-    assert loose.ok, loose.table()
-    assert any("requantized" in n for n in loose.rows[0].notes)
+    report = verify(tmp_path / "out", tmp_path / "f.onnx")
+    assert report.ok, report.table()
+    assert any("requantized" in n and "of the tolerance" in n for n in report.rows[0].notes)
+    assert report.rows[0].isolated.quant_share is not None
