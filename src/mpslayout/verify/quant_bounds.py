@@ -66,7 +66,10 @@ def weight_error(g: Graph, seg: Segment, values: Mapping[str, np.ndarray]
         return e.reshape((-1,) + (1,) * (w.ndim - 1)), (
             "linear ranges: (max - min)/510 + 8 u32 max(|min|, |max|) per output channel, "
             f"largest {e.max(initial=0):.3g}")
-    src = _source_weights(g, seg, values)
+    try:
+        src = _source_weights(g, seg, values)
+    except (ValueError, IndexError) as e:  # a weight or scale of an unexpected shape
+        src = f"the model's weights do not match the layer ({e})"
     if isinstance(src, str):
         return None, src
     if src.size < w.size:
