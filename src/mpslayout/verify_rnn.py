@@ -19,9 +19,10 @@ import numpy as np
 
 from .reference import rnn as ref
 
-__all__ = ["RECURRENT_KINDS", "check_layers", "run_exported"]
+__all__ = ["RECURRENT_KINDS", "check_layers", "onnx_value", "run_exported"]
 
 RECURRENT_KINDS = frozenset(("lstm", "gru", "rnn"))
+_OPS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 _WEIGHT_INPUTS = (1, 2, 7)  # W, R, P: stored in the weights' dtype; B stays float32
 
 
@@ -96,17 +97,44 @@ def _compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float
     return max_abs, max_abs / scale if scale else max_abs, worst, worst <= 1.0
 
 
+def onnx_value(graph: Any, i: int, values: dict[str, np.ndarray], f16: bool = False
+               ) -> np.ndarray:
+    """ONNX Runtime's ``Y`` of recurrent node ``i`` run alone on ``values`` of its inputs,
+    its W, R (and P) rounded through float16 when ``f16``."""
+    from .verify.onnx_path import onnx_runtime_oracle
+
+    node = graph.nodes[i]
+    feeds = {n: values[n] for n in node.input if n and graph.const(n) is None and n in values}
+    alone = _node_alone(graph, i, f16, feeds)
+    return onnx_runtime_oracle(alone)([node.output[0]], feeds)[node.output[0]]
+
+
 def _judge(graph: Any, i: int, values: dict[str, np.ndarray], f16: bool) -> np.ndarray:
     node = graph.nodes[i]
     if not f16:
         if node.output[0] not in values:
             raise LookupError(f"the oracle gave no value for {node.output[0]!r}")
         return values[node.output[0]]
-    from .verify.onnx_path import onnx_runtime_oracle
+    return onnx_value(graph, i, values, True)
 
-    feeds = {n: values[n] for n in node.input if n and graph.const(n) is None and n in values}
-    alone = _node_alone(graph, i, True, feeds)
-    return onnx_runtime_oracle(alone)([node.output[0]], feeds)[node.output[0]]
+
+def _node_of(graph: Any, src: dict[str, Any]) -> tuple[str | None, int | None]:
+    """The graph node of an exported direction: ``source.node`` (ONNX exports), else
+    ``source.layer`` (Keras exports, whose translation names the node after the layer)."""
+    for key in ("node", "layer"):
+        name = src.get(key)
+        if isinstance(name, str) and name in graph.by_name:
+            return name, graph.by_name[name]
+    return src.get("node", src.get("layer")), None
+
+
+def _direction_index(src: dict[str, Any], rec: dict[str, Any], attrs: dict[str, Any]) -> int:
+    """The exported direction's index into the node's ``Y``: recorded by ONNX exports; for
+    a Keras export the backward layer of a bidirectional node is index 1."""
+    if "direction_index" in src:
+        return int(src["direction_index"])
+    both = attrs.get("direction") in (b"bidirectional", "bidirectional")
+    return 1 if both and rec.get("layerSequenceDirection") == "backward" else 0
 
 
 def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], report: Any
@@ -121,7 +149,7 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
     for layer in layers:
         src = layer.entry.get("source", {})
         rec = layer.entry["recurrent"]
-        i = graph.by_name.get(src.get("node"))
+        node_name, i = _node_of(graph, src)
         row = Row(len(report.rows) + 1, layer.name, str(src.get("op", layer.kind)),
                       layer.kind, True, "?", [])
         report.rows.append(row)
@@ -130,10 +158,13 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
                              + "; ".join(n for n in layer.entry.get("notes", [])
                                          if n.startswith("not exact")))
         if i is None:
-            row.error = f"ONNX node {src.get('node')!r} of this layer is not in the model"
+            row.error = f"ONNX node {node_name!r} of this layer is not in the model"
             continue
         node = graph.nodes[i]
         attrs = graph.attrs(i)
+        if node.op_type != _OPS.get(layer.kind):
+            row.error = f"graph node {node_name!r} is {node.op_type}, not the {layer.kind} cell"
+            continue
         x = ort.get(node.input[0])
         if x is None:
             row.error = f"no value for the node's input {node.input[0]!r}"
@@ -146,7 +177,7 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
                 row.error = f"no judge for this node: {type(e).__name__}: {e}"
                 continue
         y = alone[i]
-        d = int(src.get("direction_index", 0))
+        d = _direction_index(src, rec, attrs)
         xs = np.swapaxes(x, 0, 1) if batch_first else x
         state = [ort.get(node.input[k]) if len(node.input) > k and node.input[k] else None
                  for k in (5, 6)]
