@@ -132,7 +132,8 @@ class Report:
             what = "layer" if first.layer else "operator"
             lines.append(f"FAILED: first divergence at {what} {first.name!r} ({first.op} -> "
                          f"{first.tensor}): "
-                         + (first.error or self._why(first)))
+                         + (first.error or self._why(first))
+                         + "".join(f"; {n}" for n in first.notes if "not exact" in n))
         elif self.layers_checked == 0:
             lines.append("FAILED: no exported layer could be checked")
         else:
