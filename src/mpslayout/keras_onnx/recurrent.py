@@ -109,18 +109,30 @@ class RecurrentLayers(Base):
         self.out.derived[y] = ((src,), fn)
         return y
 
+    def sequence(self, ins: list[Tensor]) -> Tensor:
+        """The layer's input: a ``(batch, time, features)`` sequence without a mask."""
+        x = ins[0] if ins else None
+        if x is None or x.layout != "keras" or len(x.shape) != 3:
+            raise Untranslatable("the input is not a (batch, time, features) sequence")
+        if getattr(self.node.input_tensors[0], "_keras_mask", None) is not None:
+            raise Untranslatable("the input sequence carries a Keras mask (Masking, "
+                                 "Embedding(mask_zero=True)): ONNX has no per-step mask")
+        return x
+
     def recurrent(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...], name: str
                   ) -> Tensor:
+        x = self.sequence(ins)
         _check_layer(op)
         onnx_op, gates = _OPS[type(op).__name__]
         d = _direction(op, onnx_op, gates)
         direction = "reverse" if d["backwards"] else "forward"
-        return self.rnn_node(op, ins, [d], onnx_op, direction, None, shape, name)
+        return self.rnn_node(x, [d], onnx_op, direction, None, shape, name)
 
     t_LSTM = t_GRU = t_SimpleRNN = recurrent
 
     def t_Bidirectional(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...], name: str
                         ) -> Tensor:
+        x = self.sequence(ins)
         fwd, bwd = op.forward_layer, op.backward_layer
         cls = type(fwd).__name__
         if cls not in _OPS or type(bwd).__name__ != cls:
@@ -137,21 +149,12 @@ class RecurrentLayers(Base):
         if dirs[0]["hidden"] != dirs[1]["hidden"] or dirs[0]["lbr"] != dirs[1]["lbr"]:
             raise Untranslatable("forward and backward layers of different units or "
                                  "reset_after")
-        return self.rnn_node(op, ins, dirs, onnx_op, "bidirectional", op.merge_mode, shape,
-                             name)
+        return self.rnn_node(x, dirs, onnx_op, "bidirectional", op.merge_mode, shape, name)
 
-    def rnn_node(self, op: Any, ins: list[Tensor], dirs: list[dict[str, Any]], onnx_op: str,
-                 direction: str, merge: str | None, shape: tuple[Any, ...], name: str
-                 ) -> Tensor:
-        """The ONNX node of ``dirs`` on ``ins[0]`` and the nodes that bring its result to
-        the Keras layer's output ``name``."""
-        x = ins[0] if ins else None
-        kt = self.node.input_tensors[0]
-        if x is None or x.layout != "keras" or len(x.shape) != 3:
-            raise Untranslatable("the input is not a (batch, time, features) sequence")
-        if getattr(kt, "_keras_mask", None) is not None:
-            raise Untranslatable("the input sequence carries a Keras mask (Masking, "
-                                 "Embedding(mask_zero=True)): ONNX has no per-step mask")
+    def rnn_node(self, x: Tensor, dirs: list[dict[str, Any]], onnx_op: str, direction: str,
+                 merge: str | None, shape: tuple[Any, ...], name: str) -> Tensor:
+        """The ONNX node of ``dirs`` on sequence ``x`` and the nodes that bring its result
+        to the Keras layer's output ``name``."""
         seq = bool(dirs[0]["layer"].return_sequences)
         hidden = dirs[0]["hidden"]
         xt = self.move("Transpose", x.name, name + "/X", lambda a: a.transpose(1, 0, 2),
@@ -193,7 +196,7 @@ class RecurrentLayers(Base):
         if merge in (None, "concat"):
             y = self.flat_dirs(y, seq, name)
         else:
-            y = self.merge_dirs(y, merge, seq, hidden, name)
+            y = self.merge_dirs(y, merge, seq, name)
         if direction == "reverse" and seq:  # Keras returns go_backwards outputs reversed
             consts = tuple(self.b.init(f"{name}/flip_{k}", np.array([v], np.int64))
                            for k, v in (("start", -1), ("end", -(2 ** 62)), ("axis", 1),
@@ -210,7 +213,7 @@ class RecurrentLayers(Base):
         return self.move("Reshape", y, name + "/concat",
                          lambda a: a.reshape(*a.shape[:-2], -1), (target,))
 
-    def merge_dirs(self, y: str, merge: str, seq: bool, hidden: int, name: str) -> str:
+    def merge_dirs(self, y: str, merge: str, seq: bool, name: str) -> str:
         """(B, [T,] 2, H) -> (B, [T,] H): Keras' sum, mul or ave of the two directions."""
         axis = 2 if seq else 1
         parts = []
