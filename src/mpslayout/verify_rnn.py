@@ -28,21 +28,22 @@ _WEIGHT_INPUTS = (1, 2, 7)  # W, R, P: stored in the weights' dtype; B stays flo
 def run_exported(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray,
                  h0: np.ndarray | None = None, c0: np.ndarray | None = None) -> np.ndarray:
     """Y ``(T, B, H)`` of one exported direction on ``x`` ``(T, B, I)``, from its files and
-    the descriptor settings in its manifest entry."""
+    the descriptor settings in its manifest entry; an MPSRNNImageInferenceLayer takes ``x``
+    ``(T, B, height, width, I)`` and gives ``(T, B, height, width, H)``."""
     rec = entry["recurrent"]
     hidden = int(rec["hidden_size"])
-    backward = rec["layerSequenceDirection"] == "backward"
+    common = {"reverse": rec["layerSequenceDirection"] == "backward", "h0": h0,
+              "image": rec.get("layer") == "MPSRNNImageInferenceLayer"}
     neurons = {k: _neuron(v) for k, v in rec["neurons"].items()}
     if rec["cell"] == "lstm":
-        return ref.lstm(x, arrays, hidden, reverse=backward, neurons=neurons,
-                        cell_to_output=_neuron(rec["cellToOutputNeuron"]), h0=h0, c0=c0,
-                        diagonal=bool(rec.get("memoryWeightsAreDiagonal", True)))[0]
+        return ref.lstm(x, arrays, hidden, neurons=neurons,
+                        cell_to_output=_neuron(rec["cellToOutputNeuron"]), c0=c0,
+                        diagonal=bool(rec.get("memoryWeightsAreDiagonal", True)), **common)[0]
     if rec["cell"] == "gru":
-        return ref.gru(x, arrays, hidden, reverse=backward, neurons=neurons,
+        return ref.gru(x, arrays, hidden, neurons=neurons,
                        p=float(rec.get("gatePnormValue", 1.0)),
-                       flip=bool(rec.get("flipOutputGates", False)), h0=h0)[0]
-    return ref.single_gate(x, arrays, hidden, reverse=backward, neuron=neurons["input"],
-                           h0=h0)[0]
+                       flip=bool(rec.get("flipOutputGates", False)), **common)[0]
+    return ref.single_gate(x, arrays, hidden, neuron=neurons["input"], **common)[0]
 
 
 def _neuron(spec: Any) -> Any:
