@@ -190,7 +190,8 @@ def lstm_weights(
 
     Returns ``{property: array}`` in the descriptor's gate order (input, forget, cell,
     output): ``<gate>InputWeights`` ``(H, 1, 1, I)`` (OHWI; ``(H, kH, kW, I)`` for a Keras
-    ConvLSTM2D kernel), ``<gate>RecurrentWeights`` ``(H, 1, 1, H)``, and when ``B`` is given
+    ConvLSTM2D kernel), ``<gate>RecurrentWeights`` ``(H, 1, 1, H)`` (ConvLSTM2D:
+    ``(H, kH, kW, H)``), and when ``B`` is given
     ``<gate>InputWeights.bias`` (float32, the input data source's ``biasTerms``, the sum of
     the framework's input and recurrent biases). With ONNX peepholes ``P``:
     ``inputGateMemoryWeights``, ``forgetGateMemoryWeights``, ``outputGateMemoryWeights``,
