@@ -7,7 +7,11 @@ The judge is the oracle's own value of ``Y`` (ONNX Runtime, or Keras through its
 translation); when the export holds float16 weights, ONNX Runtime running that node alone
 with the model's W, R (and P) rounded to float16, so that the rounding the export was asked
 for is not counted as an error. A layer the manifest marks ``exact: false`` (a cell MPS
-cannot compute) is still compared; its row carries the manifest's reason.
+cannot compute) is still compared; its row carries the manifest's reason. For a GRU with
+``linear_before_reset=1`` (PyTorch's, Keras ``reset_after=True``) the files are also run with
+the model's own cell (:func:`mpslayout.reference.rnn.gru_reset_after`, which reads the
+output gate's recurrent bias the export keeps apart): that check says whether the files
+hold the model's weights, whatever MPS can compute.
 """
 
 from __future__ import annotations
@@ -43,6 +47,17 @@ def run_exported(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.nda
                        flip=bool(rec.get("flipOutputGates", False)), h0=h0)[0]
     return ref.single_gate(x, arrays, hidden, reverse=backward, neuron=neurons["input"],
                            h0=h0)[0]
+
+
+def _model_cell(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray,
+                h0: np.ndarray | None) -> np.ndarray:
+    """Y of a ``linear_before_reset=1`` GRU direction, computed from its files with the
+    framework's cell rather than MPS's."""
+    rec = entry["recurrent"]
+    return ref.gru_reset_after(
+        x, arrays, int(rec["hidden_size"]),
+        reverse=rec["layerSequenceDirection"] == "backward",
+        neurons={k: _neuron(v) for k, v in rec["neurons"].items()}, h0=h0)[0]
 
 
 def _neuron(spec: Any) -> Any:
@@ -126,6 +141,7 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
                       layer.kind, True, "?", [])
         report.rows.append(row)
         if not rec.get("exact", True):
+            row.declared_inexact = True
             row.notes.append("the manifest marks this cell not exact on MPS: "
                              + "; ".join(n for n in layer.entry.get("notes", [])
                                          if n.startswith("not exact")))
@@ -161,6 +177,13 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
         if rec.get("clip") is not None:
             row.notes.append(f"clip={rec['clip']} is not computed by MPS")
         row.isolated = Check(*_compare(got, want, report.atol, report.rtol))
+        if rec["cell"] == "gru" and rec.get("linear_before_reset"):
+            own = _model_cell(layer.entry, layer.arrays, xs, h0)
+            row.files = Check(*_compare(own, want, report.atol, report.rtol))
+            row.notes.append("the files run with the model's own cell (reset gate after the "
+                             f"recurrent matrix): max abs error {row.files.max_abs:.3g}, "
+                             + ("they hold the model's weights" if row.files.ok else
+                                "so the FILES are wrong, not only the cell"))
         report.layers_checked += 1
         done.add(graph.names[i])
     return done
