@@ -181,7 +181,8 @@ def _verify(args: argparse.Namespace) -> int:
         try:
             report = verify_keras(args.outdir, args.model,
                                   input=next(iter(given.values()), None),
-                                  input_dims=dict(args.input_dims), atol=args.atol,
+                                  input_dims=_unique(args.input_dims, "--input-dims"),
+                                  atol=args.atol,
                                   rtol=args.rtol, storage=args.storage, seed=args.seed,
                                   allow_inexact=args.allow_inexact)
         except KerasMissing as e:
@@ -195,7 +196,7 @@ def _verify(args: argparse.Namespace) -> int:
         args.outdir,
         args.model,
         input=given or None,
-        input_dims=dict(args.input_dims),
+        input_dims=_unique(args.input_dims, "--input-dims"),
         atol=args.atol,
         rtol=args.rtol,
         storage=args.storage,
