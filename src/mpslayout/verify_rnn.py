@@ -178,7 +178,8 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
         if not rec.get("exact", True):
             row.declared_inexact = True
             row.notes.append("the manifest marks this cell not exact on MPS: "
-                             + "; ".join(n for n in layer.entry.get("notes", [])
+                             + "; ".join(n.removeprefix("not exact: ")
+                                         for n in layer.entry.get("notes", [])
                                          if n.startswith("not exact")))
         if i is None:
             row.error = (f"ONNX node {src.get('node')!r} of this layer is not in the model"
