@@ -131,9 +131,10 @@ def keras_values(keras: Any, model: Any, tr: Any, x: np.ndarray) -> dict[str, np
 def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
                  input: Any = None, input_dims: dict[str, Any] | None = None,
                  atol: float = 1e-4, rtol: float = 1e-4, storage: str | None = None,
-                 seed: int = 0) -> Any:
+                 seed: int = 0, allow_inexact: bool = False) -> Any:
     """Check the export in ``outdir`` against the Keras ``model`` file, Keras as the
-    oracle (module docstring); returns verify's Report. Raises :class:`KerasMissing`
+    oracle (module docstring); returns verify's Report (``allow_inexact`` as in
+    :func:`mpslayout.verify.verify`). Raises :class:`KerasMissing`
     without keras, VerifyError when nothing can be compared."""
     keras = import_keras()  # first: without keras, say that and nothing else
     from .keras_onnx import Untranslatable, keras_as_onnx
@@ -163,6 +164,7 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
                           oracle_label=f"Keras {keras.__version__} "
                           f"({keras.backend.backend()} backend)", input_label=what,
                           atol=atol, rtol=rtol, storage=storage)
+    report.allow_inexact = bool(allow_inexact)
     for u in tr.untranslated:
         report.not_verified.append({"name": u["name"], "op": u["op"],
                                     "reason": f"no ONNX translation ({u['reason']}): Keras' "

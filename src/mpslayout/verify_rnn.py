@@ -7,7 +7,11 @@ The judge is the oracle's own value of ``Y`` (ONNX Runtime, or Keras through its
 translation); when the export holds float16 weights, ONNX Runtime running that node alone
 with the model's W, R (and P) rounded to float16, so that the rounding the export was asked
 for is not counted as an error. A layer the manifest marks ``exact: false`` (a cell MPS
-cannot compute) is still compared; its row carries the manifest's reason.
+cannot compute) is still compared; its row carries the manifest's reason. For a GRU with
+``linear_before_reset=1`` (PyTorch's, Keras ``reset_after=True``) the files are also run with
+the model's own cell (:func:`mpslayout.reference.rnn.gru_reset_after`, which reads the
+output gate's recurrent bias the export keeps apart): that check says whether the files
+hold the model's weights, whatever MPS can compute.
 """
 
 from __future__ import annotations
@@ -44,6 +48,46 @@ def run_exported(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.nda
                        p=float(rec.get("gatePnormValue", 1.0)),
                        flip=bool(rec.get("flipOutputGates", False)), **common)[0]
     return ref.single_gate(x, arrays, hidden, neuron=neurons["input"], **common)[0]
+
+
+_OPS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+
+
+def _find_node(graph: Any, layer: Any, taken: set[tuple[int, int]]
+               ) -> tuple[int | None, int]:
+    """(node, direction) of the model whose ``W[direction]`` holds the same values as the
+    layer's input-weight files, for an export that does not name its ONNX node (a
+    PyTorch state_dict or a Keras file checked against an ONNX model). Values are
+    compared as sorted multisets, so any reordering (a wrong gate order, a transposed
+    block) still matches, and is then caught by the comparison itself."""
+    rec = layer.entry["recurrent"]
+    parts = [a for k, a in layer.arrays.items() if k.endswith("InputWeights")]
+    if not parts:
+        return None, 0
+    mine = np.sort(np.concatenate([np.ravel(a) for a in parts]))
+    for i, node in enumerate(graph.nodes):
+        if node.op_type != _OPS[rec["cell"]] or len(node.input) < 2:
+            continue
+        w = graph.const(node.input[1])
+        if w is None or w.ndim != 3:
+            continue
+        for d in range(w.shape[0]):
+            theirs = np.sort(np.ravel(w[d]).astype(mine.dtype))
+            if (i, d) not in taken and theirs.shape == mine.shape and np.array_equal(
+                    theirs, mine, equal_nan=True):
+                return i, d
+    return None, 0
+
+
+def _model_cell(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray,
+                h0: np.ndarray | None) -> np.ndarray:
+    """Y of a ``linear_before_reset=1`` GRU direction, computed from its files with the
+    framework's cell rather than MPS's."""
+    rec = entry["recurrent"]
+    return ref.gru_reset_after(
+        x, arrays, int(rec["hidden_size"]),
+        reverse=rec["layerSequenceDirection"] == "backward",
+        neurons={k: _neuron(v) for k, v in rec["neurons"].items()}, h0=h0)[0]
 
 
 def _neuron(spec: Any) -> Any:
@@ -117,21 +161,32 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
     from .verify.report import Check, Row
 
     done: set[str] = set()
+    taken: set[tuple[int, int]] = set()
     alone: dict[int, np.ndarray] = {}
     f16 = report.weights_dtype == "float16"
     for layer in layers:
         src = layer.entry.get("source", {})
         rec = layer.entry["recurrent"]
         i = graph.by_name.get(src.get("node"))
+        d = int(src.get("direction_index", 0))
+        if i is None and src.get("node") is None:  # a state_dict or Keras export
+            i, d = _find_node(graph, layer, taken)
+        if i is not None:
+            taken.add((i, d))
         row = Row(len(report.rows) + 1, layer.name, str(src.get("op", layer.kind)),
                       layer.kind, True, "?", [])
         report.rows.append(row)
         if not rec.get("exact", True):
+            row.declared_inexact = True
             row.notes.append("the manifest marks this cell not exact on MPS: "
-                             + "; ".join(n for n in layer.entry.get("notes", [])
+                             + "; ".join(n.removeprefix("not exact: ")
+                                         for n in layer.entry.get("notes", [])
                                          if n.startswith("not exact")))
         if i is None:
-            row.error = f"ONNX node {src.get('node')!r} of this layer is not in the model"
+            row.error = (f"ONNX node {src.get('node')!r} of this layer is not in the model"
+                         if src.get("node") is not None else
+                         f"no {_OPS[rec['cell']]} node of the model has this layer's input "
+                         "weights (matched by their values, whatever their order)")
             continue
         node = graph.nodes[i]
         attrs = graph.attrs(i)
@@ -147,7 +202,6 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
                 row.error = f"no judge for this node: {type(e).__name__}: {e}"
                 continue
         y = alone[i]
-        d = int(src.get("direction_index", 0))
         xs = np.swapaxes(x, 0, 1) if batch_first else x
         state = [ort.get(node.input[k]) if len(node.input) > k and node.input[k] else None
                  for k in (5, 6)]
@@ -162,6 +216,13 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
         if rec.get("clip") is not None:
             row.notes.append(f"clip={rec['clip']} is not computed by MPS")
         row.isolated = Check(*_compare(got, want, report.atol, report.rtol))
+        if rec["cell"] == "gru" and rec.get("linear_before_reset"):
+            own = _model_cell(layer.entry, layer.arrays, xs, h0)
+            row.files = Check(*_compare(own, want, report.atol, report.rtol))
+            row.notes.append("the files run with the model's own cell (reset gate after the "
+                             f"recurrent matrix): max abs error {row.files.max_abs:.3g}, "
+                             + ("they hold the model's weights" if row.files.ok else
+                                "so the FILES are wrong, not only the cell"))
         report.layers_checked += 1
         done.add(graph.names[i])
     return done

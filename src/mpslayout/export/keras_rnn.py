@@ -130,7 +130,7 @@ def _one(reader: Any, n: Any, cfg: dict[str, Any], cls: str, sub: str, name: str
         settings.update(_image(cfg, tuple(k.shape), tuple(rk.shape), notes))
     if cell == "gru":
         reset_after = bool(cfg.get("reset_after", True))
-        settings["reset_after"] = reset_after
+        settings.update(reset_after=reset_after, linear_before_reset=int(reset_after))
         if reset_after:
             notes.append("not exact: reset_after=True applies the reset gate after the "
                          "recurrent matrix (ONNX linear_before_reset=1); MPS's GRU applies it "

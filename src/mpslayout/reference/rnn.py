@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MPS_NEURONS", "conv_same", "gru", "lstm", "mps_neuron", "single_gate"]
+__all__ = ["MPS_NEURONS", "conv_same", "gru", "gru_reset_after", "lstm", "mps_neuron",
+           "single_gate"]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -188,6 +189,33 @@ def gru(x: Any, gates: Mapping[str, Any], hidden: int, *, reverse: bool = False,
                           + _vec(gates, "outputGateInputWeights.bias", h), ns["outputGate"])
         keep = (1.0 - z**p) ** (1.0 / p)
         hp = keep * hp + z * cand if flip else keep * cand + z * hp
+        y[t] = hp
+    return y, hp
+
+
+def gru_reset_after(x: Any, gates: Mapping[str, Any], hidden: int, *, reverse: bool = False,
+                    neurons: Mapping[str, Any] | None = None, h0: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, last h) of the GRU MPS does *not* compute (ONNX ``linear_before_reset=1``,
+    PyTorch ``nn.GRU``, Keras ``reset_after=True``), from the same exported files:
+    ``h = gh(Wh x + bWh + r (Uh h0 + bRh))``, ``h1 = (1 - z) h + z h0``, where
+    ``bRh`` is ``outputGateRecurrentBias`` and ``bWh = outputGateInputWeights.bias - bRh``
+    (the export sums the two). verify uses it to check such an export's files."""
+    h = hidden
+    xs, y, hp = _sizes(x, h, False, h0)
+    ns = {"inputGate": SIGMOID, "recurrentGate": SIGMOID, "outputGate": TANH,
+          **(neurons or {})}
+    n_in = xs.shape[-1]
+    b_rec = _vec(gates, "outputGateRecurrentBias", h)
+    b_in = _vec(gates, "outputGateInputWeights.bias", h) - b_rec
+    for t in _time(xs, reverse):
+        z = mps_neuron(_affine(gates, "inputGate", xs[t], hp, h, False), ns["inputGate"])
+        r = mps_neuron(_affine(gates, "recurrentGate", xs[t], hp, h, False),
+                       ns["recurrentGate"])
+        inner = hp @ _mat(gates, "outputGateRecurrentWeights", h, h).T + b_rec
+        cand = mps_neuron(xs[t] @ _mat(gates, "outputGateInputWeights", h, n_in).T + b_in
+                          + r * inner, ns["outputGate"])
+        hp = (1.0 - z) * cand + z * hp
         y[t] = hp
     return y, hp
 
