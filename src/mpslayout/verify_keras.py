@@ -195,9 +195,10 @@ def _explain_rows(report: Any, doc: dict[str, Any], tr: Any, bad: dict[str, str]
 def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
                  input: Any = None, input_dims: dict[str, Any] | None = None,
                  atol: float = 1e-4, rtol: float = 1e-4, storage: str | None = None,
-                 seed: int = 0) -> Any:
+                 seed: int = 0, allow_inexact: bool = False) -> Any:
     """Check the export in ``outdir`` against the Keras ``model`` file, Keras as the
-    oracle (module docstring); returns verify's Report. Raises :class:`KerasMissing`
+    oracle (module docstring); returns verify's Report (``allow_inexact`` as in
+    :func:`mpslayout.verify.verify`). Raises :class:`KerasMissing`
     without keras, VerifyError when nothing can be compared."""
     keras = import_keras()  # first: without keras, say that and nothing else
     from .keras_onnx import Untranslatable, keras_as_onnx
@@ -227,6 +228,7 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
                           oracle_label=f"Keras {keras.__version__} "
                           f"({keras.backend.backend()} backend)", input_label=what,
                           atol=atol, rtol=rtol, storage=storage)
+    report.allow_inexact = bool(allow_inexact)
     _explain_rows(report, doc, tr, translation_errors(tr, values) if tr.recurrent else {})
     for u in tr.untranslated:
         report.not_verified.append({"name": u["name"], "op": u["op"],
