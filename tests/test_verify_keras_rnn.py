@@ -244,6 +244,8 @@ def test_inexact_gru_fails_with_the_manifests_reason(exported: Any, fmt: str,
     assert not row.ok
     assert row.error is None  # compared and failed, not an error
     assert row.isolated is not None
+    assert row.files is not None  # the files run with Keras' own cell: they hold its weights
+    assert row.files.ok
 
 
 def _plant(src: Path, dst: Path, fn: Any) -> Path:
