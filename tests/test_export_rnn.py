@@ -216,6 +216,23 @@ def test_onnx_gru_linear_before_reset_0_and_rnn_verify(tmp_path: Path) -> None:
     assert all(r.ok for r in report.rows if r.layer), report.table()
 
 
+def test_activation_parameters_go_to_the_activations_that_take_them(tmp_path: Path) -> None:
+    """activation_alpha/beta are handed out in order to the activations with such a
+    parameter (as ONNX Runtime reads them): [Sigmoid, Affine] x 2 with alphas [2, 3] gives
+    the Affines 2 and 3, not the Sigmoids. verify compares with ONNX Runtime."""
+    from mpslayout.verify import verify
+
+    path = _gru_rnn_graph(tmp_path, activations=["Sigmoid", "Affine", "HardSigmoid", "Tanh"],
+                          activation_alpha=[0.5, 0.3], activation_beta=[0.1, 0.4])
+    doc = export(path, tmp_path / "out", progress=False)
+    fwd, bwd = doc["layers"][0]["recurrent"], doc["layers"][1]["recurrent"]
+    assert fwd["neurons"]["outputGate"] == {"type": "Linear", "a": 0.5, "b": pytest.approx(0.1)}
+    assert bwd["neurons"]["inputGate"] == {"type": "HardSigmoid", "a": pytest.approx(0.3),
+                                           "b": pytest.approx(0.4)}
+    report = verify(tmp_path / "out", path)
+    assert [r.ok for r in report.rows if r.layer] == [True, True, True], report.table()
+
+
 def test_unsupported_activation_is_exported_and_flagged(tmp_path: Path) -> None:
     path = _gru_rnn_graph(tmp_path, activations=["Sigmoid", "ThresholdedRelu"] * 2)
     doc = export(path, tmp_path / "out", progress=False)
