@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
@@ -120,3 +121,15 @@ def test_missing_input_is_clean_error(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert len(error_lines(proc.stderr)) == 1, proc.stderr
+
+
+def test_verify_refuses_one_input_given_two_dims(tmp_path: pathlib.Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--input-dims naming one input twice with different dims is an error, not a silent
+    pick of the last one (as export does)."""
+    from mpslayout.cli import main
+
+    code = main(["verify", str(tmp_path), "--model", str(tmp_path / "m.onnx"),
+                 "--input-dims", "x=1,3,8,8", "--input-dims", "x=1,3,16,16"])
+    assert code == 1
+    assert "--input-dims gives 'x' twice" in capsys.readouterr().err

@@ -53,6 +53,8 @@ def cells(draw: st.DrawFn) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
     bias_dt = draw(st.sampled_from([dt, np.dtype(np.float32), F64]))
     args.append(draw(st.none() | arrays(b_shape, bias_dt)))
     kwargs: dict[str, Any] = {"layout": layout, "direction": direction, "dtype": dtype}
+    if cell == "gru":
+        kwargs["linear_before_reset"] = draw(st.booleans())
     if cell == "lstm" and layout == "ONNX" and draw(st.booleans()):
         args.append(draw(arrays((*lead, 3 * h), dt)))
     return cell, tuple(args), kwargs
@@ -188,6 +190,32 @@ def test_pytorch_gru_is_not_the_mps_cell_but_close_with_reset_one() -> None:
     np.testing.assert_allclose(ref.gru(x, gates, h)[0], want, rtol=1e-5, atol=1e-6)
     gates = mpslayout.gru_weights(**_torch_state(gru, ""), layout="PyTorch")
     assert np.abs(ref.gru(x, gates, h)[0] - differs).max() > 1e-3
+
+
+def test_pytorch_gru_files_hold_the_reset_after_cell() -> None:
+    """With linear_before_reset=True the output gate's recurrent bias is kept: the
+    framework's own cell (reference.rnn.gru_reset_after) run from the converted gates equals
+    PyTorch's GRU, forward and reverse."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(4)
+    h, n_in = 5, 3
+    gru = torch.nn.GRU(n_in, h, bidirectional=True)
+    x = _seq(6, 2, n_in, 8)
+    with torch.no_grad():
+        want = gru(torch.from_numpy(x))[0].numpy()
+    for d, suffix in enumerate(("", "_reverse")):
+        gates = mpslayout.gru_weights(**_torch_state(gru, suffix), layout="PyTorch",
+                                      linear_before_reset=True)
+        sd = gru.state_dict()
+        np.testing.assert_array_equal(gates["outputGateRecurrentBias"],
+                                      sd[f"bias_hh_l0{suffix}"].numpy()[2 * h:])
+        got = ref.gru_reset_after(x, gates, h, reverse=bool(d))[0]
+        np.testing.assert_allclose(got, want[..., d * h:(d + 1) * h], rtol=1e-5, atol=1e-6)
+    plain = mpslayout.gru_weights(**_torch_state(gru, ""), layout="PyTorch")
+    assert "outputGateRecurrentBias" not in plain
+    with pytest.raises(TypeError, match="linear_before_reset"):
+        mpslayout.gru_weights(**_torch_state(gru, ""), layout="PyTorch",
+                              linear_before_reset=1)  # type: ignore[arg-type]
 
 
 def _onnx_cell(op: str, attrs: dict[str, Any], inputs: dict[str, np.ndarray],

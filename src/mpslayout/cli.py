@@ -181,8 +181,10 @@ def _verify(args: argparse.Namespace) -> int:
         try:
             report = verify_keras(args.outdir, args.model,
                                   input=next(iter(given.values()), None),
-                                  input_dims=dict(args.input_dims), atol=args.atol,
-                                  rtol=args.rtol, storage=args.storage, seed=args.seed)
+                                  input_dims=_unique(args.input_dims, "--input-dims"),
+                                  atol=args.atol,
+                                  rtol=args.rtol, storage=args.storage, seed=args.seed,
+                                  allow_inexact=args.allow_inexact)
         except KerasMissing as e:
             print(f"mpslayout: error: {e}", file=sys.stderr)
             return 2
@@ -194,11 +196,12 @@ def _verify(args: argparse.Namespace) -> int:
         args.outdir,
         args.model,
         input=given or None,
-        input_dims=dict(args.input_dims),
+        input_dims=_unique(args.input_dims, "--input-dims"),
         atol=args.atol,
         rtol=args.rtol,
         storage=args.storage,
         seed=args.seed,
+        allow_inexact=args.allow_inexact,
     )
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
     return 0 if report.ok else 1
@@ -362,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage",
         choices=("float32", "float16"),
         help="MPS image type (default: the export's weight type)",
+    )
+    p.add_argument(
+        "--allow-inexact",
+        action="store_true",
+        help="pass layers the manifest declares MPS cannot compute (a GRU with the reset "
+        "gate after the recurrent matrix: PyTorch's, Keras reset_after=True) when their "
+        "files, run with the model's own cell, agree with the model",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_verify)

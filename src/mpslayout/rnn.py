@@ -35,6 +35,8 @@ LSTM_GATES = {"i": "inputGate", "f": "forgetGate", "c": "cellGate", "o": "output
 GRU_GATES = {"z": "inputGate", "r": "recurrentGate", "h": "outputGate"}
 PEEPHOLE_ORDER = "iof"  # ONNX P[dir] = [Pi | Po | Pf]
 BIAS_SUFFIX = ".bias"  # key of an input data source's biasTerms: "<property>.bias"
+# GRU linear_before_reset: the output gate's recurrent bias, no MPS property (gru_weights)
+RECURRENT_BIAS = "outputGateRecurrentBias"
 
 
 def _array(x: Any, name: str) -> np.ndarray:
@@ -166,7 +168,8 @@ def _gates(W: Any, R: Any, B: Any, order: str, names: Mapping[str, str], layout:
     return result, h, layout
 
 
-_PER_GATE = ("InputWeights", "InputWeights" + BIAS_SUFFIX, "RecurrentWeights", "MemoryWeights")
+_PER_GATE = ("InputWeights", "InputWeights" + BIAS_SUFFIX, "RecurrentWeights", "RecurrentBias",
+             "MemoryWeights")
 
 
 def _sorted(result: dict[str, np.ndarray], gate_names: Any) -> dict[str, np.ndarray]:
@@ -190,7 +193,8 @@ def lstm_weights(
 
     Returns ``{property: array}`` in the descriptor's gate order (input, forget, cell,
     output): ``<gate>InputWeights`` ``(H, 1, 1, I)`` (OHWI; ``(H, kH, kW, I)`` for a Keras
-    ConvLSTM2D kernel), ``<gate>RecurrentWeights`` ``(H, 1, 1, H)``, and when ``B`` is given
+    ConvLSTM2D kernel), ``<gate>RecurrentWeights`` ``(H, 1, 1, H)`` (ConvLSTM2D:
+    ``(H, kH, kW, H)``), and when ``B`` is given
     ``<gate>InputWeights.bias`` (float32, the input data source's ``biasTerms``, the sum of
     the framework's input and recurrent biases). With ONNX peepholes ``P``:
     ``inputGateMemoryWeights``, ``forgetGateMemoryWeights``, ``outputGateMemoryWeights``,
@@ -237,6 +241,7 @@ def gru_weights(
     layout: str = "ONNX",
     direction: int = 0,
     dtype: Any = None,
+    linear_before_reset: bool = False,
 ) -> dict[str, np.ndarray]:
     """``MPSGRUDescriptor`` data sources of one direction of a framework GRU.
 
@@ -249,10 +254,22 @@ def gru_weights(
 
     MPS computes ONNX's ``linear_before_reset=0`` cell exactly; for PyTorch's GRU, Keras
     ``reset_after=True`` and ONNX ``linear_before_reset=1`` the summed output-gate bias is
-    exact only where the reset gate is 1 (docs/layouts.md).
+    exact only where the reset gate is 1 (docs/layouts.md). For those cells pass
+    ``linear_before_reset=True``: with a recurrent bias (ONNX ``Rb``, PyTorch ``bias_hh``,
+    Keras ``bias[1]``) the result also holds ``outputGateRecurrentBias`` (float32 ``(H,)``,
+    ``np.float32(Rb[2H:3H])`` in the framework's h/n block), which is no MPS property: it
+    is the bias inside ``r * (Uh h0 + bRh)`` that the framework's cell needs (already summed
+    into ``outputGateInputWeights.bias``), kept so no learned tensor is lost.
     """
-    result, _, _ = _gates(W, R, B, GRU_ORDER[mps._choice(layout, RNN_LAYOUTS, "layout")],
-                          GRU_GATES, layout, direction, dtype)
+    if not isinstance(linear_before_reset, (bool, np.bool_)):
+        raise TypeError(f"linear_before_reset must be a bool, got "
+                        f"{type(linear_before_reset).__name__}")
+    order = GRU_ORDER[mps._choice(layout, RNN_LAYOUTS, "layout")]
+    result, h, layout = _gates(W, R, B, order, GRU_GATES, layout, direction, dtype)
+    biases = _biases(B, len(order), h, layout, _direction(direction))
+    if linear_before_reset and biases is not None and len(biases) == 2:
+        k = order.index("h")
+        result[RECURRENT_BIAS] = _sum_bias(biases[1:], k, h)
     return _sorted(result, GRU_GATES.values())
 
 

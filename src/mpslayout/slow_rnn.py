@@ -94,7 +94,8 @@ def _cell(W: Any, R: Any, B: Any, order: list[str], layout: str, direction: int,
 def _ordered(found: dict[str, np.ndarray], gates: list[str]) -> dict[str, np.ndarray]:
     """MPS gate order; per gate input weights, their bias, recurrent, memory weights."""
     keys = [g + p for g in gates for p in
-            ("InputWeights", "InputWeights.bias", "RecurrentWeights", "MemoryWeights")]
+            ("InputWeights", "InputWeights.bias", "RecurrentWeights", "RecurrentBias",
+             "MemoryWeights")]
     return {k: found[k] for k in keys if k in found}
 
 
@@ -116,8 +117,13 @@ def lstm_weights(W: Any, R: Any, B: Any = None, P: Any = None, *, layout: str = 
 
 
 def gru_weights(W: Any, R: Any, B: Any = None, *, layout: str = "ONNX", direction: int = 0,
-                dtype: Any = None) -> dict[str, np.ndarray]:
-    found, _ = _cell(W, R, B, _GRU[layout], layout, direction, dtype)
+                dtype: Any = None, linear_before_reset: bool = False
+                ) -> dict[str, np.ndarray]:
+    found, h = _cell(W, R, B, _GRU[layout], layout, direction, dtype)
+    _, _, parts, _ = _one_direction(W, R, B, layout, direction, 3)
+    if linear_before_reset and parts is not None and len(parts) == 2:
+        k = _GRU[layout].index("outputGate")  # the h (PyTorch: n) block of the recurrent bias
+        found["outputGateRecurrentBias"] = _bias(parts[1:], k, h)
     return _ordered(found, ["inputGate", "recurrentGate", "outputGate"])
 
 

@@ -125,15 +125,80 @@ def keras_values(keras: Any, model: Any, tr: Any, x: np.ndarray) -> dict[str, np
         if x_name in values:
             values[s] = np.asarray(keras.ops.convert_to_numpy(
                 keras.ops.sigmoid(values[x_name])), np.float32)
+    known = {**values, tr.inputs[0]: tr.to_graph(tr.inputs[0], x)} if tr.inputs else values
+    for y, spec in tr.recurrent.items():
+        if spec.input in known:
+            values[y] = known[y] = _keras_sequences(keras, spec.layers, known[spec.input])
+    for name, (srcs, fn) in tr.derived.items():  # Keras' values moved (Transpose, Slice)
+        if all(s in known for s in srcs):
+            values[name] = known[name] = np.ascontiguousarray(
+                fn(*(known[s] for s in srcs)), np.float32)
     return values
+
+
+def _keras_sequences(keras: Any, layers: list[Any], x: np.ndarray) -> np.ndarray:
+    """ONNX's ``Y`` ``(T, dirs, B, H)`` as Keras computes it: each direction's recurrent
+    layer rebuilt with ``return_sequences=True`` and its own weights, run on ``x``
+    ``(B, T, I)``; a go_backwards layer's sequence put back in time order."""
+    out = []
+    for layer in layers:
+        cfg = {**layer.get_config(), "return_sequences": True, "return_state": False}
+        clone = type(layer).from_config(cfg)
+        clone.build(tuple(x.shape))
+        clone.set_weights(layer.get_weights())
+        y = np.asarray(keras.ops.convert_to_numpy(clone(x, training=False)), np.float32)
+        out.append((y[:, ::-1] if layer.go_backwards else y).transpose(1, 0, 2))
+    return np.ascontiguousarray(np.stack(out, axis=1))
+
+
+def translation_errors(tr: Any, values: dict[str, np.ndarray]) -> dict[str, str]:
+    """Recurrent nodes of the translation that ONNX Runtime, run on Keras' input to them,
+    computes differently from Keras: {node name: what differs}. Such a difference is a bug
+    of :mod:`mpslayout.keras_onnx`, not of the export, and is reported as such."""
+    from .verify.graph import Graph
+    from .verify_rnn import onnx_value
+
+    g = Graph(tr.model, {k: tuple(v.shape) for k, v in values.items()})
+    out = {}
+    for i, node in enumerate(g.nodes):
+        want = values.get(node.output[0]) if node.output[0] in tr.recurrent else None
+        if want is None or node.input[0] not in values:
+            continue
+        try:
+            got = onnx_value(g, i, values)
+        except Exception as e:  # ONNX Runtime refuses the node: say so, do not crash
+            out[g.names[i]] = f"ONNX Runtime cannot run it ({type(e).__name__}: {e})"
+            continue
+        diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else np.inf
+        if not diff <= 1e-4 * max(1.0, float(np.max(np.abs(want), initial=0.0))):
+            out[g.names[i]] = f"ONNX Runtime's Y differs from Keras' by {diff:.3g}"
+    return out
+
+
+def _explain_rows(report: Any, doc: dict[str, Any], tr: Any, bad: dict[str, str]) -> None:
+    """Say why an exported layer was not judged: its Keras layer has no translation, or
+    the translation of a recurrent layer disagrees with Keras (``bad``)."""
+    untranslated = {u["name"]: u["reason"] for u in tr.untranslated}
+    entries = {e.get("name"): e for e in doc.get("layers", []) if isinstance(e, dict)}
+    for row in report.rows:
+        e = entries.get(row.name, {})
+        keras_layer = e.get("source", {}).get("layer")
+        if keras_layer in untranslated and row.error is not None:
+            row.error = (f"Keras layer {keras_layer!r} has no ONNX translation "
+                         f"({untranslated[keras_layer]}): this layer is not verified")
+        elif keras_layer in bad and "recurrent" in e:
+            row.error = (f"the ONNX translation of Keras layer {keras_layer!r} is wrong: "
+                         f"{bad[keras_layer]}. A bug of mpslayout.keras_onnx, not of the "
+                         "export: this layer is not judged")
 
 
 def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
                  input: Any = None, input_dims: dict[str, Any] | None = None,
                  atol: float = 1e-4, rtol: float = 1e-4, storage: str | None = None,
-                 seed: int = 0) -> Any:
+                 seed: int = 0, allow_inexact: bool = False) -> Any:
     """Check the export in ``outdir`` against the Keras ``model`` file, Keras as the
-    oracle (module docstring); returns verify's Report. Raises :class:`KerasMissing`
+    oracle (module docstring); returns verify's Report (``allow_inexact`` as in
+    :func:`mpslayout.verify.verify`). Raises :class:`KerasMissing`
     without keras, VerifyError when nothing can be compared."""
     keras = import_keras()  # first: without keras, say that and nothing else
     from .keras_onnx import Untranslatable, keras_as_onnx
@@ -163,6 +228,8 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
                           oracle_label=f"Keras {keras.__version__} "
                           f"({keras.backend.backend()} backend)", input_label=what,
                           atol=atol, rtol=rtol, storage=storage)
+    report.allow_inexact = bool(allow_inexact)
+    _explain_rows(report, doc, tr, translation_errors(tr, values) if tr.recurrent else {})
     for u in tr.untranslated:
         report.not_verified.append({"name": u["name"], "op": u["op"],
                                     "reason": f"no ONNX translation ({u['reason']}): Keras' "

@@ -7,7 +7,11 @@ The judge is the oracle's own value of ``Y`` (ONNX Runtime, or Keras through its
 translation); when the export holds float16 weights, ONNX Runtime running that node alone
 with the model's W, R (and P) rounded to float16, so that the rounding the export was asked
 for is not counted as an error. A layer the manifest marks ``exact: false`` (a cell MPS
-cannot compute) is still compared; its row carries the manifest's reason.
+cannot compute) is still compared; its row carries the manifest's reason. For a GRU with
+``linear_before_reset=1`` (PyTorch's, Keras ``reset_after=True``) the files are also run with
+the model's own cell (:func:`mpslayout.reference.rnn.gru_reset_after`, which reads the
+output gate's recurrent bias the export keeps apart): that check says whether the files
+hold the model's weights, whatever MPS can compute.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 from .reference import rnn as ref
 
-__all__ = ["RECURRENT_KINDS", "check_layers", "run_exported"]
+__all__ = ["RECURRENT_KINDS", "check_layers", "onnx_value", "run_exported"]
 
 RECURRENT_KINDS = frozenset(("lstm", "gru", "rnn"))
 _WEIGHT_INPUTS = (1, 2, 7)  # W, R, P: stored in the weights' dtype; B stays float32
@@ -28,21 +32,62 @@ _WEIGHT_INPUTS = (1, 2, 7)  # W, R, P: stored in the weights' dtype; B stays flo
 def run_exported(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray,
                  h0: np.ndarray | None = None, c0: np.ndarray | None = None) -> np.ndarray:
     """Y ``(T, B, H)`` of one exported direction on ``x`` ``(T, B, I)``, from its files and
-    the descriptor settings in its manifest entry."""
+    the descriptor settings in its manifest entry; an MPSRNNImageInferenceLayer takes ``x``
+    ``(T, B, height, width, I)`` and gives ``(T, B, height, width, H)``."""
     rec = entry["recurrent"]
     hidden = int(rec["hidden_size"])
-    backward = rec["layerSequenceDirection"] == "backward"
+    common = {"reverse": rec["layerSequenceDirection"] == "backward", "h0": h0,
+              "image": rec.get("layer") == "MPSRNNImageInferenceLayer"}
     neurons = {k: _neuron(v) for k, v in rec["neurons"].items()}
     if rec["cell"] == "lstm":
-        return ref.lstm(x, arrays, hidden, reverse=backward, neurons=neurons,
-                        cell_to_output=_neuron(rec["cellToOutputNeuron"]), h0=h0, c0=c0,
-                        diagonal=bool(rec.get("memoryWeightsAreDiagonal", True)))[0]
+        return ref.lstm(x, arrays, hidden, neurons=neurons,
+                        cell_to_output=_neuron(rec["cellToOutputNeuron"]), c0=c0,
+                        diagonal=bool(rec.get("memoryWeightsAreDiagonal", True)), **common)[0]
     if rec["cell"] == "gru":
-        return ref.gru(x, arrays, hidden, reverse=backward, neurons=neurons,
+        return ref.gru(x, arrays, hidden, neurons=neurons,
                        p=float(rec.get("gatePnormValue", 1.0)),
-                       flip=bool(rec.get("flipOutputGates", False)), h0=h0)[0]
-    return ref.single_gate(x, arrays, hidden, reverse=backward, neuron=neurons["input"],
-                           h0=h0)[0]
+                       flip=bool(rec.get("flipOutputGates", False)), **common)[0]
+    return ref.single_gate(x, arrays, hidden, neuron=neurons["input"], **common)[0]
+
+
+_OPS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+
+
+def _find_node(graph: Any, layer: Any, taken: set[tuple[int, int]]
+               ) -> tuple[int | None, int]:
+    """(node, direction) of the model whose ``W[direction]`` holds the same values as the
+    layer's input-weight files, for an export that does not name its ONNX node (a
+    PyTorch state_dict or a Keras file checked against an ONNX model). Values are
+    compared as sorted multisets, so any reordering (a wrong gate order, a transposed
+    block) still matches, and is then caught by the comparison itself."""
+    rec = layer.entry["recurrent"]
+    parts = [a for k, a in layer.arrays.items() if k.endswith("InputWeights")]
+    if not parts:
+        return None, 0
+    mine = np.sort(np.concatenate([np.ravel(a) for a in parts]))
+    for i, node in enumerate(graph.nodes):
+        if node.op_type != _OPS[rec["cell"]] or len(node.input) < 2:
+            continue
+        w = graph.const(node.input[1])
+        if w is None or w.ndim != 3:
+            continue
+        for d in range(w.shape[0]):
+            theirs = np.sort(np.ravel(w[d]).astype(mine.dtype))
+            if (i, d) not in taken and theirs.shape == mine.shape and np.array_equal(
+                    theirs, mine, equal_nan=True):
+                return i, d
+    return None, 0
+
+
+def _model_cell(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray,
+                h0: np.ndarray | None) -> np.ndarray:
+    """Y of a ``linear_before_reset=1`` GRU direction, computed from its files with the
+    framework's cell rather than MPS's."""
+    rec = entry["recurrent"]
+    return ref.gru_reset_after(
+        x, arrays, int(rec["hidden_size"]),
+        reverse=rec["layerSequenceDirection"] == "backward",
+        neurons={k: _neuron(v) for k, v in rec["neurons"].items()}, h0=h0)[0]
 
 
 def _neuron(spec: Any) -> Any:
@@ -96,17 +141,42 @@ def _compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float
     return max_abs, max_abs / scale if scale else max_abs, worst, worst <= 1.0
 
 
+def onnx_value(graph: Any, i: int, values: dict[str, np.ndarray], f16: bool = False
+               ) -> np.ndarray:
+    """ONNX Runtime's ``Y`` of recurrent node ``i`` run alone on ``values`` of its inputs,
+    its W, R (and P) rounded through float16 when ``f16``."""
+    from .verify.onnx_path import onnx_runtime_oracle
+
+    node = graph.nodes[i]
+    feeds = {n: values[n] for n in node.input if n and graph.const(n) is None and n in values}
+    alone = _node_alone(graph, i, f16, feeds)
+    return onnx_runtime_oracle(alone)([node.output[0]], feeds)[node.output[0]]
+
+
 def _judge(graph: Any, i: int, values: dict[str, np.ndarray], f16: bool) -> np.ndarray:
     node = graph.nodes[i]
     if not f16:
         if node.output[0] not in values:
             raise LookupError(f"the oracle gave no value for {node.output[0]!r}")
         return values[node.output[0]]
-    from .verify.onnx_path import onnx_runtime_oracle
+    return onnx_value(graph, i, values, True)
 
-    feeds = {n: values[n] for n in node.input if n and graph.const(n) is None and n in values}
-    alone = _node_alone(graph, i, True, feeds)
-    return onnx_runtime_oracle(alone)([node.output[0]], feeds)[node.output[0]]
+
+def _named_node(graph: Any, src: dict[str, Any], rec: dict[str, Any]
+                ) -> tuple[int | None, int]:
+    """(node, direction) named by ``source.node`` (ONNX exports) or ``source.layer`` (a
+    Keras export checked against its translation, which names each recurrent node after
+    its layer), if that node is the layer's cell. The direction is the one recorded, else
+    1 for the backward layer of a bidirectional node."""
+    for key in ("node", "layer"):
+        i = graph.by_name.get(src.get(key)) if isinstance(src.get(key), str) else None
+        if i is None or graph.nodes[i].op_type != _OPS[rec["cell"]]:
+            continue
+        if "direction_index" in src:
+            return i, int(src["direction_index"])
+        both = graph.attrs(i).get("direction") in (b"bidirectional", "bidirectional")
+        return i, int(both and rec.get("layerSequenceDirection") == "backward")
+    return None, 0
 
 
 def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], report: Any
@@ -116,21 +186,31 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
     from .verify.report import Check, Row
 
     done: set[str] = set()
+    taken: set[tuple[int, int]] = set()
     alone: dict[int, np.ndarray] = {}
     f16 = report.weights_dtype == "float16"
     for layer in layers:
         src = layer.entry.get("source", {})
         rec = layer.entry["recurrent"]
-        i = graph.by_name.get(src.get("node"))
+        i, d = _named_node(graph, src, rec)
+        if i is None and src.get("node") is None:  # a state_dict export, or no such name
+            i, d = _find_node(graph, layer, taken)
+        if i is not None:
+            taken.add((i, d))
         row = Row(len(report.rows) + 1, layer.name, str(src.get("op", layer.kind)),
                       layer.kind, True, "?", [])
         report.rows.append(row)
         if not rec.get("exact", True):
+            row.declared_inexact = True
             row.notes.append("the manifest marks this cell not exact on MPS: "
-                             + "; ".join(n for n in layer.entry.get("notes", [])
+                             + "; ".join(n.removeprefix("not exact: ")
+                                         for n in layer.entry.get("notes", [])
                                          if n.startswith("not exact")))
         if i is None:
-            row.error = f"ONNX node {src.get('node')!r} of this layer is not in the model"
+            row.error = (f"ONNX node {src.get('node')!r} of this layer is not in the model"
+                         if src.get("node") is not None else
+                         f"no {_OPS[rec['cell']]} node of the model has this layer's input "
+                         "weights (matched by their values, whatever their order)")
             continue
         node = graph.nodes[i]
         attrs = graph.attrs(i)
@@ -146,7 +226,6 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
                 row.error = f"no judge for this node: {type(e).__name__}: {e}"
                 continue
         y = alone[i]
-        d = int(src.get("direction_index", 0))
         xs = np.swapaxes(x, 0, 1) if batch_first else x
         state = [ort.get(node.input[k]) if len(node.input) > k and node.input[k] else None
                  for k in (5, 6)]
@@ -161,6 +240,13 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
         if rec.get("clip") is not None:
             row.notes.append(f"clip={rec['clip']} is not computed by MPS")
         row.isolated = Check(*_compare(got, want, report.atol, report.rtol))
+        if rec["cell"] == "gru" and rec.get("linear_before_reset"):
+            own = _model_cell(layer.entry, layer.arrays, xs, h0)
+            row.files = Check(*_compare(own, want, report.atol, report.rtol))
+            row.notes.append("the files run with the model's own cell (reset gate after the "
+                             f"recurrent matrix): max abs error {row.files.max_abs:.3g}, "
+                             + ("they hold the model's weights" if row.files.ok else
+                                "so the FILES are wrong, not only the cell"))
         report.layers_checked += 1
         done.add(graph.names[i])
     return done

@@ -188,7 +188,24 @@ def _out_shape(n: Node, shape: list[Any] | None) -> list[Any] | None:
         return _resized(n, shape)
     if cls in WEIGHTLESS or cls in SAME_SHAPE:
         return shape
+    if cls in ("LSTM", "GRU", "SimpleRNN", "Bidirectional"):
+        return _recurrent_shape(c, shape)
     return None
+
+
+def _recurrent_shape(c: dict[str, Any], shape: list[Any]) -> list[Any] | None:
+    """Output shape of a Keras RNN (or Bidirectional) on a (B, T, I) sequence: (B, T, H)
+    with return_sequences, else (B, H); None for several outputs (return_state)."""
+    inner = (c.get("layer") or {}).get("config") or c
+    units = inner.get("units")
+    if len(shape) != 3 or not isinstance(units, int) or inner.get("return_state"):
+        return None
+    if "layer" in c:
+        mode = c.get("merge_mode", "concat")
+        if mode is None:
+            return None
+        units *= 2 if mode == "concat" else 1
+    return [*shape[:2], units] if inner.get("return_sequences") else [shape[0], units]
 
 
 def _resized(n: Node, shape: list[Any]) -> list[Any] | None:

@@ -1,6 +1,7 @@
-"""Keras ``LSTM``, ``GRU``, ``SimpleRNN`` and ``Bidirectional`` layers: one MPS recurrent
-layer per direction (docs/layouts.md, section 9). Called from the Keras reader with the
-reader (its variable table) and the layer node.
+"""Keras ``LSTM``, ``GRU``, ``SimpleRNN``, ``ConvLSTM2D`` and ``Bidirectional`` layers: one
+MPS recurrent layer per direction (docs/layouts.md, section 9), ``ConvLSTM2D`` as an
+``MPSRNNImageInferenceLayer`` whose gate data sources are convolutions. Called from the
+Keras reader with the reader (its variable table) and the layer node.
 
 Keras 3 (.keras) keeps an RNN's variables in its cell: ``<layer>/cell/vars/0..2`` (kernel,
 recurrent_kernel, bias), under ``forward_layer`` / ``backward_layer`` for Bidirectional;
@@ -13,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from .attrs import as_pair
 from .layers import SkipLayer, TensorRef, is_float
 from .rnn_layers import KERAS_ACTIVATIONS, gate_neurons, neuron, recurrent_layer
 
-CLASSES = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn"}
+CLASSES = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn", "ConvLSTM2D": "lstm"}
+IMAGE_CLASSES = ("ConvLSTM2D",)  # convolutional cells: MPSRNNImageInferenceLayer
 _ROLES = ("kernel", "recurrent_kernel", "bias")
 # Bidirectional merge_mode -> MPSRNNBidirectionalCombineMode (None: no exact MPS mode)
 _COMBINE = {"concat": "concatenate", "sum": "add", None: "none"}
@@ -60,22 +63,74 @@ def _vars(reader: Any, n: Any, sub: str) -> dict[str, TensorRef]:
     return refs
 
 
+def _image(cfg: dict[str, Any], k: tuple[int, ...], rk: tuple[int, ...], notes: list[str]
+           ) -> dict[str, Any]:
+    """The MPSRNNImageInferenceLayer settings of a ConvLSTM2D (kernel ``(kH, kW, I, 4H)``,
+    recurrent kernel ``(kH, kW, H, 4H)``), and a "not exact" note for each setting MPS does
+    not compute as Keras does (docs/layouts.md section 9, "Image RNNs")."""
+    try:
+        strides = as_pair(cfg.get("strides", 1), "strides", minimum=1, scalar=True)
+        dilation = as_pair(cfg.get("dilation_rate", 1), "dilation_rate", minimum=1,
+                           scalar=True)
+    except ValueError as e:
+        raise SkipLayer(str(e)) from None
+    padding = str(cfg.get("padding", "valid")).lower()
+    if padding not in ("same", "valid"):
+        raise SkipLayer(f"padding={padding!r} is neither 'same' nor 'valid'")
+    h = rk[-2]
+    sizes = {k[:2], rk[:2]}
+    big = any(v > 1 for v in k[:2])
+    if padding == "valid" and big:
+        notes.append(f"not exact: padding='valid' shrinks each step's image by the {k[0]}x"
+                     f"{k[1]} kernel, and Keras then convolves that smaller state; "
+                     "MPSRNNLayer.h requires all intermediate images to be of the same size "
+                     "and gives the input convolution no offset: MPS's input convolution is "
+                     "centred ('same' padding)")
+    if strides != (1, 1):
+        notes.append(f"not exact: strides={list(strides)} shrink the image; MPSRNNLayer.h "
+                     "requires all intermediate images to be of the same size")
+    if dilation != (1, 1) and big:
+        notes.append(f"not exact: dilation_rate={list(dilation)}: Keras dilates the input "
+                     "convolution only; MPSRNNLayer.h does not say whether the image RNN "
+                     "reads a data source's dilationRateX/Y")
+    even = sorted({v for size in sizes for v in size if v % 2 == 0})
+    if even:
+        notes.append(f"not exact: even kernel size {even}: Keras's 'same' padding (always "
+                     "used by the recurrent convolution) starts the window (k-1)//2 before "
+                     "the pixel, MPS's centred window k//2: one pixel apart")
+    notes.append("MPSRNNImageInferenceLayer converts float32 weights to float16 for its "
+                 "convolutions (MPSRNNLayer.h, useFloat32Weights)")
+
+    def source(shape: tuple[int, ...]) -> dict[str, int]:
+        return {"kernelHeight": int(shape[0]), "kernelWidth": int(shape[1]),
+                "inputFeatureChannels": int(shape[2]), "outputFeatureChannels": int(h)}
+
+    return {"layer": "MPSRNNImageInferenceLayer", "image": {
+        "input_weights": source(k), "recurrent_weights": source(rk), "padding": padding,
+        "recurrent_padding": "same", "strides": list(strides), "dilation_rate": list(dilation),
+        "data_format": str(cfg.get("data_format") or "channels_last")}}
+
+
 def _one(reader: Any, n: Any, cfg: dict[str, Any], cls: str, sub: str, name: str,
          backward: bool, pair: list[str] | None, extra: list[str]) -> None:
     cell = CLASSES[cls]
     refs = _vars(reader, n, sub)
     k, rk = refs["kernel"], refs["recurrent_kernel"]
-    if len(k.shape) != 2 or len(rk.shape) != 2:
+    rank = 4 if cls in IMAGE_CLASSES else 2
+    if len(k.shape) != rank or len(rk.shape) != rank:
         raise SkipLayer(f"kernel {list(k.shape)} / recurrent_kernel {list(rk.shape)} are not "
-                        "2-D")
-    hidden, n_in = rk.shape[0], k.shape[0]
+                        f"{rank}-D")
+    hidden, n_in = rk.shape[-2], k.shape[-2]
     act, rec = cfg.get("activation", "tanh"), cfg.get("recurrent_activation", "sigmoid")
     acts = {"lstm": [rec, act, act], "gru": [rec, act], "rnn": [act]}[cell]
     notes = list(extra)
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {"return_sequences": bool(cfg.get("return_sequences", False)),
+                                "go_backwards": bool(cfg.get("go_backwards", False))}
+    if rank == 4:
+        settings.update(_image(cfg, tuple(k.shape), tuple(rk.shape), notes))
     if cell == "gru":
         reset_after = bool(cfg.get("reset_after", True))
-        settings["reset_after"] = reset_after
+        settings.update(reset_after=reset_after, linear_before_reset=int(reset_after))
         if reset_after:
             notes.append("not exact: reset_after=True applies the reset gate after the "
                          "recurrent matrix (ONNX linear_before_reset=1); MPS's GRU applies it "
@@ -104,8 +159,8 @@ def read_layer(reader: Any, n: Any) -> None:
     inner = n.cfg.get("layer") or {}
     cls = str(inner.get("class_name", ""))
     if cls not in CLASSES:
-        raise SkipLayer(f"Bidirectional around {cls or 'an unknown layer'}: only LSTM, GRU "
-                        "and SimpleRNN are exported", unsupported=True)
+        raise SkipLayer(f"Bidirectional around {cls or 'an unknown layer'}: only LSTM, GRU, "
+                        "SimpleRNN and ConvLSTM2D are exported", unsupported=True)
     back = n.cfg.get("backward_layer") or inner
     mode = n.cfg.get("merge_mode", "concat")
     extra = []

@@ -29,9 +29,15 @@ def _list(attrs: Any, key: str, kind: int) -> list[Any] | None:
     return list(a.floats) if kind == 6 else [v.decode("utf-8", "replace") for v in a.strings]
 
 
+_TAKE_ALPHA = frozenset(("LeakyRelu", "ThresholdedRelu", "ScaledTanh", "HardSigmoid", "Elu",
+                         "Affine"))
+_TAKE_BETA = frozenset(("ScaledTanh", "HardSigmoid", "Affine"))
+
+
 def _activations(attrs: Any, cell: str, dirs: int, where: str) -> list[list[Any]]:
     """Per direction, the MPS neurons of the node's activation list (None where MPS has
-    none), with activation_alpha/beta consumed in list order."""
+    none), with activation_alpha/beta consumed in list order by the activations that take
+    them, as ONNX Runtime does."""
     names = _list(attrs, "activations", 8)
     per = len(_DEFAULT_ACTS[cell])
     if names is None:
@@ -45,9 +51,12 @@ def _activations(attrs: Any, cell: str, dirs: int, where: str) -> list[list[Any]
         raise SkipLayer(f"{where}: {len(names)} activations for {dirs} direction(s); "
                         f"{cell.upper()} needs {per} per direction")
     out = []
-    for j, n in enumerate(names):
-        a = alphas[j] if j < len(alphas) else None
-        b = betas[j] if j < len(betas) else None
+    ia, ib = iter(alphas), iter(betas)
+    for n in names:
+        # ONNX Runtime hands the lists out in order, but only to the activations that take
+        # that parameter (a Tanh before an Affine does not use up the Affine's alpha)
+        a = next(ia, None) if n in _TAKE_ALPHA else None
+        b = next(ib, None) if n in _TAKE_BETA else None
         out.append(neuron(n, a, b))
     return [out[d * per:(d + 1) * per] for d in range(dirs)]
 

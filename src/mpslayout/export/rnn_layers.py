@@ -103,8 +103,15 @@ def recurrent_layer(name: str, cell: str, source: dict[str, Any], tensors: dict[
         rec["cellToOutputNeuron"] = neurons["cellToOutput"]
         rec["memoryWeightsAreDiagonal"] = "P" in tensors
     if cell == "gru":
-        rec.update(gatePnormValue=1.0, flipOutputGates=False)
+        rec.update(gatePnormValue=1.0, flipOutputGates=False, linear_before_reset=0)
     rec.update(settings or {})
+    if cell == "gru" and rec["linear_before_reset"] and "B" in tensors:
+        # the framework's cell needs this bias apart (inside r * (...)); MPS has no place
+        # for it, so it is written beside the gates rather than dropped
+        rec["not_mps_properties"] = [rnn.RECURRENT_BIAS]
+        notes = [*notes, f"{rnn.RECURRENT_BIAS}: the output gate's recurrent bias, no MPS "
+                 "property (already summed into outputGateInputWeights.bias); written for a "
+                 "custom kernel and for verify, which checks the files with the model's cell"]
     geo = {"input_channels": inputs, "output_channels": hidden, "input_shape": None,
            "output_shape": None, "recurrent": rec}
     layer = Layer(name, cell, cell, source, geometry=geo, tensors=dict(tensors),
@@ -121,6 +128,8 @@ def convert(layer: Layer, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray, in
                           "direction": layer.params["direction"]}
     if "P" in load:
         kw["P"] = load["P"]
+    if layer.rule == "gru":
+        kw["linear_before_reset"] = bool(layer.geometry["recurrent"]["linear_before_reset"])
     w_dtype = dtype if dtype.kind == "f" else np.dtype(np.float32)
     props = fn(load["W"], load["R"], load.get("B"), dtype=w_dtype, **kw)
     total = sum(v.nbytes for v in t.values())

@@ -87,6 +87,7 @@ def module(p: Plan, name: str, leaves: dict[str, TensorRef]) -> set[str]:
             p.layers.append(recurrent_layer(
                 f"{name}.l{k}{suffix}", cell, source, tensors, layout="PyTorch", direction=d,
                 index=0, hidden=hidden, inputs=w.shape[1], neurons=neurons, notes=notes,
-                pair=pair, settings={"stack_index": k}))
+                pair=pair, settings={"stack_index": k,
+                                     **({"linear_before_reset": 1} if cell == "gru" else {})}))
         k += 1
     return used

@@ -13,7 +13,7 @@ ONNX exporter of the same network writes. A layer with no translation becomes a 
 input, fed from Keras' value (``Translation.untranslated``): nothing after it is lost.
 """
 
-from .base import PREACT, Tensor, Translation, Untranslatable
+from .base import PREACT, RecurrentValue, Tensor, Translation, Untranslatable
 from .translator import keras_as_onnx
 
-__all__ = ["PREACT", "Tensor", "Translation", "Untranslatable", "keras_as_onnx"]
+__all__ = ["PREACT", "RecurrentValue", "Tensor", "Translation", "Untranslatable", "keras_as_onnx"]

@@ -43,6 +43,16 @@ class Tensor:
 
 
 @dataclass
+class RecurrentValue:
+    """How Keras computes the ``Y`` ``(T, dirs, B, H)`` of a translated recurrent node:
+    each direction's Keras layer (forward first) run with ``return_sequences=True`` on
+    the value of graph tensor ``input`` (Keras' layout, ``(B, T, I)``)."""
+
+    layers: list[Any]
+    input: str
+
+
+@dataclass
 class Translation:
     """The ONNX model and how to read Keras' values in its terms: ``tensors`` maps an
     ONNX tensor name to the Keras tensor it holds and its :class:`Tensor` layout;
@@ -56,6 +66,10 @@ class Translation:
     preacts: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     # the sigmoid inside a silu (x * sigmoid(x)) -> x
     sigmoids: dict[str, str] = field(default_factory=dict)
+    # a recurrent node's Y -> the Keras layers that compute it
+    recurrent: dict[str, RecurrentValue] = field(default_factory=dict)
+    # a tensor that moves Keras values (a Transpose, a Slice) -> (its sources, numpy of it)
+    derived: dict[str, tuple[tuple[str, ...], Any]] = field(default_factory=dict)
 
     def to_graph(self, name: str, value: np.ndarray) -> np.ndarray:
         """Keras' value of tensor ``name`` in the graph's layout."""

@@ -117,3 +117,21 @@ class SpatialLayers(Base):
         y = self.b.node("Reshape", [x.name, target], self.b.unique(name + "/nhwc"), name=name)
         y = self.b.node("Transpose", [y], name, name=name + "/nchw", perm=[0, 3, 1, 2])
         return Tensor(y, shape, "nchw")
+
+    def t_Permute(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...], name: str
+                  ) -> Tensor:
+        x = ins[0]
+        dims = [0, *(int(d) for d in op.dims)]  # Keras' permutation of its own axes
+        if x.layout == "nchw":  # one Transpose from NCHW to the result's graph layout
+            to_nhwc, to_nchw = (0, 2, 3, 1), (0, 3, 1, 2)
+            perm = [to_nhwc[dims[c]] for c in to_nchw]
+            return Tensor(self.b.node("Transpose", [x.name], name, name=name, perm=perm),
+                          shape, "nchw")
+        x = self.keras_view(x, name)
+        y = self.b.node("Transpose", [x.name], self.b.unique(name + "/keras"), name=name,
+                        perm=dims)
+        if len(shape) != 4:
+            self.b.rename(y, name)
+            return Tensor(name, shape, "keras")
+        y = self.b.node("Transpose", [y], name, name=name + "/nchw", perm=[0, 3, 1, 2])
+        return Tensor(y, shape, "nchw")

@@ -7,11 +7,12 @@ from typing import Any
 
 from .base import OPSET, Tensor, Translation, Untranslatable, _dims, _is_layer
 from .pointwise import PointwiseLayers
+from .recurrent import RecurrentLayers
 from .spatial import SpatialLayers
 from .weighted import WeightedLayers
 
 
-class Translator(WeightedLayers, PointwiseLayers, SpatialLayers):
+class Translator(WeightedLayers, PointwiseLayers, SpatialLayers, RecurrentLayers):
     """Every layer translation (``t_CLASS`` methods of the mixins) and the walk."""
 
     def run(self) -> Translation:
@@ -58,7 +59,10 @@ class Translator(WeightedLayers, PointwiseLayers, SpatialLayers):
         self.node = node
         try:
             if len(outs) != 1:
-                raise Untranslatable(f"{len(outs)} outputs")
+                why = [f"{k}={v!r}" for k, v in (("return_state", True), ("merge_mode", None))
+                       if hasattr(op, k) and getattr(op, k) == v]
+                raise Untranslatable(f"{len(outs)} outputs" + (f" ({', '.join(why)})"
+                                                               if why else ""))
             if _is_layer(op):
                 fn = getattr(self, "t_" + cls, None)
                 if fn is None:

@@ -143,7 +143,7 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
            input: Given | Mapping[str, Given] | None = None,
            input_dims: Mapping[str, Sequence[int]] | None = None,
            atol: float = 1e-4, rtol: float = 1e-4, storage: str | None = None,
-           seed: int = 0) -> Report:
+           seed: int = 0, allow_inexact: bool = False) -> Report:
     """Check the export in ``outdir`` against the ONNX ``model`` with ONNX Runtime as the
     oracle (see :mod:`mpslayout.verify`).
 
@@ -151,7 +151,9 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
     or .npy path}; for other inputs ``input_dims``
     ({input name: dims}) or the dims recorded at export, with a seeded standard normal
     sample (``seed``). ``storage``: the MPS image type, "float16" or "float32" (default:
-    the manifest's weight type). Raises :class:`VerifyError` when nothing can be compared
+    the manifest's weight type). ``allow_inexact``: a layer the manifest declares MPS
+    cannot compute (a GRU with ``linear_before_reset=1``) passes when its files, run with
+    the model's own cell, agree. Raises :class:`VerifyError` when nothing can be compared
     (a corrupt export, an unreadable model, no usable input); divergences are in the
     report.
     """
@@ -190,6 +192,8 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
         what += (f"; {', '.join(integer_nodes)} run as float operators on dequantized "
                  "weights (not quantizing activations), as the exported layers do")
     run = onnx_runtime_oracle(proto)
-    return verify_graph(outdir, proto, feeds, lambda names: run(names, feeds),
-                        model_label=mpath, oracle_label="ONNX Runtime", input_label=what,
-                        atol=atol, rtol=rtol, storage=storage)
+    report = verify_graph(outdir, proto, feeds, lambda names: run(names, feeds),
+                          model_label=mpath, oracle_label="ONNX Runtime", input_label=what,
+                          atol=atol, rtol=rtol, storage=storage)
+    report.allow_inexact = bool(allow_inexact)
+    return report
