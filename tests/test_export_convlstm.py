@@ -157,6 +157,29 @@ def test_planted_bugs_break_the_match(exact_model: Any, tmp_path: Path, bug: str
     assert np.abs(y - _steps(mid)).max() > 1e-2
 
 
+@pytest.mark.parametrize("bug", [None, "swap_gates"])
+def test_verify_judges_convlstm_against_keras(exact_model: Any, tmp_path: Path, bug: Any,
+                                              monkeypatch: Any) -> None:
+    """``mpslayout verify OUT --model m.keras``: ONNX has no ConvLSTM, so each direction is
+    judged by Keras itself; a planted gate swap fails and is named."""
+    from mpslayout.verify_keras import verify_keras
+
+    tmp = exact_model[0]
+    if bug:
+        monkeypatch.setitem(rnn.LSTM_ORDER, "Keras", "icfo")
+    export(tmp / "m.keras", tmp_path / "out", progress=False)
+    report = verify_keras(tmp_path / "out", tmp / "m.keras", input=exact_model[2])
+    rows = [r for r in report.rows if r.layer]
+    assert len(rows) == 4
+    assert all(r.error is None and r.isolated is not None for r in rows), report.table()
+    if bug:
+        assert not report.ok
+        assert report.first_divergence is rows[0]
+    else:
+        assert report.ok, report.table()
+        assert report.layers_checked == 4
+
+
 def test_configurations_mps_cannot_compute_are_flagged(tmp_path: Path, capsys: Any) -> None:
     """padding='valid', an even kernel, strides and dilation: exported, exact: false, the
     reason in the notes and the CLI summary."""
@@ -189,6 +212,11 @@ def test_configurations_mps_cannot_compute_are_flagged(tmp_path: Path, capsys: A
     assert np.abs(y[1:] - want[1:]).max() > 1e-3
     assert main(["export", str(tmp_path / "m.h5"), "-o", str(tmp_path / "o2")]) == 0
     assert "padding='valid'" in capsys.readouterr().out
+    # verify against Keras: every layer fails, with the export's reason beside it
+    assert main(["verify", str(tmp_path / "out"), "--model", str(tmp_path / "m.keras")]) == 1
+    out = capsys.readouterr().out
+    assert "not the shape of Keras'" in out
+    assert "padding='valid'" in out
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "single_gate"])

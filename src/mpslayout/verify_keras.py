@@ -140,14 +140,7 @@ def _keras_sequences(keras: Any, layers: list[Any], x: np.ndarray) -> np.ndarray
     """ONNX's ``Y`` ``(T, dirs, B, H)`` as Keras computes it: each direction's recurrent
     layer rebuilt with ``return_sequences=True`` and its own weights, run on ``x``
     ``(B, T, I)``; a go_backwards layer's sequence put back in time order."""
-    out = []
-    for layer in layers:
-        cfg = {**layer.get_config(), "return_sequences": True, "return_state": False}
-        clone = type(layer).from_config(cfg)
-        clone.build(tuple(x.shape))
-        clone.set_weights(layer.get_weights())
-        y = np.asarray(keras.ops.convert_to_numpy(clone(x, training=False)), np.float32)
-        out.append((y[:, ::-1] if layer.go_backwards else y).transpose(1, 0, 2))
+    out = [_keras_run(keras, layer, x).transpose(1, 0, 2) for layer in layers]
     return np.ascontiguousarray(np.stack(out, axis=1))
 
 
@@ -173,6 +166,60 @@ def translation_errors(tr: Any, values: dict[str, np.ndarray]) -> dict[str, str]
         if not diff <= 1e-4 * max(1.0, float(np.max(np.abs(want), initial=0.0))):
             out[g.names[i]] = f"ONNX Runtime's Y differs from Keras' by {diff:.3g}"
     return out
+
+
+def _image_rnn_rows(keras: Any, model: Any, report: Any, outdir: Any, x: np.ndarray) -> None:
+    """Judge the exported image RNN directions (ConvLSTM2D: no ONNX operator, so no
+    translation) against Keras directly: each direction's Keras layer, rebuilt with
+    ``return_sequences=True`` and its own weights, on Keras' input to the layer, against
+    the MPS formula run from the files."""
+    from .verify import load_export
+    from .verify.report import Check
+    from .verify_rnn import compare, run_exported
+
+    _, layers = load_export(outdir)
+    exported = {e.name: e for e in layers}
+    for row in report.rows:
+        e = exported.get(row.name)
+        rec = e.entry.get("recurrent") if e is not None else None
+        if not rec or rec.get("layer") != "MPSRNNImageInferenceLayer":
+            continue
+        src = e.entry.get("source", {})
+        try:
+            layer = model.get_layer(src.get("layer"))
+        except ValueError:
+            row.error = f"Keras layer {src.get('layer')!r} is not in the model"
+            continue
+        inner = layer
+        if type(layer).__name__ == "Bidirectional":
+            backward = rec["layerSequenceDirection"] == "backward"
+            inner = layer.backward_layer if backward else layer.forward_layer
+        xs = np.asarray(keras.ops.convert_to_numpy(
+            keras.Model(model.inputs, layer.input)([x], training=False)), np.float32)
+        want = np.swapaxes(_keras_run(keras, inner, xs), 0, 1)  # (T, B, h, w, C)
+        got = run_exported(e.entry, e.arrays, np.swapaxes(xs, 0, 1))
+        row.tensor, row.shape = f"{inner.name} (Keras)", list(want.shape)
+        if got.shape != want.shape:  # padding='valid', strides: flagged at export
+            row.error = (f"MPS's output {list(got.shape)} (T, batch, height, width, C) is "
+                         f"not the shape of Keras' {list(want.shape)}")
+            continue
+        row.error = None
+        row.isolated = Check(*compare(got, want, report.atol, report.rtol))
+        row.notes.append("judged by Keras itself (ONNX has no ConvLSTM); MPS converts these "
+                         "weights to float16 (MPSRNNLayer.h), which is not modelled here")
+        report.layers_checked += 1
+
+
+def _keras_run(keras: Any, layer: Any, x: np.ndarray) -> np.ndarray:
+    """One recurrent Keras layer rebuilt with ``return_sequences=True`` and its own
+    weights, run on ``x`` ``(B, T, ...)``; a go_backwards layer's output put back in time
+    order."""
+    cfg = {**layer.get_config(), "return_sequences": True, "return_state": False}
+    clone = type(layer).from_config(cfg)
+    clone.build(tuple(x.shape))
+    clone.set_weights(layer.get_weights())
+    y = np.asarray(keras.ops.convert_to_numpy(clone(x, training=False)), np.float32)
+    return y[:, ::-1] if layer.go_backwards else y
 
 
 def _explain_rows(report: Any, doc: dict[str, Any], tr: Any, bad: dict[str, str]) -> None:
@@ -230,6 +277,7 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
                           atol=atol, rtol=rtol, storage=storage)
     report.allow_inexact = bool(allow_inexact)
     _explain_rows(report, doc, tr, translation_errors(tr, values) if tr.recurrent else {})
+    _image_rnn_rows(keras, kmodel, report, outdir, x)
     for u in tr.untranslated:
         report.not_verified.append({"name": u["name"], "op": u["op"],
                                     "reason": f"no ONNX translation ({u['reason']}): Keras' "

@@ -126,7 +126,7 @@ def _node_alone(graph: Any, i: int, f16: bool, feeds: dict[str, np.ndarray]) -> 
     return m
 
 
-def _compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float
+def compare(got: np.ndarray, want: np.ndarray, atol: float, rtol: float
              ) -> tuple[float, float, float, bool]:
     w = want.astype(np.float64)
     with np.errstate(invalid="ignore"):
@@ -239,10 +239,10 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
         row.tensor, row.shape = node.output[0], list(want.shape)
         if rec.get("clip") is not None:
             row.notes.append(f"clip={rec['clip']} is not computed by MPS")
-        row.isolated = Check(*_compare(got, want, report.atol, report.rtol))
+        row.isolated = Check(*compare(got, want, report.atol, report.rtol))
         if rec["cell"] == "gru" and rec.get("linear_before_reset"):
             own = _model_cell(layer.entry, layer.arrays, xs, h0)
-            row.files = Check(*_compare(own, want, report.atol, report.rtol))
+            row.files = Check(*compare(own, want, report.atol, report.rtol))
             row.notes.append("the files run with the model's own cell (reset gate after the "
                              f"recurrent matrix): max abs error {row.files.max_abs:.3g}, "
                              + ("they hold the model's weights" if row.files.ok else
