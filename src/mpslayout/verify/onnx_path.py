@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -136,7 +136,7 @@ def input_feeds(g: Graph, given: Mapping[str | None, np.ndarray], recorded: Mapp
     return feeds, "; ".join(how)
 
 
-Given = np.ndarray | str | os.PathLike[str]
+Given = Union[np.ndarray, str, "os.PathLike[str]"]  # Union: `|` fails at run time on 3.9
 
 
 def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
