@@ -447,3 +447,50 @@ def test_malformed_recurrent_nodes_are_listed_not_crashed(tmp_path: Path, op: st
     listed = [x["reason"] for x in doc["skipped"] + doc["unsupported"]]
     notes = [n for e in doc["layers"] for n in e["notes"]]
     assert any(reason in r for r in listed + notes), (listed, notes)
+
+
+def _set(path: list[str], value: Any) -> Any:
+    def change(entry: dict[str, Any]) -> None:
+        target = entry
+        for key in path[:-1]:
+            target = target[key]
+        if value is _DROP:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+    return change
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (_set(["recurrent"], _DROP), "no 'recurrent' object"),
+    (_set(["recurrent", "neurons"], _DROP), "recurrent.neurons"),
+    (_set(["recurrent", "neurons", "inputGate"], {"type": "Bogus"}), "a neuron must be"),
+    (_set(["recurrent", "hidden_size"], "5"), "hidden_size must be a positive integer"),
+    (_set(["recurrent", "hidden_size"], 7), "files cannot run as this cell"),
+    (_set(["recurrent", "cell"], "lstm"), "is not the layer's kind"),
+    (_set(["recurrent", "layerSequenceDirection"], 1), "'forward' or 'backward'"),
+    (_set(["recurrent", "layer"], "MPSRNNImageInferenceLayer"), "files cannot run"),
+])
+def test_hand_broken_recurrent_manifest_is_named_not_crashed(
+        tmp_path: Path, change: Any, reason: str) -> None:
+    """A manifest edited by hand (or cut short) fails verify on that layer's row with what is
+    wrong, instead of a KeyError from the reference."""
+    import shutil
+
+    from mpslayout.verify import verify
+
+    path = _gru_rnn_graph(tmp_path)
+    export(path, tmp_path / "out", progress=False)
+    shutil.copytree(tmp_path / "out", tmp_path / "bad")
+    doc = json.loads((tmp_path / "bad" / "manifest.json").read_text())
+    change(doc["layers"][0])
+    (tmp_path / "bad" / "manifest.json").write_text(json.dumps(doc))
+    report = verify(tmp_path / "bad", path)
+    assert not report.ok
+    first = report.rows[0]
+    assert first.name == "gru.forward"
+    assert reason in (first.error or ""), report.table()
+    assert report.rows[1].ok  # the other direction is still judged

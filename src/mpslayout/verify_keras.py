@@ -175,14 +175,16 @@ def _image_rnn_rows(keras: Any, model: Any, report: Any, outdir: Any, x: np.ndar
     the MPS formula run from the files."""
     from .verify import load_export
     from .verify.report import Check
-    from .verify_rnn import compare, run_exported
+    from .verify_rnn import RECURRENT_KINDS, compare, entry_problem, run_exported
 
     _, layers = load_export(outdir)
     exported = {e.name: e for e in layers}
     for row in report.rows:
         e = exported.get(row.name)
-        rec = e.entry.get("recurrent") if e is not None else None
-        if not rec or rec.get("layer") != "MPSRNNImageInferenceLayer":
+        if e is None or e.kind not in RECURRENT_KINDS or entry_problem(e.entry) is not None:
+            continue  # not recurrent, or its row already names what is wrong with it
+        rec = e.entry["recurrent"]
+        if rec.get("layer") != "MPSRNNImageInferenceLayer":
             continue
         src = e.entry.get("source", {})
         try:
@@ -194,11 +196,19 @@ def _image_rnn_rows(keras: Any, model: Any, report: Any, outdir: Any, x: np.ndar
         if type(layer).__name__ == "Bidirectional":
             backward = rec["layerSequenceDirection"] == "backward"
             inner = layer.backward_layer if backward else layer.forward_layer
-        xs = np.asarray(keras.ops.convert_to_numpy(
-            keras.Model(model.inputs, layer.input)([x], training=False)), np.float32)
-        want = np.swapaxes(_keras_run(keras, inner, xs), 0, 1)  # (T, B, h, w, C)
-        got = run_exported(e.entry, e.arrays, np.swapaxes(xs, 0, 1))
+        try:  # Keras' input to the layer (one call site), and the direction on it
+            xs = np.asarray(keras.ops.convert_to_numpy(
+                keras.Model(model.inputs, layer.input)([x], training=False)), np.float32)
+            want = np.swapaxes(_keras_run(keras, inner, xs), 0, 1)  # (T, B, h, w, C)
+        except (ValueError, AttributeError, TypeError) as err:
+            row.error = f"Keras cannot run layer {layer.name!r} alone: {err}"
+            continue
         row.tensor, row.shape = f"{inner.name} (Keras)", list(want.shape)
+        try:
+            got = run_exported(e.entry, e.arrays, np.swapaxes(xs, 0, 1))
+        except ValueError as err:  # files that do not fit the manifest's sizes
+            row.error = f"the files cannot run as this cell: {err}"
+            continue
         if got.shape != want.shape:  # padding='valid', strides: flagged at export
             row.error = (f"MPS's output {list(got.shape)} (T, batch, height, width, C) is "
                          f"not the shape of Keras' {list(want.shape)}")

@@ -179,6 +179,43 @@ def _named_node(graph: Any, src: dict[str, Any], rec: dict[str, Any]
     return None, 0
 
 
+_LAYERS = ("MPSRNNMatrixInferenceLayer", "MPSRNNImageInferenceLayer")
+
+
+def entry_problem(entry: Any) -> str | None:
+    """What makes a recurrent manifest entry unusable (a hand-edited or truncated
+    manifest), or None: checked before anything runs, so verify names it on the layer's
+    row instead of failing with a KeyError deep in the reference."""
+    rec = entry.get("recurrent") if isinstance(entry, dict) else None
+    if not isinstance(rec, dict):
+        return "the manifest entry has no 'recurrent' object"
+    if rec.get("cell") not in RECURRENT_KINDS or rec.get("cell") != entry.get("kind"):
+        return f"recurrent.cell {rec.get('cell')!r} is not the layer's kind {entry.get('kind')!r}"
+    for key in ("hidden_size", "input_size"):
+        v = rec.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            return f"recurrent.{key} must be a positive integer, got {v!r}"
+    if rec.get("layerSequenceDirection") not in ("forward", "backward"):
+        return (f"recurrent.layerSequenceDirection must be 'forward' or 'backward', got "
+                f"{rec.get('layerSequenceDirection')!r}")
+    if rec.get("layer", _LAYERS[0]) not in _LAYERS:
+        return f"recurrent.layer must be one of {list(_LAYERS)}, got {rec.get('layer')!r}"
+    neurons = rec.get("neurons")
+    wanted = {"lstm": ("inputGate", "forgetGate", "cellGate", "outputGate"),
+              "gru": ("inputGate", "recurrentGate", "outputGate"), "rnn": ("input",)}
+    extra = [rec.get("cellToOutputNeuron")] if rec["cell"] == "lstm" else []
+    if not isinstance(neurons, dict) or any(k not in neurons for k in wanted[rec["cell"]]):
+        return f"recurrent.neurons must name the neurons of {list(wanted[rec['cell']])}"
+    for spec in [*neurons.values(), *extra]:
+        if spec is None:
+            continue
+        if not isinstance(spec, dict) or spec.get("type") not in ref.MPS_NEURONS or not all(
+                isinstance(spec.get(k, 1.0), (int, float)) for k in ("a", "b")):
+            return (f"a neuron must be {{type: one of {sorted(ref.MPS_NEURONS)}, a, b}}, "
+                    f"got {spec!r}")
+    return None
+
+
 def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], report: Any
                  ) -> set[str]:
     """Append one row per exported recurrent direction to ``report`` (``ort``: the
@@ -191,6 +228,12 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
     f16 = report.weights_dtype == "float16"
     for layer in layers:
         src = layer.entry.get("source", {})
+        src = src if isinstance(src, dict) else {}
+        problem = entry_problem(layer.entry)
+        if problem is not None:
+            report.rows.append(Row(len(report.rows) + 1, layer.name, str(src.get("op", "?")),
+                                   layer.kind, True, "?", [], error=problem))
+            continue
         rec = layer.entry["recurrent"]
         i, d = _named_node(graph, src, rec)
         if i is None and src.get("node") is None:  # a state_dict export, or no such name
@@ -235,8 +278,12 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
         else:
             want = y[:, d]
         h0, c0 = (None if s is None else s[d] for s in state)
-        got = run_exported(layer.entry, layer.arrays, xs, h0, c0)
         row.tensor, row.shape = node.output[0], list(want.shape)
+        try:
+            got = run_exported(layer.entry, layer.arrays, xs, h0, c0)
+        except ValueError as e:  # files that do not fit the manifest's sizes
+            row.error = f"the files cannot run as this cell: {e}"
+            continue
         if rec.get("clip") is not None:
             row.notes.append(f"clip={rec['clip']} is not computed by MPS")
         row.isolated = Check(*compare(got, want, report.atol, report.rtol))
