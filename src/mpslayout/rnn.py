@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 RNN_LAYOUTS = ("ONNX", "PyTorch", "Keras")
+# each cell's ONNX operator (the manifest's kind -> op_type)
+ONNX_OPS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 # the gate order of each framework's packed tensors (docs/layouts.md, gate order table)
 LSTM_ORDER = {"ONNX": "iofc", "PyTorch": "ifco", "Keras": "ifco"}
@@ -154,7 +156,9 @@ def _sum_bias(parts: list[np.ndarray], k: int, h: int) -> np.ndarray:
 
 
 def _gates(W: Any, R: Any, B: Any, order: str, names: Mapping[str, str], layout: str,
-           direction: Any, dtype: Any) -> tuple[dict[str, np.ndarray], int, str]:
+           direction: Any, dtype: Any
+           ) -> tuple[dict[str, np.ndarray], int, str, list[np.ndarray] | None]:
+    """(gate arrays, H, layout, the framework's bias vectors of this direction)."""
     d = _direction(direction)
     w, r, h = _packed(W, R, len(order), layout, d)
     biases = _biases(B, len(order), h, layout, d)
@@ -165,7 +169,7 @@ def _gates(W: Any, R: Any, B: Any, order: str, names: Mapping[str, str], layout:
         result[f"{prop}RecurrentWeights"] = _block(r, k, h, layout, dtype, "R")
         if biases is not None:
             result[f"{prop}InputWeights{BIAS_SUFFIX}"] = _sum_bias(biases, k, h)
-    return result, h, layout
+    return result, h, layout, biases
 
 
 _PER_GATE = ("InputWeights", "InputWeights" + BIAS_SUFFIX, "RecurrentWeights", "RecurrentBias",
@@ -217,8 +221,8 @@ def lstm_weights(
     ``dtype`` as in :func:`mpslayout.conv_weights` (None keeps float32/float16/uint8,
     float64 becomes float32). Bias and memory-weight dtype rules: bias always float32.
     """
-    result, h, layout = _gates(W, R, B, LSTM_ORDER[mps._choice(layout, RNN_LAYOUTS, "layout")],
-                               LSTM_GATES, layout, direction, dtype)
+    order = LSTM_ORDER[mps._choice(layout, RNN_LAYOUTS, "layout")]
+    result, h, layout, _ = _gates(W, R, B, order, LSTM_GATES, layout, direction, dtype)
     if P is not None:
         if layout != "ONNX":
             raise ValueError(f"P (peepholes) exists only for layout='ONNX', got layout={layout!r}")
@@ -265,8 +269,7 @@ def gru_weights(
         raise TypeError(f"linear_before_reset must be a bool, got "
                         f"{type(linear_before_reset).__name__}")
     order = GRU_ORDER[mps._choice(layout, RNN_LAYOUTS, "layout")]
-    result, h, layout = _gates(W, R, B, order, GRU_GATES, layout, direction, dtype)
-    biases = _biases(B, len(order), h, layout, _direction(direction))
+    result, h, layout, biases = _gates(W, R, B, order, GRU_GATES, layout, direction, dtype)
     if linear_before_reset and biases is not None and len(biases) == 2:
         k = order.index("h")
         result[RECURRENT_BIAS] = _sum_bias(biases[1:], k, h)
@@ -289,5 +292,5 @@ def rnn_weights(
     ``np.ascontiguousarray(W[direction]).reshape(H, 1, 1, I)``, Keras
     ``np.ascontiguousarray(W.T).reshape(H, 1, 1, I)``.
     """
-    result, _, _ = _gates(W, R, B, "x", {"x": ""}, layout, direction, dtype)
+    result, _, _, _ = _gates(W, R, B, "x", {"x": ""}, layout, direction, dtype)
     return {k[0].lower() + k[1:]: v for k, v in _sorted(result, [""]).items()}

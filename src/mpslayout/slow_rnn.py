@@ -80,7 +80,7 @@ def _one_direction(W: Any, R: Any, B: Any, layout: str, direction: int, gates: i
 
 
 def _cell(W: Any, R: Any, B: Any, order: list[str], layout: str, direction: int,
-          dtype: Any) -> tuple[dict[str, np.ndarray], int]:
+          dtype: Any) -> tuple[dict[str, np.ndarray], int, list[np.ndarray] | None]:
     w, r, parts, h = _one_direction(W, R, B, layout, direction, len(order))
     found: dict[str, np.ndarray] = {}
     for k, gate in enumerate(order):
@@ -88,7 +88,7 @@ def _cell(W: Any, R: Any, B: Any, order: list[str], layout: str, direction: int,
         found[gate + "RecurrentWeights"] = _gate_block(r, k, h, layout, dtype)
         if parts is not None:
             found[gate + "InputWeights.bias"] = _bias(parts, k, h)
-    return found, h
+    return found, h, parts
 
 
 def _ordered(found: dict[str, np.ndarray], gates: list[str]) -> dict[str, np.ndarray]:
@@ -101,7 +101,7 @@ def _ordered(found: dict[str, np.ndarray], gates: list[str]) -> dict[str, np.nda
 
 def lstm_weights(W: Any, R: Any, B: Any = None, P: Any = None, *, layout: str = "ONNX",
                  direction: int = 0, dtype: Any = None) -> dict[str, np.ndarray]:
-    found, h = _cell(W, R, B, _LSTM[layout], layout, direction, dtype)
+    found, h, _ = _cell(W, R, B, _LSTM[layout], layout, direction, dtype)
     if P is not None:
         p = np.asarray(P)
         if p.ndim == 2:
@@ -119,8 +119,7 @@ def lstm_weights(W: Any, R: Any, B: Any = None, P: Any = None, *, layout: str = 
 def gru_weights(W: Any, R: Any, B: Any = None, *, layout: str = "ONNX", direction: int = 0,
                 dtype: Any = None, linear_before_reset: bool = False
                 ) -> dict[str, np.ndarray]:
-    found, h = _cell(W, R, B, _GRU[layout], layout, direction, dtype)
-    _, _, parts, _ = _one_direction(W, R, B, layout, direction, 3)
+    found, h, parts = _cell(W, R, B, _GRU[layout], layout, direction, dtype)
     if linear_before_reset and parts is not None and len(parts) == 2:
         k = _GRU[layout].index("outputGate")  # the h (PyTorch: n) block of the recurrent bias
         found["outputGateRecurrentBias"] = _bias(parts[1:], k, h)
@@ -129,7 +128,7 @@ def gru_weights(W: Any, R: Any, B: Any = None, *, layout: str = "ONNX", directio
 
 def rnn_weights(W: Any, R: Any, B: Any = None, *, layout: str = "ONNX", direction: int = 0,
                 dtype: Any = None) -> dict[str, np.ndarray]:
-    found, _ = _cell(W, R, B, ["x"], layout, direction, dtype)
+    found, _, _ = _cell(W, R, B, ["x"], layout, direction, dtype)
     names = {"xInputWeights": "inputWeights", "xRecurrentWeights": "recurrentWeights",
              "xInputWeights.bias": "inputWeights.bias"}
     return {names[k]: v for k, v in _ordered(found, ["x"]).items()}

@@ -22,11 +22,21 @@ from typing import Any
 import numpy as np
 
 from .reference import rnn as ref
+from .rnn import GRU_GATES, LSTM_GATES, ONNX_OPS
 
 __all__ = ["RECURRENT_KINDS", "check_layers", "onnx_value", "run_exported"]
 
-RECURRENT_KINDS = frozenset(("lstm", "gru", "rnn"))
+RECURRENT_KINDS = frozenset(ONNX_OPS)
 _WEIGHT_INPUTS = (1, 2, 7)  # W, R, P: stored in the weights' dtype; B stays float32
+
+
+def _settings(rec: dict[str, Any], h0: np.ndarray | None
+              ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """(hidden size, the arguments every reference cell takes, the gates' neurons) of one
+    exported direction's manifest settings."""
+    common = {"reverse": rec["layerSequenceDirection"] == "backward", "h0": h0}
+    return (int(rec["hidden_size"]), common,
+            {k: _neuron(v) for k, v in rec["neurons"].items()})
 
 
 def run_exported(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray,
@@ -35,10 +45,8 @@ def run_exported(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.nda
     the descriptor settings in its manifest entry; an MPSRNNImageInferenceLayer takes ``x``
     ``(T, B, height, width, I)`` and gives ``(T, B, height, width, H)``."""
     rec = entry["recurrent"]
-    hidden = int(rec["hidden_size"])
-    common = {"reverse": rec["layerSequenceDirection"] == "backward", "h0": h0,
-              "image": rec.get("layer") == "MPSRNNImageInferenceLayer"}
-    neurons = {k: _neuron(v) for k, v in rec["neurons"].items()}
+    hidden, common, neurons = _settings(rec, h0)
+    common["image"] = rec.get("layer") == "MPSRNNImageInferenceLayer"
     if rec["cell"] == "lstm":
         return ref.lstm(x, arrays, hidden, neurons=neurons,
                         cell_to_output=_neuron(rec["cellToOutputNeuron"]), c0=c0,
@@ -48,9 +56,6 @@ def run_exported(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.nda
                        p=float(rec.get("gatePnormValue", 1.0)),
                        flip=bool(rec.get("flipOutputGates", False)), **common)[0]
     return ref.single_gate(x, arrays, hidden, neuron=neurons["input"], **common)[0]
-
-
-_OPS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 
 def _find_node(graph: Any, layer: Any, taken: set[tuple[int, int]]
@@ -66,7 +71,7 @@ def _find_node(graph: Any, layer: Any, taken: set[tuple[int, int]]
         return None, 0
     mine = np.sort(np.concatenate([np.ravel(a) for a in parts]))
     for i, node in enumerate(graph.nodes):
-        if node.op_type != _OPS[rec["cell"]] or len(node.input) < 2:
+        if node.op_type != ONNX_OPS[rec["cell"]] or len(node.input) < 2:
             continue
         w = graph.const(node.input[1])
         if w is None or w.ndim != 3:
@@ -83,11 +88,8 @@ def _model_cell(entry: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndar
                 h0: np.ndarray | None) -> np.ndarray:
     """Y of a ``linear_before_reset=1`` GRU direction, computed from its files with the
     framework's cell rather than MPS's."""
-    rec = entry["recurrent"]
-    return ref.gru_reset_after(
-        x, arrays, int(rec["hidden_size"]),
-        reverse=rec["layerSequenceDirection"] == "backward",
-        neurons={k: _neuron(v) for k, v in rec["neurons"].items()}, h0=h0)[0]
+    hidden, common, neurons = _settings(entry["recurrent"], h0)
+    return ref.gru_reset_after(x, arrays, hidden, neurons=neurons, **common)[0]
 
 
 def _neuron(spec: Any) -> Any:
@@ -170,7 +172,7 @@ def _named_node(graph: Any, src: dict[str, Any], rec: dict[str, Any]
     1 for the backward layer of a bidirectional node."""
     for key in ("node", "layer"):
         i = graph.by_name.get(src.get(key)) if isinstance(src.get(key), str) else None
-        if i is None or graph.nodes[i].op_type != _OPS[rec["cell"]]:
+        if i is None or graph.nodes[i].op_type != ONNX_OPS[rec["cell"]]:
             continue
         if "direction_index" in src:
             return i, int(src["direction_index"])
@@ -201,8 +203,8 @@ def entry_problem(entry: Any) -> str | None:
     if rec.get("layer", _LAYERS[0]) not in _LAYERS:
         return f"recurrent.layer must be one of {list(_LAYERS)}, got {rec.get('layer')!r}"
     neurons = rec.get("neurons")
-    wanted = {"lstm": ("inputGate", "forgetGate", "cellGate", "outputGate"),
-              "gru": ("inputGate", "recurrentGate", "outputGate"), "rnn": ("input",)}
+    wanted = {"lstm": tuple(LSTM_GATES.values()), "gru": tuple(GRU_GATES.values()),
+              "rnn": ("input",)}
     extra = [rec.get("cellToOutputNeuron")] if rec["cell"] == "lstm" else []
     if not isinstance(neurons, dict) or any(k not in neurons for k in wanted[rec["cell"]]):
         return f"recurrent.neurons must name the neurons of {list(wanted[rec['cell']])}"
@@ -252,7 +254,7 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
         if i is None:
             row.error = (f"ONNX node {src.get('node')!r} of this layer is not in the model"
                          if src.get("node") is not None else
-                         f"no {_OPS[rec['cell']]} node of the model has this layer's input "
+                         f"no {ONNX_OPS[rec['cell']]} node of the model has this layer's input "
                          "weights (matched by their values, whatever their order)")
             continue
         node = graph.nodes[i]

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..rnn import ONNX_OPS
 from .layers import SkipLayer, TensorRef
 from .rnn_layers import gate_neurons, neuron, recurrent_layer
 
-OPS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
+OPS = {op: cell for cell, op in ONNX_OPS.items()}  # op_type -> cell
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 _DEFAULT_ACTS = {"lstm": ["Sigmoid", "Tanh", "Tanh"], "gru": ["Sigmoid", "Tanh"],
                  "rnn": ["Tanh"]}

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from ..rnn import ONNX_OPS
 from .layers import Plan, TensorRef, const_tensor, is_float
 from .rnn_layers import SIGMOID, TANH, recurrent_layer
 
 _LEAF = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 _CELL = {4: "lstm", 3: "gru", 1: "rnn"}
-_OP = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 
 def is_recurrent(leaves: dict[str, Any]) -> bool:
@@ -59,7 +59,7 @@ def module(p: Plan, name: str, leaves: dict[str, TensorRef]) -> set[str]:
             used.update(key for key in keys if key in leaves)
             if w is None or r is None or any(x is not None and not is_float(x.dtype)
                                              for x in refs):
-                p.skip(f"{name}.l{k}{suffix}", _OP[cell], "missing or non-float weight_ih / "
+                p.skip(f"{name}.l{k}{suffix}", ONNX_OPS[cell], "missing or non-float weight_ih / "
                        "weight_hh")
                 continue
             tensors = {"W": w, "R": r}
@@ -81,7 +81,7 @@ def module(p: Plan, name: str, leaves: dict[str, TensorRef]) -> set[str]:
                 neurons = {"input": TANH}
                 notes.append("nonlinearity tanh assumed (nn.RNN's default; a state_dict does "
                              "not store it: use relu's neuron if the module used relu)")
-            source = {"format": p.format, "module": name, "op": _OP[cell],
+            source = {"format": p.format, "module": name, "op": ONNX_OPS[cell],
                       "weights": w.name, "recurrent_weights": r.name,
                       "bias": tensors["B"].name if "B" in tensors else None}
             p.layers.append(recurrent_layer(

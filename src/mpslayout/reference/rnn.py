@@ -45,6 +45,10 @@ MPS_NEURONS: dict[str, Any] = {
 }
 SIGMOID = ("Sigmoid", 1.0, 1.0)
 TANH = ("TanH", 1.0, 1.0)
+# each cell's neurons when the manifest names none: the frameworks' defaults
+LSTM_NEURONS = {"inputGate": SIGMOID, "forgetGate": SIGMOID, "cellGate": TANH,
+                "outputGate": SIGMOID}
+GRU_NEURONS = {"inputGate": SIGMOID, "recurrentGate": SIGMOID, "outputGate": TANH}
 
 
 def mps_neuron(x: np.ndarray, spec: Any) -> np.ndarray:
@@ -145,8 +149,7 @@ def lstm(x: Any, gates: Mapping[str, Any], hidden: int, *, reverse: bool = False
     MPSRNNImageInferenceLayer, products as convolutions, Y ``(T, B, height, width, H)``."""
     h = hidden
     xs, y, hp = _sizes(x, h, image, h0)
-    ns = {"inputGate": SIGMOID, "forgetGate": SIGMOID, "cellGate": TANH,
-          "outputGate": SIGMOID, **(neurons or {})}
+    ns = {**LSTM_NEURONS, **(neurons or {})}
     cp = np.zeros_like(hp) if c0 is None else np.asarray(c0, np.float64)
 
     def memory(prop: str, c: np.ndarray) -> np.ndarray:
@@ -177,8 +180,7 @@ def gru(x: Any, gates: Mapping[str, Any], hidden: int, *, reverse: bool = False,
     ``h1 = (1 - z^p)^(1/p) h + z h0`` (``flip``: ``(1 - z^p)^(1/p) h0 + z h``)."""
     h = hidden
     xs, y, hp = _sizes(x, h, image, h0)
-    ns = {"inputGate": SIGMOID, "recurrentGate": SIGMOID, "outputGate": TANH,
-          **(neurons or {})}
+    ns = {**GRU_NEURONS, **(neurons or {})}
     for t in _time(xs, reverse):
         z = mps_neuron(_affine(gates, "inputGate", xs[t], hp, h, image), ns["inputGate"])
         r = mps_neuron(_affine(gates, "recurrentGate", xs[t], hp, h, image),
@@ -203,17 +205,15 @@ def gru_reset_after(x: Any, gates: Mapping[str, Any], hidden: int, *, reverse: b
     (the export sums the two). verify uses it to check such an export's files."""
     h = hidden
     xs, y, hp = _sizes(x, h, False, h0)
-    ns = {"inputGate": SIGMOID, "recurrentGate": SIGMOID, "outputGate": TANH,
-          **(neurons or {})}
-    n_in = xs.shape[-1]
+    ns = {**GRU_NEURONS, **(neurons or {})}
     b_rec = _vec(gates, "outputGateRecurrentBias", h)
     b_in = _vec(gates, "outputGateInputWeights.bias", h) - b_rec
     for t in _time(xs, reverse):
         z = mps_neuron(_affine(gates, "inputGate", xs[t], hp, h, False), ns["inputGate"])
         r = mps_neuron(_affine(gates, "recurrentGate", xs[t], hp, h, False),
                        ns["recurrentGate"])
-        inner = hp @ _mat(gates, "outputGateRecurrentWeights", h, h).T + b_rec
-        cand = mps_neuron(xs[t] @ _mat(gates, "outputGateInputWeights", h, n_in).T + b_in
+        inner = _apply(gates, "outputGateRecurrentWeights", hp, h, False) + b_rec
+        cand = mps_neuron(_apply(gates, "outputGateInputWeights", xs[t], h, False) + b_in
                           + r * inner, ns["outputGate"])
         hp = (1.0 - z) * cand + z * hp
         y[t] = hp
