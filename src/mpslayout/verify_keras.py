@@ -168,17 +168,17 @@ def translation_errors(tr: Any, values: dict[str, np.ndarray]) -> dict[str, str]
     return out
 
 
-def _image_rnn_rows(keras: Any, model: Any, report: Any, outdir: Any, x: np.ndarray) -> None:
+def _image_rnn_rows(keras: Any, model: Any, report: Any, layers: list[Any],
+                    x: np.ndarray) -> None:
     """Judge the exported image RNN directions (ConvLSTM2D: no ONNX operator, so no
     translation) against Keras directly: each direction's Keras layer, rebuilt with
     ``return_sequences=True`` and its own weights, on Keras' input to the layer, against
-    the MPS formula run from the files."""
-    from .verify import load_export
+    the MPS formula run from the files (``layers``: the export, as load_export read it)."""
     from .verify.report import Check
     from .verify_rnn import RECURRENT_KINDS, compare, entry_problem, run_exported
 
-    _, layers = load_export(outdir)
     exported = {e.name: e for e in layers}
+    inputs: dict[str, np.ndarray] = {}  # Keras' input to a layer: both directions read it
     for row in report.rows:
         e = exported.get(row.name)
         if e is None or e.kind not in RECURRENT_KINDS or entry_problem(e.entry) is not None:
@@ -197,8 +197,10 @@ def _image_rnn_rows(keras: Any, model: Any, report: Any, outdir: Any, x: np.ndar
             backward = rec["layerSequenceDirection"] == "backward"
             inner = layer.backward_layer if backward else layer.forward_layer
         try:  # Keras' input to the layer (one call site), and the direction on it
-            xs = np.asarray(keras.ops.convert_to_numpy(
-                keras.Model(model.inputs, layer.input)([x], training=False)), np.float32)
+            if layer.name not in inputs:
+                inputs[layer.name] = np.asarray(keras.ops.convert_to_numpy(
+                    keras.Model(model.inputs, layer.input)([x], training=False)), np.float32)
+            xs = inputs[layer.name]
             want = np.swapaxes(_keras_run(keras, inner, xs), 0, 1)  # (T, B, h, w, C)
         except (ValueError, AttributeError, TypeError) as err:
             row.error = f"Keras cannot run layer {layer.name!r} alone: {err}"
@@ -264,7 +266,8 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise VerifyError(f"model file not found: {path}")
-    doc, _ = load_export(outdir)
+    loaded = load_export(outdir)
+    doc, exported = loaded
     try:
         kmodel = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for a file it cannot read
@@ -284,10 +287,10 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
     report = verify_graph(outdir, tr.model, feeds, oracle, model_label=path,
                           oracle_label=f"Keras {keras.__version__} "
                           f"({keras.backend.backend()} backend)", input_label=what,
-                          atol=atol, rtol=rtol, storage=storage)
+                          atol=atol, rtol=rtol, storage=storage, loaded=loaded)
     report.allow_inexact = bool(allow_inexact)
     _explain_rows(report, doc, tr, translation_errors(tr, values) if tr.recurrent else {})
-    _image_rnn_rows(keras, kmodel, report, outdir, x)
+    _image_rnn_rows(keras, kmodel, report, exported, x)
     for u in tr.untranslated:
         report.not_verified.append({"name": u["name"], "op": u["op"],
                                     "reason": f"no ONNX translation ({u['reason']}): Keras' "

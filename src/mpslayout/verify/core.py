@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import verify_rnn
 from .executor import Executor
-from .files import VerifyError, load_export
+from .files import ExportedLayer, VerifyError, load_export
 from .graph import Graph
 from .report import Report
 from .tolerance import U16
@@ -33,10 +33,12 @@ Oracle = Callable[[Sequence[str]], Mapping[str, np.ndarray]]
 def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str, Any],
                  oracle: Oracle, *, model_label: str, oracle_label: str = "the oracle",
                  input_label: str | None = None, atol: float = 1e-4, rtol: float = 1e-4,
-                 storage: str | None = None) -> Report:
+                 storage: str | None = None,
+                 loaded: tuple[dict[str, Any], list[ExportedLayer]] | None = None) -> Report:
     """Check the export in ``outdir`` against ``graph`` (an onnx.ModelProto) run by
     ``oracle`` on ``feeds`` ({graph input name: array}; float ones are read as float32,
-    NCHW for images).
+    NCHW for images). ``loaded``: what :func:`load_export` gave for ``outdir``, when the
+    caller has read it already (each read hashes every file).
 
     ``storage``: the MPS image type, "float16" or "float32" (default: the manifest's
     weight type). Raises :class:`VerifyError` when nothing can be compared (a corrupt
@@ -44,7 +46,7 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
     """
     if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
         raise VerifyError(f"atol and rtol must be finite and >= 0, got {atol}, {rtol}")
-    doc, layers = load_export(outdir)
+    doc, layers = load_export(outdir) if loaded is None else loaded
     wdt = str(doc.get("weights_dtype", "float32"))
     st = np.dtype(storage or ("float32" if wdt == "uint8" else wdt))
     if st not in (np.dtype(np.float16), np.dtype(np.float32)):

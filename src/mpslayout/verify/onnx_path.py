@@ -159,7 +159,8 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
     """
     onnx = onnx_module()
     _ort()
-    doc, _ = load_export(outdir)
+    loaded = load_export(outdir)
+    doc = loaded[0]
     mpath = os.fspath(model)
     try:
         proto = onnx.load(mpath)
@@ -194,6 +195,6 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
     run = onnx_runtime_oracle(proto)
     report = verify_graph(outdir, proto, feeds, lambda names: run(names, feeds),
                           model_label=mpath, oracle_label="ONNX Runtime", input_label=what,
-                          atol=atol, rtol=rtol, storage=storage)
+                          atol=atol, rtol=rtol, storage=storage, loaded=loaded)
     report.allow_inexact = bool(allow_inexact)
     return report
