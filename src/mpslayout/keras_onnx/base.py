@@ -144,17 +144,24 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(a), name))
         return name
 
-    def node(self, op: str, inputs: list[str], output: str, name: str | None = None,
-             **attrs: Any) -> str:
-        self.names.add(output)
-        base, k = name or f"{output}/{op}", 1
+    def node(self, op: str, inputs: list[str], output: str | list[str],
+             name: str | None = None, **attrs: Any) -> str:
+        """Add node ``op`` writing ``output`` (or several outputs); returns the first."""
+        outputs = [output] if isinstance(output, str) else list(output)
+        self.names.update(outputs)
+        base, k = name or f"{outputs[0]}/{op}", 1
         node_name = base
         while node_name in self.node_names:
             k += 1
             node_name = f"{base}_{k}"
         self.node_names.add(node_name)
-        self.nodes.append(self.helper.make_node(op, inputs, [output], name=node_name, **attrs))
-        return output
+        self.nodes.append(self.helper.make_node(op, inputs, outputs, name=node_name, **attrs))
+        return outputs[0]
+
+
+def act_name(act: Any) -> str:
+    """A Keras activation's name (it may be given as a name or as the function)."""
+    return act if isinstance(act, str) else str(getattr(act, "__name__", act))
 
 
 def _is_layer(op: Any) -> bool:
@@ -199,7 +206,7 @@ class Base:
 
     def activation(self, x: str, act: Any, out: str, base: str) -> str:
         """Apply a Keras activation (a name) to ``x``, writing ``out``."""
-        name = act if isinstance(act, str) else getattr(act, "__name__", str(act))
+        name = act_name(act)
         name = {"swish": "silu", "hard_swish": "hard_silu"}.get(name, name)
         if name in ("linear", None, "None"):
             return self.b.node("Identity", [x], out, name=base)

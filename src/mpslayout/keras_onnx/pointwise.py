@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import _MERGE_OPS, Base, Tensor, Untranslatable
+from .base import _MERGE_OPS, Base, Tensor, Untranslatable, act_name
 
 
 class PointwiseLayers(Base):
@@ -49,7 +49,7 @@ class PointwiseLayers(Base):
     def t_Activation(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...],
                      name: str) -> Tensor:
         act = op.activation
-        act = act if isinstance(act, str) else getattr(act, "__name__", str(act))
+        act = act_name(act)
         if act == "softmax" and ins[0].layout != "nchw" and len(shape) != 2:
             raise Untranslatable("a softmax of a sequence")
         return self.pointwise(ins[0], act, shape, name)

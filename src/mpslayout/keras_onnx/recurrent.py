@@ -28,11 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from .base import Base, RecurrentValue, Tensor, Untranslatable, _weights
+from ..rnn import GRU_ORDER, LSTM_ORDER
+from .base import Base, RecurrentValue, Tensor, Untranslatable, _weights, act_name
 
 _OPS = {"LSTM": ("LSTM", 4), "GRU": ("GRU", 3), "SimpleRNN": ("RNN", 1)}
-# Keras' LSTM gate blocks i, f, c, o taken in ONNX's order i, o, f, c
-LSTM_BLOCKS = (0, 3, 1, 2)
+# Keras' gate blocks taken in ONNX's order (docs/layouts.md section 9): LSTM i, f, c, o
+# -> i, o, f, c, that is (0, 3, 1, 2); GRU z, r, h in both
+LSTM_BLOCKS = tuple(LSTM_ORDER["Keras"].index(g) for g in LSTM_ORDER["ONNX"])
+GRU_BLOCKS = tuple(GRU_ORDER["Keras"].index(g) for g in GRU_ORDER["ONNX"])
 # Keras activation -> ONNX recurrent activation, alpha, beta (None: no such parameter)
 _ACTS: dict[str, tuple[str, float | None, float | None]] = {
     "sigmoid": ("Sigmoid", None, None), "tanh": ("Tanh", None, None),
@@ -41,10 +44,6 @@ _ACTS: dict[str, tuple[str, float | None, float | None]] = {
     "linear": ("Affine", 1.0, 0.0), "softsign": ("Softsign", None, None),
     "softplus": ("Softplus", None, None), "elu": ("Elu", 1.0, None),
 }
-
-
-def _act_name(act: Any) -> str:
-    return act if isinstance(act, str) else str(getattr(act, "__name__", act))
 
 
 def _direction(layer: Any, op: str, gates: int) -> dict[str, Any]:
@@ -58,7 +57,7 @@ def _direction(layer: Any, op: str, gates: int) -> dict[str, Any]:
     if k.ndim != 2 or rk.shape != (hidden, gates * hidden) or k.shape[1] != gates * hidden:
         raise Untranslatable(f"{layer.name}: kernel {list(k.shape)} / recurrent_kernel "
                              f"{list(rk.shape)} are not (I, {gates}H) / (H, {gates}H)")
-    blocks = LSTM_BLOCKS if op == "LSTM" else tuple(range(gates))
+    blocks = {"LSTM": LSTM_BLOCKS, "GRU": GRU_BLOCKS}.get(op, (0,))
 
     def onnx_rows(a: np.ndarray) -> np.ndarray:  # (n, G*H) Keras columns -> (G*H, n)
         return np.concatenate([a[:, g * hidden:(g + 1) * hidden] for g in blocks], axis=1).T
@@ -76,8 +75,8 @@ def _direction(layer: Any, op: str, gates: int) -> dict[str, Any]:
                                                                      np.float32)])
     else:
         raise Untranslatable(f"{layer.name}: bias {list(bias.shape)}")
-    names = [_act_name(getattr(layer, "recurrent_activation", None)),
-             _act_name(layer.activation)] if op != "RNN" else [_act_name(layer.activation)]
+    names = [act_name(getattr(layer, "recurrent_activation", None)),
+             act_name(layer.activation)] if op != "RNN" else [act_name(layer.activation)]
     if op == "LSTM":
         names.append(names[1])  # Keras' h = o * activation(c)
     acts = []
@@ -94,8 +93,6 @@ def _check_layer(layer: Any) -> None:
     if getattr(layer, "stateful", False):
         raise Untranslatable(f"{layer.name}: stateful=True (the state carries over between "
                              "calls; ONNX has no such state)")
-    if getattr(layer, "return_state", False):
-        raise Untranslatable(f"{layer.name}: return_state=True (several outputs)")
 
 
 class RecurrentLayers(Base):
@@ -180,9 +177,7 @@ class RecurrentLayers(Base):
         outs = [y_name]
         if not seq:
             outs.append(self.b.unique(name + "/Y_h"))
-        self.b.nodes.append(self.b.helper.make_node(onnx_op, inputs, outs, name=name,
-                                                    **attrs))
-        self.b.node_names.add(name)
+        self.b.node(onnx_op, inputs, outs, name=name, **attrs)
         self.out.recurrent[y_name] = RecurrentValue([d["layer"] for d in dirs], x.name)
         if seq:
             y = self.move("Transpose", y_name, name + "/btdh", lambda a: a.transpose(2, 0, 1, 3),
@@ -218,9 +213,10 @@ class RecurrentLayers(Base):
         axis = 2 if seq else 1
         parts = []
         sq = self.b.init(f"{name}/squeeze", np.array([axis], np.int64))
+        axes = self.b.init(f"{name}/axis", np.array([axis], np.int64))
         for k in (0, 1):
-            starts, ends, axes = (self.b.init(f"{name}/{what}", np.array([v], np.int64))
-                                  for what, v in (("start", k), ("end", k + 1), ("axis", axis)))
+            starts, ends = (self.b.init(f"{name}/{what}", np.array([v], np.int64))
+                            for what, v in (("start", k), ("end", k + 1)))
             s = self.move("Slice", y, f"{name}/dir{k}", lambda a, k=k: np.take(
                 a, [k], axis=axis), (starts, ends, axes))
             parts.append(self.move("Squeeze", s, f"{name}/dir{k}/squeezed",
