@@ -100,9 +100,7 @@ def fold_chain(g: Any, out: str, n: int, rank: int, axis: int,
                 return f
             f.fused.append({"node": g.name(nxt), "op": op, "tensor": ref.name})
             if reshape is not None:  # its constant is now the layer's: no entry of its own
-                g.consumed.add(id(reshape))
-                g.plan.layers = [x for x in g.plan.layers
-                                 if x.source.get("node") != g.name(reshape)]
+                g.absorb(reshape)
                 f.fused[-1]["reshape"] = g.name(reshape)
         else:
             return f

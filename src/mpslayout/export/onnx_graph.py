@@ -251,6 +251,13 @@ class Graph:
     def name(self, node: Any) -> str:
         return self.names[id(node)]
 
+    def absorb(self, node: Any) -> None:
+        """``node`` now belongs to a layer built after it: no layer of its own, whether the
+        walk has already written one (it is dropped) or reaches it later (it is consumed)."""
+        self.consumed.add(id(node))
+        self.plan.layers = [x for x in self.plan.layers
+                            if x.source.get("node") != self.name(node)]
+
     def attrs(self, node: Any) -> _Attrs:
         return _Attrs(node, self.name(node))
 

@@ -123,8 +123,7 @@ def _w_scale(g: Any, node: Any) -> tuple[np.ndarray | None, list[str], str | Non
         for t in inner.input:
             c = g.const(t)
             if c is not None:  # already listed as an arithmetic tensor: it is in the ranges
-                g.plan.layers = [x for x in g.plan.layers
-                                 if x.source.get("node") != g.name(inner)]
+                g.absorb(inner)
                 return c.load().astype(np.float32).ravel(), [c.name], mul.output[0]
     return None, [], None
 
