@@ -30,7 +30,10 @@ def absmax(w: TensorRef, factor: float = 1.0) -> Callable[[], float]:
     def get() -> float:
         if not cache:
             a = w.load()
-            cache.append(float(np.abs(a.astype(np.float64)).max(initial=0)) * factor)
+            # abs and max are exact in a float type: no float64 copy of the whole weight
+            # (integers widen first: |-128| does not fit int8)
+            a = a if a.dtype.kind == "f" else a.astype(np.float64)
+            cache.append(float(np.abs(a).max(initial=0)) * factor)
         return cache[0]
 
     return get
