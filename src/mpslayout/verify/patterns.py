@@ -43,8 +43,8 @@ def _other(g: Graph, i: int, t: str) -> str | None:
 
 
 def _only_consumer(g: Graph, t: str, op: str) -> int | None:
-    cs = g.consumers.get(t, [])
-    return cs[0] if len(cs) == 1 and g.nodes[cs[0]].op_type == op else None
+    j = g.sole_consumer(t)
+    return j if j is not None and g.nodes[j].op_type == op else None
 
 
 def _near(v: float | None, want: float) -> bool:
@@ -55,7 +55,7 @@ def _gelu_at(g: Graph, e: int) -> Fused | None:
     """The GELU chain around Erf node ``e``, or None."""
     t = g.nodes[e].input[0]
     p = g.producer.get(t)
-    if p is None or len(g.consumers.get(t, [])) != 1:
+    if p is None or g.sole_consumer(t) is None:
         return None
     pn = g.nodes[p]
     if pn.op_type == "Div" and _near(_scalar(g, pn.input[1]), math.sqrt(2.0)):
@@ -85,7 +85,7 @@ def _gelu_at(g: Graph, e: int) -> Fused | None:
         last = m2
     else:  # (x * 0.5) * (1 + erf)
         h = g.producer.get(f)
-        if h is None or g.nodes[h].op_type != "Mul" or len(g.consumers.get(f, [])) != 1 \
+        if h is None or g.nodes[h].op_type != "Mul" or g.sole_consumer(f) is None \
                 or not _near(_scalar(g, _other(g, h, x) or ""), 0.5):
             return None
         nodes.append(h)
