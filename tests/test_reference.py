@@ -487,3 +487,23 @@ def test_reduce_feature_channels_matches_torch(mode: str, dt: type) -> None:
     check(R.reduce_channels(image(x, dt), mode), exp, dt)
     with pytest.raises(ValueError, match="mode"):
         R.reduce_channels(image(x, dt), "median")
+
+
+@pytest.mark.parametrize(("mode", "np_mode"), [("zero", "constant"), ("constant", "constant"),
+                                               ("clamp", "edge"), ("mirror", "reflect")])
+def test_pad_is_the_numpy_pad_of_its_docstring(mode: str, np_mode: str) -> None:
+    """reference.padding.pad equals np.pad with the mode its docstring names, for pads up
+    to the image size minus one on every side."""
+    from mpslayout.reference import padding
+
+    rng = np.random.default_rng(11)
+    for _ in range(25):
+        h, w = (int(v) for v in rng.integers(2, 7, 2))
+        x = rng.standard_normal((2, h, w, 5)).astype(np.float32)
+        before = (int(rng.integers(0, h)), int(rng.integers(0, w)))
+        after = (int(rng.integers(0, h)), int(rng.integers(0, w)))
+        got = padding.pad(R.Image.from_nhwc(x, np.float32), before, after, mode, 2.5).nhwc()
+        kw = {"constant_values": 0.0 if mode == "zero" else 2.5} if np_mode == "constant" else {}
+        want = np.pad(x, ((0, 0), (before[0], after[0]), (before[1], after[1]), (0, 0)),
+                      np_mode, **kw)
+        np.testing.assert_array_equal(got, want)

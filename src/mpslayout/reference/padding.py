@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import _finish, _out_dtype
+from ._common import _finish, _gather, _out_dtype, _padded
 from .image import Image
 
 __all__ = ["EDGE_MODES", "pad"]
@@ -28,10 +28,10 @@ EDGE_MODES = ("zero", "constant", "clamp", "mirror")
 
 def _source_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
     """For each of the ``before + n + after`` output positions, the source index it reads
-    (-1 where it reads the fill value)."""
+    (``n``, the fill row or column of ``_padded``, where it reads the fill value)."""
     i = np.arange(-before, n + after)
     if mode in ("zero", "constant"):
-        return np.where((i >= 0) & (i < n), i, -1)
+        return np.where((i >= 0) & (i < n), i, n)
     if mode == "clamp":
         return np.clip(i, 0, n - 1)
     if n == 1:
@@ -63,7 +63,4 @@ def pad(src: Image, before: tuple[int, int], after: tuple[int, int], mode: str =
     value = 0.0 if mode == "zero" else float(fill)
     rows = _source_index(x.shape[1], int(before[0]), int(after[0]), mode)
     cols = _source_index(x.shape[2], int(before[1]), int(after[1]), mode)
-    y = x[:, np.maximum(rows, 0)][:, :, np.maximum(cols, 0)]
-    outside = (rows < 0)[:, None] | (cols < 0)[None, :]
-    y = np.where(outside[None, :, :, None], value, y)
-    return _finish(y, _out_dtype(src, out_dtype))
+    return _finish(_gather(_padded(x, value), rows, cols), _out_dtype(src, out_dtype))
