@@ -39,22 +39,21 @@ def _reduce(node: NodeView) -> Kernel:
     if axes is None and len(node.inputs) > 1 and node.inputs[1]:
         c = node.const(node.inputs[1])
         axes = None if c is None else [int(v) for v in np.ravel(c)]
+    keep = int(attr(node, "keepdims", 1))
+    kind = node.op[len("Reduce"):]  # Mean, Sum, Max or Min
     if axes is not None and len(shape) == 4 and sorted(int(a) % 4 for a in axes) == [2, 3] \
-            and int(attr(node, "keepdims", 1)) and node.op in ("ReduceMean", "ReduceMax"):
-        return global_pool(node, "average" if node.op == "ReduceMean" else "max")
+            and keep and kind in ("Mean", "Max"):
+        return global_pool(node, "average" if kind == "Mean" else "max")
     if axes is None or sorted(int(a) % len(shape) for a in axes) != [_channel_axis(len(shape))]:
         raise NotExpressible(f"a reduction over axes {axes}: MPSNNReduceFeatureChannels "
                              "reduces the feature channels only")
-    if not int(attr(node, "keepdims", 1)):
+    if not keep:
         raise NotExpressible("keepdims=0: MPS keeps the reduced channel")
-    mode = node.op[len("Reduce"):].lower()
-    mps = f"MPSNNReduceFeatureChannels{node.op[len('Reduce'):]}"
-    if mode in ("max", "min"):
-        return linear_kernel(mps, [node.inputs[0]],
-                             lambda xs, dt: reduce_channels(xs[0], mode, out_dtype=dt))
-    c = int(shape[_channel_axis(len(shape))])
-    return linear_kernel(mps, [node.inputs[0]],
-                         lambda xs, dt: reduce_channels(xs[0], mode, out_dtype=dt), c)
+    mode = kind.lower()
+    # a max or min rounds nothing; a mean or sum adds up C terms
+    terms = 1 if mode in ("max", "min") else int(shape[_channel_axis(len(shape))])
+    return linear_kernel(f"MPSNNReduceFeatureChannels{kind}", [node.inputs[0]],
+                         lambda xs, dt: reduce_channels(xs[0], mode, out_dtype=dt), terms)
 
 
 def _softmax(node: NodeView) -> Kernel:
