@@ -15,6 +15,7 @@ from .onnx_kernel import (
     NodeView,
     NotExpressible,
     attr,
+    float_image,
     linear_kernel,
 )
 from .padding import pad
@@ -83,9 +84,14 @@ def _pool(node: NodeView, mode: str | None = None) -> Kernel:
 # ----------------------------------------------------------------------- resampling
 
 
+def _before_resize_11(node: NodeView) -> bool:
+    """Upsample, or Resize before opset 11: asymmetric coordinates, floor sampling."""
+    return node.op == "Upsample" or node.opset < 11
+
+
 def _coordinate_mode(node: NodeView) -> str:
     """coordinate_transformation_mode; Upsample and Resize before opset 11 are asymmetric."""
-    if node.op == "Upsample" or node.opset < 11:
+    if _before_resize_11(node):
         return "asymmetric"
     return str(attr(node, "coordinate_transformation_mode", "half_pixel"))
 
@@ -108,7 +114,7 @@ def _onnx_coordinates(node: NodeView, n: int, m: int, s: float) -> np.ndarray:
 
 def _nearest_index(node: NodeView, pos: np.ndarray, s: float) -> np.ndarray:
     rule = str(attr(node, "nearest_mode", "round_prefer_floor"))
-    if node.op == "Upsample" or node.opset < 11:
+    if _before_resize_11(node):
         rule = "floor"  # the older operators sample with floor
     if rule == "floor":
         return np.floor(pos)
@@ -204,22 +210,20 @@ def _pad(node: NodeView) -> Kernel:
                              "pads height and width here")
     edge = "constant" if mode == "constant" and fill != 0.0 else _PAD_MODES[mode]
     before, after = (pads[2], pads[3]), (pads[6], pads[7])
-    names = {"zero": "Zero", "constant": "Constant", "clamp": "Clamp", "mirror": "Mirror"}
 
     def run(xs: list[Image], dt: Any) -> Image:
         return pad(xs[0], before, after, edge, fill, out_dtype=dt)
 
     def bound(xs: list[Image], ds: list[np.ndarray]) -> np.ndarray:
         # each value is one source value or the fill: moves as that source value
-        d = Image.from_nhwc(ds[0], np.float32)
-        return pad(d, before, after, "zero" if edge == "constant" else edge,
+        return pad(float_image(ds[0]), before, after, "zero" if edge == "constant" else edge,
                    out_dtype=np.float32).nhwc()
 
-    return Kernel(f"MPSNNPad (MPSImageEdgeMode{names[edge]})", [node.inputs[0]], run, bound)
+    return Kernel(f"MPSNNPad (MPSImageEdgeMode{edge.capitalize()})", [node.inputs[0]], run, bound)
 
 
 BUILDERS: dict[str, Callable[[NodeView], Kernel]] = {
     **dict.fromkeys(("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"),
-                    lambda node: _pool(node)),
+                    _pool),
     "Resize": _resize, "Upsample": _resize, "Pad": _pad,
 }
