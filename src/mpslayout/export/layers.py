@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import images, mps
+from .. import images, mps, quantize
 from ..engine import _cast_code, bfloat16_bits_to_float32
 from . import manifest as mf
 
@@ -262,11 +262,20 @@ def convert_layer(layer: Layer, dtype: np.dtype,
         else:
             rest.append((role, a, nbytes))  # bias, or an 8-bit source layer's files
     if parts:
-        from .onnx_quant import requantize
-
         yield from requantize(layer, np.concatenate(parts), layer.params.get("quantize",
                                                                                "linear"))
     yield from rest
+
+
+def requantize(layer: Layer, weights: np.ndarray, mode: str
+               ) -> Iterator[tuple[str, np.ndarray, int]]:
+    """``--dtype uint8`` on float weights (already in MPS layout, output channels first):
+    the weights and their ranges or table (the caller yields the bias)."""
+    q, table = quantize.quantize_weights(weights, mode=mode)
+    layer.geometry["quantization"] = {"type": mode, "source": "float", "exact": False,
+                                      "source_tensors": []}
+    yield "weights", q, q.nbytes
+    yield ("ranges" if mode == "linear" else "lut"), table, 0
 
 
 def convert_floats(layer: Layer, dtype: np.dtype,

@@ -217,15 +217,3 @@ def _files(layer: Layer, weights: np.ndarray, ranges: np.ndarray
     yield "ranges", ranges, 0
     if layer.bias is not None:
         yield "bias", mps.bias(layer.bias.load()), layer.bias.nbytes
-
-
-def requantize(layer: Layer, weights: np.ndarray, mode: str
-               ) -> Iterator[tuple[str, np.ndarray, int]]:
-    """``--dtype uint8`` on float weights (already in MPS layout, output channels first):
-    the weights and their ranges or table (the caller yields the bias)."""
-    q, table = quantize.quantize_weights(weights, mode=mode)
-    layer.geometry["quantization"] = {"type": mode, "source": "float", "exact": False,
-                                      "source_tensors": []}
-    yield "weights", q, q.nbytes
-    yield ("ranges" if mode == "linear" else "lut"), table, 0
-
