@@ -9,7 +9,7 @@ from typing import Any
 
 from ..rnn import ONNX_OPS
 from .layers import SkipLayer, TensorRef
-from .rnn_layers import gate_neurons, neuron, recurrent_layer
+from .rnn_layers import TAKES_ALPHA, TAKES_BETA, gate_neurons, neuron, recurrent_layer
 
 OPS = {op: cell for cell, op in ONNX_OPS.items()}  # op_type -> cell
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -28,11 +28,6 @@ def _list(attrs: Any, key: str, kind: int) -> list[Any] | None:
         raise SkipLayer(f"{attrs.where}: attribute {key!r} has type {a.type}, ONNX defines "
                         f"it as {'FLOATS' if kind == 6 else 'STRINGS'} (a malformed model)")
     return list(a.floats) if kind == 6 else [v.decode("utf-8", "replace") for v in a.strings]
-
-
-_TAKE_ALPHA = frozenset(("LeakyRelu", "ThresholdedRelu", "ScaledTanh", "HardSigmoid", "Elu",
-                         "Affine"))
-_TAKE_BETA = frozenset(("ScaledTanh", "HardSigmoid", "Affine"))
 
 
 def _activations(attrs: Any, cell: str, dirs: int, where: str) -> list[list[Any]]:
@@ -56,8 +51,8 @@ def _activations(attrs: Any, cell: str, dirs: int, where: str) -> list[list[Any]
     for n in names:
         # ONNX Runtime hands the lists out in order, but only to the activations that take
         # that parameter (a Tanh before an Affine does not use up the Affine's alpha)
-        a = next(ia, None) if n in _TAKE_ALPHA else None
-        b = next(ib, None) if n in _TAKE_BETA else None
+        a = next(ia, None) if n in TAKES_ALPHA else None
+        b = next(ib, None) if n in TAKES_BETA else None
         out.append(neuron(n, a, b))
     return [out[d * per:(d + 1) * per] for d in range(dirs)]
 

@@ -41,13 +41,20 @@ KERAS_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu",
                      "hard_sigmoid": "KerasHardSigmoid", "linear": "Affine",
                      "softsign": "Softsign", "softplus": "Softplus", "elu": "Elu"}
 
+# the ONNX activations that take activation_alpha / activation_beta (ONNX Runtime hands the
+# node's lists out, in order, to these only)
+TAKES_ALPHA = frozenset(("LeakyRelu", "ThresholdedRelu", "ScaledTanh", "HardSigmoid", "Elu",
+                         "Affine"))
+TAKES_BETA = frozenset(("ScaledTanh", "HardSigmoid", "Affine"))
+
 SIGMOID = {"type": "Sigmoid", "a": 1.0, "b": 1.0}
 TANH = {"type": "TanH", "a": 1.0, "b": 1.0}
 
 
 def neuron(name: str, alpha: float | None = None, beta: float | None = None
            ) -> dict[str, Any] | None:
-    """The MPS neuron of an ONNX activation (a dict type/a/b), None when MPS lacks it.
+    """The MPS neuron of an ONNX activation (a dict type/a/b), None when MPS lacks it;
+    ``alpha``/``beta`` count only for the activations that take them.
     Keras 3's hard_sigmoid is relu6(x + 3) / 6: HardSigmoid a = 1/6, b = 0.5."""
     if name == "KerasHardSigmoid":
         return {"type": "HardSigmoid", "a": 1.0 / 6.0, "b": 0.5}
@@ -55,8 +62,8 @@ def neuron(name: str, alpha: float | None = None, beta: float | None = None
     if spec is None:
         return None
     kind, a, b = spec
-    a = alpha if alpha is not None and a is not None else a
-    b = beta if beta is not None and b is not None else b
+    a = alpha if alpha is not None and name in TAKES_ALPHA else a
+    b = beta if beta is not None and name in TAKES_BETA else b
     return {"type": kind, "a": 1.0 if a is None else float(a),
             "b": 1.0 if b is None else float(b)}
 
