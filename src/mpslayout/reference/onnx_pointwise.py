@@ -198,12 +198,10 @@ def broadcast_strides(operand: tuple[int, ...], out: tuple[int, ...]) -> tuple[i
     return strides[0], strides[1], strides[2]
 
 
-_ARITH = {"Add": ("add", "MPSCNNAdd"), "Sum": ("add", "MPSCNNAdd"),
-          "Sub": ("subtract", "MPSCNNSubtract"), "Mul": ("multiply", "MPSCNNMultiply"),
-          "Div": ("divide", "MPSCNNDivide")}
-
-
-ARITHMETIC_OPS = _ARITH  # ONNX op -> (reference arithmetic kind, MPS kernel)
+# ONNX op -> (reference arithmetic kind, MPS kernel)
+ARITHMETIC_OPS = {"Add": ("add", "MPSCNNAdd"), "Sum": ("add", "MPSCNNAdd"),
+                  "Sub": ("subtract", "MPSCNNSubtract"), "Mul": ("multiply", "MPSCNNMultiply"),
+                  "Div": ("divide", "MPSCNNDivide")}
 
 
 def constant_image(value: np.ndarray, rank: int, dtype: Any) -> Image:
@@ -274,7 +272,7 @@ def _arith(node: NodeView) -> Kernel:
     if len([t for t in node.inputs if t]) != 2:
         raise NotExpressible(f"{node.op} of {len(node.inputs)} operands: MPS arithmetic "
                              "takes two")
-    op, mps = _ARITH[node.op]
+    op, mps = ARITHMETIC_OPS[node.op]
     out = node.shape(node.outputs[0])
     if out is None or len(out) not in (2, 3, 4):
         raise NotExpressible(f"a result of shape {out}: MPS images hold NCHW, (N, T, C) or "
@@ -304,5 +302,5 @@ def _arith(node: NodeView) -> Kernel:
 BUILDERS: dict[str, Callable[[NodeView], Kernel]] = {
     **dict.fromkeys(_SIMPLE_NEURONS, _simple_neuron),
     "Gelu": _gelu, "PRelu": _prelu, "Pow": _pow, "Clip": _clip, "HardSwish": _hard_swish,
-    **dict.fromkeys(_ARITH, _arith),
+    **dict.fromkeys(ARITHMETIC_OPS, _arith),
 }
