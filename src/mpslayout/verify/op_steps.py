@@ -78,17 +78,16 @@ class OpSteps(Walk):
         if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze") and like.ndim == 2:
             v = ins[0]
             axis = int(g.attrs(i).get("axis", 1)) if op == "Flatten" else 1
-            if v.image is not None and axis == 1 and like.shape[0] == v.image.batch \
-                    and like.shape[1] == int(np.prod(v.image.shape[1:])) \
-                    and v.image.batch not in self._input_batches():
+            fits = v.image is not None and axis == 1 and like.shape[0] == v.image.batch \
+                and like.shape[1] == int(np.prod(v.image.shape[1:]))
+            if fits and v.image.batch not in self._input_batches():
                 # not a batch of images but rows of a sequence ((T, N, heads, hd) merged
                 # to (T*N, C) in attention): each row a vector, as the export reads it
                 rows = v.image.nchw(v.image.dtype).reshape(like.shape[0], -1, 1, 1)
                 self.vals[out] = Val(R.Image.from_nchw(rows, v.image.dtype), "CHW")
                 self.report.shape_operators += 1
                 return
-            if v.image is not None and axis == 1 and like.shape[0] == v.image.batch \
-                    and like.shape[1] == int(np.prod(v.image.shape[1:])):
+            if fits:
                 self.vals[out] = Val(v.image, v.flat or "CHW")
                 self.flattened.add(out)
                 self.report.shape_operators += 1
