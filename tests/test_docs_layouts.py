@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import mpslayout
-from mpslayout.export import manifest
+from mpslayout.export import geometry
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "layouts.md"
 _BLOCK = re.compile(r"<!-- check: (\w+) -->\s*```python\n(.*?)```", re.DOTALL)
@@ -149,7 +149,7 @@ def test_conv_geometry_reproduces_framework_padding() -> None:
         if kx >= kw:
             continue
         offset_x = value("conv_offset", kW=kw, d=d, pad_left=pad)
-        assert offset_x == manifest.conv_offset(kw, d, pad)
+        assert offset_x == geometry.conv_offset(kw, d, pad)
         if kw % 2 == 0 and d > 1:
             continue  # the undocumented case (layouts.md section 8): only checked against code
         src = value("conv_read", x=x, stride=stride, offset_x=offset_x, kW=kw, d=d, kx=kx)
@@ -183,9 +183,9 @@ def test_transposed_geometry_and_flip_reproduce_framework() -> None:
         ref = _transposed_framework(v, w, s, d, pb, pe, op)
         size = value("transpose_size", size=4, stride=s, pad_begin=pb, pad_end=pe, kW=kw, d=d,
                      output_padding=op)
-        assert size == len(ref) == manifest.transposed_out(4, kw, s, d, (pb, pe), op)
+        assert size == len(ref) == geometry.transposed_out(4, kw, s, d, (pb, pe), op)
         koff = value("transpose_offset", kW=kw, d=d, pad_left=pb)
-        assert koff == manifest.kernel_offset(kw, d, pb)
+        assert koff == geometry.kernel_offset(kw, d, pb)
         stuffed = np.zeros((4 - 1) * s + 1)
         stuffed[::s] = v
         flipped = w[::-1]  # the rotation of section 3, in one dimension

@@ -20,7 +20,7 @@ from test_export_rnn import _files, _keras, _validate
 from mpslayout import rnn
 from mpslayout.export import export
 from mpslayout.reference import rnn as ref
-from mpslayout.verify_rnn import run_exported
+from mpslayout.verify.recurrent import run_exported
 
 # MPS property prefix -> gate index k in Keras's packed (kH, kW, I, 4H) kernel (i, f, c, o)
 KERAS_GATE = {"inputGate": 0, "forgetGate": 1, "cellGate": 2, "outputGate": 3}
@@ -162,7 +162,7 @@ def test_verify_judges_convlstm_against_keras(exact_model: Any, tmp_path: Path, 
                                               monkeypatch: Any) -> None:
     """``mpslayout verify OUT --model m.keras``: ONNX has no ConvLSTM, so each direction is
     judged by Keras itself; a planted gate swap fails and is named."""
-    from mpslayout.verify_keras import verify_keras
+    from mpslayout.verify.keras_oracle import verify_keras
 
     tmp = exact_model[0]
     if bug:

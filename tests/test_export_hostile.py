@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from export_ref import load_export, write_safetensors
 
-import mpslayout.export.layers
+import mpslayout.export.targets.mps.convert
 from mpslayout.export import ExportError, export
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "generator.onnx"
@@ -216,7 +216,7 @@ def test_failure_half_way_names_the_layer_and_leaves_nothing(tmp_path, monkeypat
     out = tmp_path / "out"
     export(EXAMPLE, out, progress=False, only=["conv1"])
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(mpslayout.export.layers.mps, "fc_weights", broken)
+    monkeypatch.setattr(mpslayout.export.targets.mps.convert.mps, "fc_weights", broken)
     with pytest.raises(ExportError, match=r"layer 'fc1' \(Gemm\) failed: MemoryError") as e:
         export(EXAMPLE, out, progress=False, force=True)
     assert e.value.layer == "fc1"

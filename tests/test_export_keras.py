@@ -378,7 +378,7 @@ def _datasets(f):
 
 def test_keras_h5_without_a_child_interpreter(tmp_path, monkeypatch):
     """Where no interpreter can be started (embedded Python), the structure is read in-process."""
-    from mpslayout.export import keras_file
+    from mpslayout.export.sources.keras import file as keras_file
 
     spec = layers_spec()
     write_keras2(tmp_path / "m.h5", spec)

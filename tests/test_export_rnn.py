@@ -18,7 +18,7 @@ import pytest
 
 from mpslayout import rnn, slow_rnn
 from mpslayout.export import export
-from mpslayout.verify_rnn import run_exported
+from mpslayout.verify.recurrent import run_exported
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")

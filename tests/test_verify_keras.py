@@ -113,7 +113,7 @@ def _verify_graph():
 
 def _verify(outdir, path, **kw):
     _verify_graph()
-    from mpslayout.verify_keras import verify_keras
+    from mpslayout.verify.keras_oracle import verify_keras
 
     return verify_keras(outdir, path, **kw)
 

@@ -27,7 +27,7 @@ pytest.importorskip("h5py")
 from mpslayout.cli import main  # noqa: E402
 from mpslayout.export import export  # noqa: E402
 from mpslayout.keras_onnx import keras_as_onnx  # noqa: E402
-from mpslayout.verify_keras import keras_values, verify_keras  # noqa: E402
+from mpslayout.verify.keras_oracle import keras_values, verify_keras  # noqa: E402
 
 L = keras.layers
 

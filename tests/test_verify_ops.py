@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from mpslayout import cli  # noqa: E402
 from mpslayout.verify import VerifyError, verify, verify_graph  # noqa: E402
-from mpslayout.verify.onnx_path import onnx_runtime_oracle  # noqa: E402
+from mpslayout.verify.ort import onnx_runtime_oracle  # noqa: E402
 
 C = 8
 

@@ -164,7 +164,7 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     import json
 
-    from .verify_keras import KerasMissing, is_keras_file, verify_keras
+    from .verify.keras_oracle import KerasMissing, is_keras_file, verify_keras
 
     given: dict[str | None, str] = {}
     for text in args.input:  # X.npy, or NAME=X.npy for a model with several inputs

@@ -346,7 +346,7 @@ def check_one(p: Picker) -> str:
     formats = sorted(seeds())
     fmt = p.choice(formats)
     if fmt == "h5" and len(formats) > 1 and not p.bool(35):
-        # each HDF5 file costs a child process (~0.2 s, see keras_file._probe): fewer of
+        # each HDF5 file costs a child process (~0.2 s, see keras file._probe): fewer of
         # them leaves time for the others
         fmt = p.choice([f for f in formats if f != "h5"])
     structured = p.bool(60)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .layers import Overrides, Plan
-from .writer import ExportError, Progress, safe_stem, write_all
+from .plan import Overrides, Plan
+from .targets.mps.writer import ExportError, Progress, safe_stem, write_all
 
 __all__ = ["ExportError", "export"]
 
@@ -97,26 +97,26 @@ def _dims_table(table: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[in
 
 def _read(path: str, fmt: str, fold_bn: bool, overrides: Overrides) -> Plan:
     if fmt == "onnx":
-        from . import onnx_reader
+        from .sources.onnx import reader
 
-        return onnx_reader.read(path, fold_bn=fold_bn, overrides=overrides)
+        return reader.read(path, fold_bn=fold_bn, overrides=overrides)
     if overrides.input_dims:
         raise ValueError(f"input_dims fixes the inputs of an ONNX graph; {path} is a {fmt} "
                          "file")
     if fmt == "keras":
-        from . import keras_reader
+        from .sources.keras import reader as keras_reader
 
         return keras_reader.read(path, fold_bn=fold_bn, overrides=overrides)
     if fold_bn:
         raise ValueError("fold_bn needs a graph (ONNX or Keras): a state_dict does not say "
                          "which layer a batch norm follows")
     if fmt == "safetensors":
-        from . import safetensors_reader
+        from .sources.torch import safetensors
 
-        return safetensors_reader.read(path, overrides=overrides)
-    from . import torch_reader
+        return safetensors.read(path, overrides=overrides)
+    from .sources.torch import pt
 
-    return torch_reader.read(path, overrides=overrides)
+    return pt.read(path, overrides=overrides)
 
 
 def _only(only: str | Iterable[str] | None) -> list[str] | None:
@@ -219,7 +219,7 @@ def export(
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
     overrides = Overrides(_shape_table(input_shapes, "input_shapes"),
                           _shape_table(reshapes, "reshapes"), _dims_table(input_dims))
-    from .writer import check_outdir
+    from .targets.mps.writer import check_outdir
 
     check_outdir(outdir, force)  # before reading a big model for nothing
     fmt = _detect(path)
@@ -271,7 +271,7 @@ def export(
 
 class _CallableModule(types.ModuleType):
     """Lets ``mpslayout.export(model, outdir)`` call :func:`export` while
-    ``mpslayout.export`` stays this package (``mpslayout.export.onnx_reader``...)."""
+    ``mpslayout.export`` stays this package (``mpslayout.export.sources``...)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict:
         return export(*args, **kwargs)

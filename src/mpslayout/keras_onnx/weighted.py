@@ -42,7 +42,7 @@ class WeightedLayers(Base):
 
     def t_Conv2DTranspose(self, op: Any, ins: list[Tensor], shape: tuple[Any, ...],
                           name: str) -> Tensor:
-        from ..export.keras_graph import transposed_pads
+        from ..export.sources.keras.graph import transposed_pads
 
         x = ins[0]
         self.check_image(op, x)

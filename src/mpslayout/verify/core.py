@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import verify_rnn
 from .executor import Executor
 from .files import ExportedLayer, VerifyError, load_export
 from .graph import Graph
+from .recurrent import RECURRENT_KINDS, check_layers
 from .report import Report
 from .tolerance import U16
 
@@ -68,13 +68,13 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
                                                   for k, v in arrays.items())
     report = Report(os.fspath(outdir), model_label, input_label, st.name, wdt, float(atol),
                     float(rtol), oracle=oracle_label)
-    recurrent = [x for x in layers if x.kind in verify_rnn.RECURRENT_KINDS]
-    layers = [x for x in layers if x.kind not in verify_rnn.RECURRENT_KINDS]
+    recurrent = [x for x in layers if x.kind in RECURRENT_KINDS]
+    layers = [x for x in layers if x.kind not in RECURRENT_KINDS]
     ex = Executor(g, layers, values, st, U16 if wdt == "float16" else 0.0, report,
                   list(doc.get("skipped", [])) + list(doc.get("unsupported", [])))
     ex.run(arrays)
-    if recurrent:  # sequences, not images: checked node by node (mpslayout.verify_rnn)
-        done = verify_rnn.check_layers(g, recurrent, values, report)
+    if recurrent:  # sequences, not images: checked node by node (verify/recurrent.py)
+        done = check_layers(g, recurrent, values, report)
         before = len(report.not_verified)
         report.not_verified = [x for x in report.not_verified if x["name"] not in done]
         report.operators_verified += before - len(report.not_verified)

@@ -15,50 +15,10 @@ from .core import verify_graph
 from .files import VerifyError, load_export
 from .graph import Graph, onnx_module
 from .integer_ops import float_equivalent
+from .ort import onnx_runtime_oracle, onnxruntime_module
 from .report import Report
 
-__all__ = ["input_feeds", "onnx_runtime_oracle", "verify"]
-
-
-def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise VerifyError("verify needs onnx and onnxruntime: pip install "
-                          "mpslayout[oracles]") from None
-    return onnxruntime
-
-
-def onnx_runtime_oracle(model: Any) -> Any:
-    """An oracle that runs ``model`` (an onnx.ModelProto) in ONNX Runtime, every graph
-    optimisation off, and returns each requested tensor it can."""
-    onnx = onnx_module()
-    ort = _ort()
-
-    def oracle(names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        g = Graph(model, {k: tuple(v.shape) for k, v in feeds.items()})
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        have = {o.name for o in m.graph.output}
-        for name in names:
-            if name not in have and name in g.types:
-                m.graph.output.append(onnx.helper.make_tensor_value_info(
-                    name, g.types[name], None))
-                have.add(name)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 3
-        fetch = [o.name for o in m.graph.output]
-        try:
-            sess = ort.InferenceSession(m.SerializeToString(), opts,
-                                        providers=["CPUExecutionProvider"])
-            got = sess.run(fetch, dict(feeds))
-        except Exception as e:
-            raise VerifyError(f"ONNX Runtime cannot run the model: {type(e).__name__}: "
-                              f"{e}") from None
-        return dict(zip(fetch, got))
-
-    return oracle
+__all__ = ["input_feeds", "verify"]
 
 
 def input_feeds(g: Graph, given: Mapping[str | None, np.ndarray], recorded: Mapping[str, Any],
@@ -158,7 +118,7 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
     report.
     """
     onnx = onnx_module()
-    _ort()
+    onnxruntime_module()
     loaded = load_export(outdir)
     doc = loaded[0]
     mpath = os.fspath(model)

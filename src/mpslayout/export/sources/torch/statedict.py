@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from . import manifest as mf
-from . import statedict_rnn
-from .layers import Layer, Overrides, Plan, TensorRef, const_tensor, is_float, reshape_layer
+from ... import geometry as mf
+from ...plan import Layer, Overrides, Plan, TensorRef, const_tensor, is_float
+from ...reshape import reshape_layer
+from . import rnn as statedict_rnn
 
 ASSUMPTIONS = [
     "tensor names follow PyTorch's state_dict convention (MODULE.weight, MODULE.bias, "

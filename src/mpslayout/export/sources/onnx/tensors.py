@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import TensorRef, bfloat16_ref
+from ...plan import TensorRef, bfloat16_ref
 
 _EXTERNAL = 1  # TensorProto.EXTERNAL
 

@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from .reference import rnn as ref
-from .rnn import GRU_GATES, LSTM_GATES, ONNX_OPS
+from ..reference import rnn as ref
+from ..rnn import GRU_GATES, LSTM_GATES, ONNX_OPS
+from .ort import onnx_runtime_oracle
+from .report import Check, Row
 
 __all__ = ["RECURRENT_KINDS", "check_layers", "onnx_value", "run_exported"]
 
@@ -147,7 +149,6 @@ def onnx_value(graph: Any, i: int, values: dict[str, np.ndarray], f16: bool = Fa
                ) -> np.ndarray:
     """ONNX Runtime's ``Y`` of recurrent node ``i`` run alone on ``values`` of its inputs,
     its W, R (and P) rounded through float16 when ``f16``."""
-    from .verify.onnx_path import onnx_runtime_oracle
 
     node = graph.nodes[i]
     feeds = {n: values[n] for n in node.input if n and graph.const(n) is None and n in values}
@@ -222,7 +223,6 @@ def check_layers(graph: Any, layers: list[Any], ort: dict[str, np.ndarray], repo
                  ) -> set[str]:
     """Append one row per exported recurrent direction to ``report`` (``ort``: the
     oracle's values); returns the names of the graph nodes verified."""
-    from .verify.report import Check, Row
 
     done: set[str] = set()
     taken: set[tuple[int, int]] = set()

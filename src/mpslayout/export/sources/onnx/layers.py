@@ -1,7 +1,7 @@
 """The ONNX ops that become weight layers: Conv (with a DepthToSpace after it as a sub-pixel
 convolution), ConvTranspose, Gemm/MatMul (with the (C, H, W) of a flatten before it and a
 Reshape after it), and a BatchNormalization left unfolded. Each builder reads one node of
-an :class:`~.onnx_graph.Graph`, folds what follows it (:mod:`.onnx_fold`) and appends a
+an :class:`~.graph.Graph`, folds what follows it (:mod:`.fold`) and appends a
 layer, or raises SkipLayer saying why not.
 
 A MatMul with a constant (C, O) operand on a (N, T, C) sequence (attention projections) is
@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import manifest as mf
-from .layers import Layer, SkipLayer, TensorRef, folded_bias, is_float, reshape_layer
-from .onnx_fold import fold_chain
-from .onnx_graph import POINTWISE, Graph
+from ... import geometry as mf
+from ...plan import Layer, SkipLayer, TensorRef, folded_bias, is_float
+from ...reshape import reshape_layer
+from .fold import fold_chain
+from .graph import POINTWISE, Graph
 
 
 def absmax(w: TensorRef, factor: float = 1.0) -> Callable[[], float]:
@@ -353,7 +354,7 @@ def batch_norm(g: Graph, node: Any) -> None:
 def matmul(g: Graph, node: Any) -> None:
     """A MatMul with a constant second operand is a fully connected layer; with a constant
     first operand (``W @ x``) its matrix is exported as a "tensor"."""
-    from .onnx_constants import tensor_layer
+    from .constants import tensor_layer
 
     first = g.const(node.input[0])
     if g.const(node.input[1]) is None and first is not None and is_float(first.dtype):

@@ -4,9 +4,9 @@ Reshape after it, the padding of every convolution, a DepthToSpace after a convo
 (a sub-pixel convolution), which BatchNormalization and per-channel Add/Sub/Mul/Div
 follow which layer (folded), and the role of every other learned tensor.
 
-The pieces: :mod:`.onnx_tensors` (initializers, lazily), :mod:`.onnx_graph` (structure,
-shape inference with ``input_dims``, lookups), :mod:`.onnx_layers` (weight layers),
-:mod:`.onnx_fold` (what folds into them), :mod:`.onnx_constants` (arithmetic and tensor
+The pieces: :mod:`.tensors` (initializers, lazily), :mod:`.graph` (structure,
+shape inference with ``input_dims``, lookups), :mod:`.layers` (weight layers),
+:mod:`.fold` (what folds into them), :mod:`.constants` (arithmetic and tensor
 entries). This module holds the op dispatch. Needs the ``onnx`` package
 (``pip install mpslayout[onnx]``).
 """
@@ -16,17 +16,17 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from . import onnx_constants as oc
-from . import onnx_layers as ol
-from . import onnx_quant, onnx_rnn
-from .layers import Overrides, Plan
-from .onnx_graph import STRUCTURAL, WEIGHTLESS, Graph
-from .onnx_tensors import _onnx, tensor_ref
+from ...plan import Overrides, Plan
+from . import constants as oc
+from . import integer, rnn
+from . import layers as ol
+from .graph import STRUCTURAL, WEIGHTLESS, Graph
+from .tensors import _onnx, tensor_ref
 
 __all__ = ["BUILDERS", "read", "tensor_ref"]
 
 # op -> builder(graph, node); a builder appends layers or raises SkipLayer. LSTM/GRU/RNN
-# go to onnx_rnn.read_node: one MPS recurrent layer per direction.
+# go to rnn.read_node: one MPS recurrent layer per direction.
 BUILDERS: dict[str, Callable[[Graph, Any], None]] = {
     "Conv": ol.conv,
     "ConvTranspose": ol.conv_transpose,
@@ -38,11 +38,11 @@ BUILDERS: dict[str, Callable[[Graph, Any], None]] = {
     "InstanceNormalization": oc.norm,
     "PRelu": oc.prelu,
     "Gather": oc.gather,
-    **{op: onnx_rnn.read_node for op in onnx_rnn.OPS},
-    "DequantizeLinear": onnx_quant.dequantize_node,
-    "DynamicQuantizeLinear": onnx_quant.dynamic_quantize_node,
-    "ConvInteger": onnx_quant.integer_node,
-    "MatMulInteger": onnx_quant.integer_node,
+    **{op: rnn.read_node for op in rnn.OPS},
+    "DequantizeLinear": integer.dequantize_node,
+    "DynamicQuantizeLinear": integer.dynamic_quantize_node,
+    "ConvInteger": integer.integer_node,
+    "MatMulInteger": integer.integer_node,
 }
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ...plan import Overrides, Plan, TensorRef, bfloat16_ref
 from . import statedict
-from .layers import Overrides, Plan, TensorRef, bfloat16_ref
 
 MAX_HEADER = 100 << 20  # the safetensors library's own limit
 

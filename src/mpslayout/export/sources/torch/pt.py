@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ...plan import Overrides, Plan, TensorRef, bfloat16_ref
 from . import statedict
-from .layers import Overrides, Plan, TensorRef, bfloat16_ref
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "module", "net")
 

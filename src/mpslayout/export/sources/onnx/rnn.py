@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..rnn import ONNX_OPS
-from .layers import SkipLayer, TensorRef
-from .rnn_layers import TAKES_ALPHA, TAKES_BETA, gate_neurons, neuron, recurrent_layer
+from ....rnn import ONNX_OPS
+from ...plan import SkipLayer, TensorRef
+from ...recurrent import TAKES_ALPHA, TAKES_BETA, gate_neurons, neuron, recurrent_layer
 
 OPS = {op: cell for cell, op in ONNX_OPS.items()}  # op_type -> cell
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}

@@ -1,20 +1,17 @@
-"""Recurrent layers in an export: one :class:`Layer` per direction (an MPSRNN layer with an
+"""Recurrent layers in the plan: one :class:`Layer` per direction (an MPSRNN layer with an
 ``MPSLSTMDescriptor``, ``MPSGRUDescriptor`` or ``MPSRNNSingleGateDescriptor``), whose files
 are the descriptor's gate data sources, one file per property (``STEM.<property>.bin``,
-biases ``STEM.<property>.bias.bin``). The readers (ONNX, state_dict, Keras) only find the
-tensors and the cell's settings; the rules are :mod:`mpslayout.rnn` (docs/layouts.md,
-section 9).
+biases ``STEM.<property>.bias.bin``). The sources (ONNX, state_dict, Keras) only find the
+tensors and the cell's settings; a target applies its rules (MPS: :mod:`mpslayout.rnn`,
+docs/layouts.md section 9).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
 from .. import rnn
-from .layers import Layer, TensorRef
+from .plan import Layer, TensorRef
 
 CELLS = {"lstm": ("MPSLSTMDescriptor", 4), "gru": ("MPSGRUDescriptor", 3),
          "rnn": ("MPSRNNSingleGateDescriptor", 1)}
@@ -124,29 +121,3 @@ def recurrent_layer(name: str, cell: str, source: dict[str, Any], tensors: dict[
     layer = Layer(name, cell, cell, source, geometry=geo, tensors=dict(tensors),
                   params={"layout": layout, "direction": index}, notes=list(notes))
     return layer
-
-
-def convert(layer: Layer, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray, int]]:
-    """Yield ``(property, array, source_bytes)`` for every gate data source of ``layer``."""
-    t = layer.tensors
-    load = {k: v.load() for k, v in t.items()}
-    fn = {"lstm": rnn.lstm_weights, "gru": rnn.gru_weights, "rnn": rnn.rnn_weights}[layer.rule]
-    kw: dict[str, Any] = {"layout": layer.params["layout"],
-                          "direction": layer.params["direction"]}
-    if "P" in load:
-        kw["P"] = load["P"]
-    if layer.rule == "gru":
-        kw["linear_before_reset"] = bool(layer.geometry["recurrent"]["linear_before_reset"])
-    w_dtype = dtype if dtype.kind == "f" else np.dtype(np.float32)
-    props = fn(load["W"], load["R"], load.get("B"), dtype=w_dtype, **kw)
-    total = sum(v.nbytes for v in t.values())
-    share = total // max(1, len(props))
-    for role, arr in props.items():
-        yield role, arr, share
-
-
-def file_layout(role: str) -> str:
-    """The manifest layout of one property file."""
-    if role.endswith("Weights") and not role.endswith("MemoryWeights"):
-        return "OHWI"
-    return "O"

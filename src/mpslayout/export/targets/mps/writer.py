@@ -18,9 +18,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from ...plan import Layer
 from . import manifest as mf
-from .layers import Layer, convert_layer
-from .rnn_layers import file_layout
+from .convert import convert_layer, file_layout
 
 _WRITE_BLOCK = 16 << 20
 

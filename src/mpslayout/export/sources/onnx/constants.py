@@ -9,16 +9,16 @@
   source takes it as it is): LayerNormalization and InstanceNormalization scale and bias,
   PRelu slopes, the table of an embedding ``Gather``, the constant first operand of a
   ``MatMul``, and any other floating constant an op reads as data.
-- LSTM/GRU/RNN are recurrent layers: :mod:`.onnx_rnn`.
+- LSTM/GRU/RNN are recurrent layers: :mod:`.rnn`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import manifest as mf
-from .layers import Layer, TensorRef, is_float
-from .onnx_graph import Graph
+from ... import geometry as mf
+from ...plan import Layer, TensorRef, is_float
+from .graph import Graph
 
 ARITHMETIC = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide"}
 _ROLE = {"Add": "shift", "Sub": "shift", "Mul": "scale", "Div": "scale", "PRelu": "slope",

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .layers import Layer, SkipLayer, TensorRef, batch_norm_fold, is_float
+from ...plan import Layer, SkipLayer, TensorRef, batch_norm_fold, is_float
 
 FOLDABLE = ("Add", "Sub", "Mul", "Div")
 F32_MAX = float(np.finfo(np.float32).max)
@@ -60,7 +60,7 @@ def per_channel(shape: tuple[int, ...], rank: int, axis: int, n: int) -> bool:
 def fold_chain(g: Any, out: str, n: int, rank: int, axis: int,
                weight_absmax: Callable[[], float] | None = None) -> Folded:
     """Follow ``out`` through foldable nodes (see the module docstring); marks them
-    consumed in ``g`` (an onnx_graph.Graph). ``weight_absmax()``: the largest |weight|
+    consumed in ``g`` (an graph.Graph). ``weight_absmax()``: the largest |weight|
     (times Gemm's alpha), to keep a folded scale from overflowing float32."""
     f = Folded(out)
     while True:

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .attrs import as_pair
-from .layers import SkipLayer, TensorRef, is_float
-from .rnn_layers import KERAS_ACTIVATIONS, gate_neurons, neuron, recurrent_layer
+from ...attrs import as_pair
+from ...plan import SkipLayer, TensorRef, is_float
+from ...recurrent import KERAS_ACTIVATIONS, gate_neurons, neuron, recurrent_layer
 
 CLASSES = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn", "ConvLSTM2D": "lstm"}
 IMAGE_CLASSES = ("ConvLSTM2D",)  # convolutional cells: MPSRNNImageInferenceLayer

@@ -21,6 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from .core import verify_graph
+from .files import VerifyError, load_export
+from .graph import Graph
+from .recurrent import RECURRENT_KINDS, compare, entry_problem, onnx_value, run_exported
+from .report import Check
+
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
@@ -59,7 +65,6 @@ def import_keras() -> Any:
 
 def _input_array(keras_model: Any, doc: dict[str, Any], given: Any, seed: int,
                  input_dims: dict[str, Any] | None = None) -> tuple[np.ndarray, str]:
-    from .verify import VerifyError
 
     if len(keras_model.inputs) != 1:
         raise VerifyError(f"the model has {len(keras_model.inputs)} inputs; verify --model "
@@ -148,8 +153,6 @@ def translation_errors(tr: Any, values: dict[str, np.ndarray]) -> dict[str, str]
     """Recurrent nodes of the translation that ONNX Runtime, run on Keras' input to them,
     computes differently from Keras: {node name: what differs}. Such a difference is a bug
     of :mod:`mpslayout.keras_onnx`, not of the export, and is reported as such."""
-    from .verify.graph import Graph
-    from .verify_rnn import onnx_value
 
     g = Graph(tr.model, {k: tuple(v.shape) for k, v in values.items()})
     out = {}
@@ -174,8 +177,6 @@ def _image_rnn_rows(keras: Any, model: Any, report: Any, layers: list[Any],
     translation) against Keras directly: each direction's Keras layer, rebuilt with
     ``return_sequences=True`` and its own weights, on Keras' input to the layer, against
     the MPS formula run from the files (``layers``: the export, as load_export read it)."""
-    from .verify.report import Check
-    from .verify_rnn import RECURRENT_KINDS, compare, entry_problem, run_exported
 
     exported = {e.name: e for e in layers}
     inputs: dict[str, np.ndarray] = {}  # Keras' input to a layer: both directions read it
@@ -260,8 +261,7 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
     :func:`mpslayout.verify.verify`). Raises :class:`KerasMissing`
     without keras, VerifyError when nothing can be compared."""
     keras = import_keras()  # first: without keras, say that and nothing else
-    from .keras_onnx import Untranslatable, keras_as_onnx
-    from .verify import VerifyError, load_export, verify_graph
+    from ..keras_onnx import Untranslatable, keras_as_onnx
 
     path = os.fspath(model)
     if not os.path.isfile(path):

@@ -9,9 +9,9 @@ import math
 import re
 from typing import Any
 
-from . import manifest as mf
-from .attrs import as_int, as_pair
-from .layers import Plan
+from ... import geometry as mf
+from ...attrs import as_int, as_pair
+from ...plan import Plan
 
 # layers MPS runs without weights, or that only move data
 WEIGHTLESS = frozenset((

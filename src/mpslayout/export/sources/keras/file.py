@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import TensorRef
+from ...plan import TensorRef
 
 _MAX_CONFIG = 64 << 20
 _WEIGHTS_MEMBER = "model.weights.h5"

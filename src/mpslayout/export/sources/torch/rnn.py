@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..rnn import ONNX_OPS
-from .layers import Plan, TensorRef, const_tensor, is_float
-from .rnn_layers import SIGMOID, TANH, recurrent_layer
+from ....rnn import ONNX_OPS
+from ...plan import Plan, TensorRef, const_tensor, is_float
+from ...recurrent import SIGMOID, TANH, recurrent_layer
 
 _LEAF = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 _CELL = {4: "lstm", 3: "gru", 1: "rnn"}

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from . import manifest as mf
-from . import onnx_quant
-from .attrs import as_float, as_int, as_pair, as_text
-from .layers import Layer, Overrides, Plan, SkipLayer, TensorRef, is_float
-from .onnx_fold import record
-from .onnx_tensors import _EXTERNAL, _onnx, tensor_ref
+from ... import geometry as mf
+from ...attrs import as_float, as_int, as_pair, as_text
+from ...plan import Layer, Overrides, Plan, SkipLayer, TensorRef, is_float
+from .dequantize import dequantized
+from .fold import record
+from .tensors import _EXTERNAL, _onnx, tensor_ref
 
 # ops with one data input that act element by element: a channel permutation commutes
 # with them, and a layer's output may pass through them on its way to a Reshape
@@ -267,7 +267,7 @@ class Graph:
         while name not in self.protos:
             node = self.producer.get(name)
             if node is None or node.op_type != "Identity" or seen > 64:
-                return onnx_quant.dequantized(self, name)  # 8-bit weights, or None
+                return dequantized(self, name)  # 8-bit weights, or None
             name, seen = node.input[0], seen + 1
         if name not in self.refs:  # a Constant node's tensor is named by the node's output
             self.refs[name] = replace(tensor_ref(self.protos[name], self.dir), name=name)
@@ -317,7 +317,7 @@ class Graph:
         return flat(ref, n)
 
     def add_layer(self, layer: Layer, folded: Any, through: list[str]) -> None:
-        """Append ``layer`` with what it folded (an onnx_fold.Folded) and the pointwise ops
+        """Append ``layer`` with what it folded (an fold.Folded) and the pointwise ops
         its output passes through."""
         record(self, layer, folded)
         if through:

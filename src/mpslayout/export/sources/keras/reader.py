@@ -17,11 +17,23 @@ from typing import Any
 
 import numpy as np
 
-from . import keras_rnn
-from . import manifest as mf
-from .attrs import as_float, as_int
-from .keras_file import Source
-from .keras_graph import (
+from ... import geometry as mf
+from ...attrs import as_float, as_int
+from ...plan import (
+    Layer,
+    Overrides,
+    Plan,
+    SkipLayer,
+    TensorRef,
+    batch_norm_fold,
+    const_tensor,
+    folded_bias,
+    is_float,
+)
+from ...reshape import reshape_layer
+from . import rnn as keras_rnn
+from .file import Source
+from .graph import (
     MODELS,
     POINTWISE,
     WEIGHTLESS,
@@ -32,18 +44,6 @@ from .keras_graph import (
     pair,
     shape_hwc,
     transposed_pads,
-)
-from .layers import (
-    Layer,
-    Overrides,
-    Plan,
-    SkipLayer,
-    TensorRef,
-    batch_norm_fold,
-    const_tensor,
-    folded_bias,
-    is_float,
-    reshape_layer,
 )
 
 # the order of a layer's variables in a .keras file (vars/0, vars/1, ...), by class
