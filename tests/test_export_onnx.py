@@ -613,7 +613,7 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
-    from mpslayout.export.targets.mps.writer import Progress
+    from mpslayout.export.progress import Progress
 
     tty = _Terminal()
     bar = Progress(2, 3 << 20, True, stream=tty)

@@ -134,9 +134,14 @@ def _export(args: argparse.Namespace) -> int:
             input_dims=_unique(args.input_dims, "--input-dims"),
             progress=not args.quiet,
             force=args.force,
+            target=args.target,
         )
     except ImportError as e:  # an optional reader's package is missing
         raise ValueError(str(e)) from None
+    if args.target == "mlx":
+        if not args.quiet:
+            _mlx_summary(doc, args.output)
+        return 0
     if not args.quiet:
         rows = [("layer", "kind", "weights (MPS layout)", "bytes")]
         for layer in doc["layers"]:
@@ -161,8 +166,39 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mlx_summary(doc: dict, output: str) -> None:
+    """What an MLX export wrote: one row per tensor, then what was left out."""
+    from .mlx import files
+
+    header, _ = files.read_header(output)
+    rows = [("tensor", "kind", "shape (MLX layout)", "from")]
+    for name, entry in doc["tensors"].items():
+        info = header[name]
+        rows.append((name, entry["kind"], "x".join(map(str, info["shape"])) + " "
+                     + info["dtype"], entry["source_layout"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
+    for x in doc.get("unsupported", []) + doc.get("skipped", []):
+        left = f" [left behind: {', '.join(x['tensors'])}]" if x.get("tensors") else ""
+        print(f"not exported: {x['name']} ({x['op']}): {x['reason']}{left}")
+    for assumed in doc.get("assumptions", []):
+        print(f"assumed: {assumed}")
+    print(f"exported {len(doc['layers'])} layers ({len(doc['tensors'])} tensors, "
+          f"{doc['weights_dtype']}) in MLX's layouts to {output}")
+
+
 def _verify(args: argparse.Namespace) -> int:
     import json
+
+    if args.outdir.endswith(".safetensors"):  # an MLX export: MLX's own ops run it
+        from .verify.mlx_target import verify_mlx
+
+        report = verify_mlx(args.outdir, args.model, input=args.input[0] if args.input
+                            else None, input_dims=_unique(args.input_dims, "--input-dims"),
+                            atol=args.atol, rtol=args.rtol, seed=args.seed)
+        print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+        return 0 if report.ok else 1
 
     from .verify.keras_oracle import KerasMissing, is_keras_file, verify_keras
 
@@ -267,10 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
         "geometry. OUTDIR appears only when everything is written.",
     )
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder to create")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                   help="folder to create (--target mlx: the .safetensors file)")
+    p.add_argument(
+        "--target", choices=("mps", "mlx"), default="mps",
+        help="mps (default): MPS weight files and manifest.json; mlx: one .safetensors in "
+        "MLX's layouts (docs/mlx.md), --dtype float32|float16|bfloat16",
+    )
     p.add_argument(
         "--dtype",
-        choices=("float32", "float16", "uint8"),
+        choices=("float32", "float16", "uint8", "bfloat16"),
         default="float32",
         help="weight element type (default float32; biases are always float32; uint8: "
         "8-bit convolution / fully connected weights, see --quantize)",

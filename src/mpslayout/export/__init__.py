@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from .plan import Overrides, Plan
-from .targets.mps.writer import ExportError, Progress, safe_stem, write_all
+from .plan import ExportError, Overrides, Plan
+from .progress import Progress
+from .targets.mps.writer import safe_stem, write_all
 
 __all__ = ["ExportError", "export"]
 
 FORMATS = ("onnx", "safetensors", "pytorch", "keras")
+TARGETS = ("mps", "mlx")
 _EXTENSIONS = {".onnx": "onnx", ".safetensors": "safetensors", ".pt": "pytorch",
                ".pth": "pytorch", ".keras": "keras", ".h5": "keras", ".hdf5": "keras"}
 
@@ -170,8 +172,15 @@ def export(
     progress: bool = True,
     force: bool = False,
     quantize: str = "linear",
+    target: str = "mps",
 ) -> dict[str, Any]:
     """Export every supported layer of ``model`` to ``outdir``; returns the manifest.
+
+    ``target``: "mps" (default: ``outdir`` is a folder of MPS weight files and
+    ``manifest.json``) or "mlx" (``outdir`` is one ``.safetensors`` file in MLX's layouts,
+    docs/mlx.md, that ``model.load_weights(path)`` of an MLX port with the same names
+    reads; ``dtype`` "float32", "float16" or "bfloat16"; returns the file's metadata
+    record).
 
     ``dtype``: "float32", "float16" or "uint8", the weight files' element type (biases are
     always float32). "uint8" quantizes the weights of convolution and fully connected
@@ -202,13 +211,27 @@ def export(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
     # every argument is checked before a reader (and its optional package) is imported
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ValueError("dtype 'bfloat16' needs the ml_dtypes package: pip install "
+                             "ml_dtypes") from None
+        dtype = ml_dtypes.bfloat16
     try:
         out_dtype = np.dtype(dtype)
     except TypeError:
         # a name numpy does not know ('bfloat16' without ml_dtypes) is a bad value
         err = ValueError if isinstance(dtype, str) else TypeError
         raise err(f"dtype must be 'float32', 'float16' or 'uint8', got {dtype!r}") from None
-    if out_dtype not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint8)):
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if target == "mlx":
+        if out_dtype not in (np.dtype(np.float32), np.dtype(np.float16)) \
+                and out_dtype.name != "bfloat16":
+            raise ValueError("dtype must be 'float32', 'float16' or 'bfloat16' for the MLX "
+                             f"target, got {dtype!r}")
+    elif out_dtype not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint8)):
         raise ValueError(f"dtype must be 'float32', 'float16' or 'uint8', got {dtype!r}")
     if quantize not in ("linear", "lut"):
         raise ValueError(f"quantize must be 'linear' or 'lut', got {quantize!r}")
@@ -219,9 +242,14 @@ def export(
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
     overrides = Overrides(_shape_table(input_shapes, "input_shapes"),
                           _shape_table(reshapes, "reshapes"), _dims_table(input_dims))
-    from .targets.mps.writer import check_outdir
+    if target == "mlx":
+        from .targets.mlx.writer import check_outfile
 
-    check_outdir(outdir, force)  # before reading a big model for nothing
+        check_outfile(outdir, force)  # before reading a big model for nothing
+    else:
+        from .targets.mps.writer import check_outdir
+
+        check_outdir(outdir, force)
     fmt = _detect(path)
     plan = _read(path, fmt, fold_bn, overrides)
     unused = overrides.unused()
@@ -260,11 +288,18 @@ def export(
     }
     if plan.training_state:
         fields["training_state"] = plan.training_state
+    bar = Progress(len(plan.layers), sum(x.source_bytes for x in plan.layers), progress)
+    if target == "mlx":
+        from .targets.mlx.writer import write_mlx
+
+        fields["generator"] = f"mpslayout {__version__}"
+        fields["weights_dtype"] = out_dtype.name
+        return write_mlx(os.fspath(outdir), plan, out_dtype, force=force, progress=bar,
+                         facts=fields)
     if out_dtype == np.uint8:
         fields["options"]["quantize"] = quantize
         for layer in plan.layers:
             layer.params["quantize"] = quantize
-    bar = Progress(len(plan.layers), sum(x.source_bytes for x in plan.layers), progress)
     return write_all(outdir, plan.layers, out_dtype, force=force, progress=bar,
                      manifest_fields=fields, version=__version__)
 

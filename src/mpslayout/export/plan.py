@@ -181,6 +181,14 @@ class Layer:
         return out
 
 
+class ExportError(ValueError):
+    """An export failed while converting or writing one layer (``.layer`` names it)."""
+
+    def __init__(self, message: str, layer: str | None = None) -> None:
+        super().__init__(message)
+        self.layer = layer
+
+
 class SkipLayer(Exception):
     """Raised by a reader for a recognised layer it does not export; the message says why.
     ``unsupported``: list it as an unsupported operator rather than a skipped layer."""
@@ -223,6 +231,22 @@ def folded_bias(bias: TensorRef | None, n: int, name: str, scale: np.ndarray | N
 
 
 # ----------------------------------------------------------------------- a reader's result
+
+
+def scaled(a: np.ndarray, scale: np.ndarray | None, axis: int | None = None,
+           start: int = 0, stop: int = 0) -> np.ndarray:
+    """The weights the model computes with: ``a`` times a layer's ``scale`` (batch-norm
+    fold, per-channel affine, Gemm's alpha), in float64, giving float32; ``a`` itself when
+    there is no scale. ``axis``, ``start``, ``stop``: ``a`` is the slice
+    ``start:stop`` of the weight along ``axis`` (a chunk), and so is the scale taken."""
+    if scale is None:
+        return a
+    s = scale
+    if axis is not None and s.ndim == a.ndim and s.shape[axis] > 1:
+        idx = [slice(None)] * s.ndim
+        idx[axis] = slice(start, stop)
+        s = s[tuple(idx)]
+    return (a.astype(np.float64) * s).astype(np.float32)
 
 
 @dataclass

@@ -142,3 +142,11 @@ def load(path: str | os.PathLike[str]) -> Weights:
         return Weights(out)
     facts = {k: v for k, v in doc.items() if k not in ("format", "version", "tensors")}
     return Weights(out, tensors=doc["tensors"], facts=facts)
+
+
+def dtype_code(dt: np.dtype, name: str = "tensor") -> str:
+    """The safetensors dtype code of numpy dtype ``dt`` (``"F32"``, ``"BF16"``, ...)."""
+    code = _CODES.get(np.dtype(dt).name)
+    if code is None:
+        raise TypeError(f"tensor {name!r} has dtype {dt}, which safetensors cannot hold")
+    return code

@@ -16,7 +16,7 @@ import numpy as np
 
 from .... import images, mps, quantize, rnn
 from ....engine import _cast_code
-from ...plan import BN_ROLES, Layer, QuantRef, is_float
+from ...plan import BN_ROLES, Layer, QuantRef, is_float, scaled
 
 CHUNK_BYTES = 64 << 20  # output bytes converted at a time where a rule allows slicing
 
@@ -64,19 +64,6 @@ def _converter(layer: Layer) -> tuple[Callable[..., Any], int | None]:
             a, input_shape=p.get("input_shape"), layout=p["layout"],
             flatten=p.get("flatten", "CHW"), dtype=dtype), 0 if p["layout"] == "OI" else 1)
     raise ValueError(f"rule {rule!r} has no single-call converter")
-
-
-def _prepare(a: np.ndarray, scale: np.ndarray | None, axis: int | None,
-             start: int, stop: int) -> np.ndarray:
-    """Apply ``scale`` (batch-norm fold, alpha) to a chunk, in float64, giving float32."""
-    if scale is None:
-        return a
-    s = scale
-    if axis is not None and s.ndim == a.ndim and s.shape[axis] > 1:
-        idx = [slice(None)] * s.ndim
-        idx[axis] = slice(start, stop)
-        s = s[tuple(idx)]
-    return (a.astype(np.float64) * s).astype(np.float32)
 
 
 QUANTIZABLE = ("conv", "depthwise", "expand_depthwise", "transposed", "fc", "dense_reshape",
@@ -149,7 +136,7 @@ def convert_floats(layer: Layer, dtype: np.dtype,
     src = w_ref.load()
     p = layer.params
     if layer.rule in ("dense_reshape", "conv_subpixel"):
-        a = _prepare(src, layer.scale, None, 0, 0)
+        a = scaled(src, layer.scale, None, 0, 0)
         b = None if layer.bias is None else layer.bias.load()
         if layer.rule == "dense_reshape":
             layout, image = p["layout"], (1, 1, a.shape[1 if p["layout"] == "OI" else 0])
@@ -179,7 +166,7 @@ def convert_floats(layer: Layer, dtype: np.dtype,
             yield from files
             return
     if axis is None or src.size == 0:
-        yield "weights", _call(fn, _prepare(src, layer.scale, None, 0, 0), dtype), w_ref.nbytes
+        yield "weights", _call(fn, scaled(src, layer.scale, None, 0, 0), dtype), w_ref.nbytes
     else:
         n = src.shape[axis]
         per_index = max(1, src.size // n * dtype.itemsize)
@@ -188,7 +175,7 @@ def convert_floats(layer: Layer, dtype: np.dtype,
         for start in range(0, n, step):
             stop = min(n, start + step)
             idx[axis] = slice(start, stop)
-            chunk = _prepare(src[tuple(idx)], layer.scale, axis, start, stop)
+            chunk = scaled(src[tuple(idx)], layer.scale, axis, start, stop)
             yield "weights", _call(fn, chunk, dtype), w_ref.nbytes * (stop - start) // n
     del src
     if layer.bias is not None:
