@@ -136,7 +136,7 @@ def run_layer(rule: str, record: Mapping[str, Any], arrays: Mapping[str, np.ndar
         m = _abs_bound(_linear, x, w, b)
         k = w.shape[1]
     elif rule == "batch_norm":
-        return _batch_norm(names, arrays, x, float(attrs.get("epsilon", 1e-5)))
+        return _batch_norm(names, arrays, x, float(attrs.get("epsilon", 1e-5)), u_w)
     else:
         raise ValueError(f"rule {rule!r} is not run by verify's MLX path")
     explained = (k + 1) * U32 * m + u_w * m
@@ -144,7 +144,10 @@ def run_layer(rule: str, record: Mapping[str, Any], arrays: Mapping[str, np.ndar
 
 
 def _batch_norm(names: Mapping[str, str], arrays: Mapping[str, np.ndarray], x: np.ndarray,
-                eps: float) -> tuple[np.ndarray, np.ndarray]:
+                eps: float, u_w: float) -> tuple[np.ndarray, np.ndarray]:
+    """``nn.BatchNorm`` in eval mode; the bound: a few float32 roundings of each term, and
+    the rounding of each of the four stored vectors (the square root halves the
+    variance's)."""
     import mlx.nn as nn
 
     t = {k: np.asarray(arrays[v], np.float32) for k, v in names.items()}
@@ -156,7 +159,7 @@ def _batch_norm(names: Mapping[str, str], arrays: Mapping[str, np.ndarray], x: n
     shape = (1, -1) + (1,) * (x.ndim - 2)
     m = (np.abs(x) + np.abs(t["running_mean"]).reshape(shape)) * scale.reshape(shape) \
         + np.abs(t["bias"]).reshape(shape)
-    return y, 8 * U32 * m
+    return y, (8 * U32 + 3 * u_w) * m
 
 
 # ------------------------------------------------------------------------ recurrent

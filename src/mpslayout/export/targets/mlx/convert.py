@@ -230,7 +230,7 @@ def convert_layer(layer: Layer, dtype: np.dtype | None = None,
             ref = layer.tensors[role]
             name = (ref.name if layer.source.get("format") == "onnx" and not ref.synthetic
                     else f"{base}.{mlx_name}")
-            a = np.asarray(ref.load(), np.float32).reshape(-1)
+            a = np.asarray(ref.load()).reshape(-1).astype(dtype or np.float32)
             out.put(name, a, "norm", "C")
             out.record.setdefault("tensors", {})[mlx_name] = name
     elif rule in ("tensor", "arithmetic"):
