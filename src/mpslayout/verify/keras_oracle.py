@@ -40,8 +40,8 @@ def is_keras_file(path: str | os.PathLike[str]) -> bool:
 
 def import_keras() -> Any:
     """keras, with a backend that is installed: when neither KERAS_BACKEND nor
-    ~/.keras/keras.json chooses one and TensorFlow (Keras' default) is missing, torch or
-    jax is used. A choice the user made is never overridden."""
+    ~/.keras/keras.json chooses an installed one and TensorFlow (Keras' default) is
+    missing, torch or jax is used. A KERAS_BACKEND the user set is never overridden."""
     if "keras" not in sys.modules and not os.environ.get("KERAS_BACKEND"):
         home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
         try:
@@ -49,7 +49,10 @@ def import_keras() -> Any:
                 configured = json.load(f).get("backend")
         except (OSError, ValueError, AttributeError):
             configured = None
-        if not configured and importlib.util.find_spec("tensorflow") is None:
+        # Keras writes keras.json itself on its first import ("tensorflow"), so a
+        # configured backend that is not installed is no choice: it could only fail
+        usable = configured and importlib.util.find_spec(str(configured)) is not None
+        if not usable and importlib.util.find_spec("tensorflow") is None:
             for backend in ("torch", "jax"):
                 if importlib.util.find_spec(backend) is not None:
                     os.environ["KERAS_BACKEND"] = backend
@@ -63,7 +66,7 @@ def import_keras() -> Any:
     return keras
 
 
-def _input_array(keras_model: Any, doc: dict[str, Any], given: Any, seed: int,
+def input_array(keras_model: Any, doc: dict[str, Any], given: Any, seed: int,
                  input_dims: dict[str, Any] | None = None) -> tuple[np.ndarray, str]:
 
     if len(keras_model.inputs) != 1:
@@ -276,7 +279,7 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
         tr = keras_as_onnx(kmodel)
     except Untranslatable as e:
         raise VerifyError(f"{path}: {e}") from None
-    x, what = _input_array(kmodel, doc, input, seed, input_dims)
+    x, what = input_array(kmodel, doc, input, seed, input_dims)
     values = keras_values(keras, kmodel, tr, x)
     feeds = {tr.inputs[0]: np.ascontiguousarray(tr.to_graph(tr.inputs[0], x))}
     feeds.update({n: values[n] for n in tr.inputs[1:]})

@@ -66,8 +66,12 @@ def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geo: Mapping[str, 
           ) -> np.ndarray:
     mx = _mx()
     stride, dil, lo, hi = _pairs(geo, w.ndim - 2)
+    # MLX's grouped convolution: groups = input channels / the weight's channels per group
+    # (a Keras depthwise with a multiplier, exported for MPS as a full convolution, is
+    # MLX's (C*M, kH, kW, 1) weight with groups = C)
+    groups = max(1, x.shape[1] // max(1, w.shape[-1]))
     y = mx.conv_general(_f32(_last(x)), _f32(w), stride=stride, padding=(lo, hi),
-                        kernel_dilation=dil, groups=int(geo.get("groups") or 1))
+                        kernel_dilation=dil, groups=groups)
     if b is not None:
         y = y + _f32(b)
     return _first(_np(y))

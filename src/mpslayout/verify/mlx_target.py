@@ -18,6 +18,7 @@ import numpy as np
 
 from .files import VerifyError
 from .graph import Graph, onnx_module
+from .keras_oracle import is_keras_file
 from .mlx_ops import run_layer, run_recurrent, weight_unit
 from .onnx_path import input_feeds
 from .ort import onnx_runtime_oracle, onnxruntime_module
@@ -68,12 +69,28 @@ class _Walk:
 
     def node(self, record: Mapping[str, Any]) -> int | None:
         src = record["source"]
-        i = self.by_name.get(str(src.get("node")))
-        if i is not None:
-            return i
+        for key in ("node", "layer"):  # ONNX exports name the node, Keras ones the layer
+            i = self.by_name.get(str(src.get(key)))
+            if i is not None:
+                return i
         w = src.get("weights")  # a state_dict export: its weight's initializer name
         hits = [k for k, n in enumerate(self.g.nodes) if w and w in n.input]
         return hits[0] if len(hits) == 1 else None
+
+    def linear_input(self, i: int, record: Mapping[str, Any]) -> str:
+        """The tensor an MLX Linear reads: after a flatten of an image, the image itself
+        (the port flattens it channels last); else the node's own input."""
+        src = record["source"].get("input")
+        if isinstance(src, str) and src in self.values and self.values[src].ndim > 2:
+            return src
+        t = self.g.nodes[i].input[0]
+        while self.values.get(t) is not None and self.values[t].ndim <= 2:
+            k = self.g.producer.get(t)
+            if k is None or self.g.nodes[k].op_type not in ("Flatten", "Reshape"):
+                break
+            t = self.g.nodes[k].input[0]
+        return t if self.values.get(t) is not None and self.values[t].ndim > 2 \
+            else self.g.nodes[i].input[0]
 
     def output(self, i: int, record: Mapping[str, Any]) -> str:
         """The tensor the layer computes: the node's output through what it folded."""
@@ -105,9 +122,11 @@ class _Walk:
 def _recurrent(w: _Walk, i: int, record: Mapping[str, Any], atol: float, rtol: float) -> None:
     node = w.g.nodes[i]
     params = record.get("params", {})
-    d = int(params.get("direction", 0))
     rec = record.get("geometry", {}).get("recurrent", {})
     backward = rec.get("layerSequenceDirection") == "backward"
+    d = int(params.get("direction", 0))
+    if backward and w.values[node.output[0]].shape[1] == 2:
+        d = 1  # a Keras Bidirectional: one layer per direction, one node for both
     path, rule = str(record["module"]), record["rule"]
 
     def state(pos: int, values: Mapping[str, np.ndarray]) -> np.ndarray | None:
@@ -156,29 +175,19 @@ def _recurrent(w: _Walk, i: int, record: Mapping[str, Any], atol: float, rtol: f
                      "state (the 'chain' columns), so the recurrent matrices are exercised")
 
 
-def verify_mlx(path: str | os.PathLike[str], model: str | os.PathLike[str], *,
-               input: Any = None, input_dims: Mapping[str, Sequence[int]] | None = None,
-               atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> Report:
-    """Check the MLX export ``path`` (a .safetensors written by ``mpslayout export --target
-    mlx``) against the ONNX ``model``, every layer run by MLX's own operators on ONNX
-    Runtime's input to it. ``input``: an array or .npy path for the model's only input,
-    else ``input_dims`` or the dims recorded at export with a seeded normal sample.
-    Raises :class:`VerifyError` when nothing can be compared (no mlx, not an MLX export,
-    an unreadable model); divergences are in the report."""
-    _mlx()
+def _onnx_oracle(mpath: str, facts: Mapping[str, Any], input: Any,
+                 input_dims: Mapping[str, Sequence[int]] | None, seed: int
+                 ) -> tuple[Any, dict[str, np.ndarray], str]:
+    """The ONNX model, ONNX Runtime's value of every tensor, and what the input was."""
     onnx = onnx_module()
     onnxruntime_module()
-    if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
-        raise VerifyError(f"atol and rtol must be finite and >= 0, got {atol}, {rtol}")
-    fpath, mpath = os.fspath(path), os.fspath(model)
-    weights, facts = _load(fpath)
     try:
         proto = onnx.load(mpath)
     except FileNotFoundError:
         raise VerifyError(f"model file not found: {mpath}") from None
     except Exception as e:
         raise VerifyError(f"cannot read {mpath} as ONNX (an MLX export is verified against "
-                          f"an ONNX model): {type(e).__name__}: {e}") from None
+                          f"an ONNX or Keras model): {type(e).__name__}: {e}") from None
     given: dict[str | None, np.ndarray] = {}
     if input is not None:
         given[None] = (np.load(os.fspath(input), allow_pickle=False)
@@ -190,10 +199,57 @@ def verify_mlx(path: str | os.PathLike[str], model: str | os.PathLike[str], *,
         + (f" ({how})" if how else "")
     g = Graph(proto, {k: tuple(v.shape) for k, v in feeds.items()})
     names = [o for n in g.nodes for o in n.output if o]
-    values = {**feeds, **onnx_runtime_oracle(proto)(names, feeds)}
+    return proto, {**feeds, **onnx_runtime_oracle(proto)(names, feeds)}, label
+
+
+def _keras_oracle(mpath: str, facts: Mapping[str, Any], input: Any,
+                  input_dims: Mapping[str, Sequence[int]] | None, seed: int
+                  ) -> tuple[Any, dict[str, np.ndarray], str, str]:
+    """The Keras model translated to ONNX (for its structure), Keras' value of every
+    tensor (channels first, as the translation's), the input and the oracle's name."""
+    from ..keras_onnx import Untranslatable, keras_as_onnx
+    from .keras_oracle import import_keras, input_array, keras_values
+
+    keras = import_keras()
+    if not os.path.isfile(mpath):
+        raise VerifyError(f"model file not found: {mpath}")
+    try:
+        kmodel = keras.saving.load_model(mpath, compile=False)
+    except Exception as e:  # Keras raises many types for a file it cannot read
+        raise VerifyError(f"Keras cannot load {mpath}: {type(e).__name__}: {e}") from None
+    try:
+        tr = keras_as_onnx(kmodel)
+    except Untranslatable as e:
+        raise VerifyError(f"{mpath}: {e}") from None
+    x, what = input_array(kmodel, facts, input, seed, dict(input_dims or {}))
+    values = keras_values(keras, kmodel, tr, x)
+    values[tr.inputs[0]] = np.ascontiguousarray(tr.to_graph(tr.inputs[0], x))
+    return (tr.model, values, what,
+            f"Keras {keras.__version__} ({keras.backend.backend()} backend)")
+
+
+def verify_mlx(path: str | os.PathLike[str], model: str | os.PathLike[str], *,
+               input: Any = None, input_dims: Mapping[str, Sequence[int]] | None = None,
+               atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> Report:
+    """Check the MLX export ``path`` (a .safetensors written by ``mpslayout export --target
+    mlx``) against the ONNX ``model``, every layer run by MLX's own operators on ONNX
+    Runtime's input to it. ``input``: an array or .npy path for the model's only input,
+    else ``input_dims`` or the dims recorded at export with a seeded normal sample.
+    Raises :class:`VerifyError` when nothing can be compared (no mlx, not an MLX export,
+    an unreadable model); divergences are in the report."""
+    _mlx()
+    if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
+        raise VerifyError(f"atol and rtol must be finite and >= 0, got {atol}, {rtol}")
+    fpath, mpath = os.fspath(path), os.fspath(model)
+    weights, facts = _load(fpath)
+    if is_keras_file(mpath):
+        proto, values, label, oracle = _keras_oracle(mpath, facts, input, input_dims, seed)
+    else:
+        proto, values, label = _onnx_oracle(mpath, facts, input, input_dims, seed)
+        oracle = "ONNX Runtime"
     wdt = str(facts.get("weights_dtype", "float32"))
     report = Report(fpath, mpath, label, "float32", wdt, float(atol), float(rtol),
-                    oracle="ONNX Runtime")
+                    oracle=oracle)
     w = _Walk(proto, values, weights, report, weight_unit(wdt))
     for record in facts["layers"]:
         rule = record["rule"]
@@ -211,9 +267,8 @@ def verify_mlx(path: str | os.PathLike[str], model: str | os.PathLike[str], *,
             report.not_verified.append({"name": record["name"], "op": node.op_type,
                                         "reason": "a raw tensor: no MLX module runs it alone"})
             continue
-        src = record["source"]
-        x_name = src.get("input") if rule in ("fc", "dense_reshape") and \
-            src.get("input") in values else node.input[0]
+        x_name = w.linear_input(i, record) if rule in ("fc", "dense_reshape") \
+            else node.input[0]
         out = w.output(i, record)
         if out not in values or x_name not in values:
             report.not_verified.append({"name": record["name"], "op": node.op_type,
@@ -221,7 +276,8 @@ def verify_mlx(path: str | os.PathLike[str], model: str | os.PathLike[str], *,
                                         "or output"})
             continue
         try:
-            y, explained = run_layer(rule, record, weights, values[x_name], g.attrs(i), w.u_w)
+            y, explained = run_layer(rule, record, weights, values[x_name], w.g.attrs(i),
+                                      w.u_w)
         except (KeyError, ValueError) as e:
             w.add(record, node.op_type, out, values[out], values[out], 0, atol, rtol,
                   error=f"MLX could not run it: {type(e).__name__}: {e}")
