@@ -24,12 +24,14 @@ and bit ``i`` of the stream is bit ``i % 32`` of uint32 word ``i // 32`` (for 3,
 bits an element may straddle two words). Dequantization is ``q * scales + biases`` in the
 scales' dtype, one rounding per operation (no fused multiply-add).
 
-Versions. Older MLX computed ``mx.quantize`` on the CPU with array ops in ``w``'s own dtype
-(mlx/ops.cpp, the ``fallback`` of ``affine_quantize``; only 2, 4 and 8 bits): the same for
-float32 input, possibly different in the last bit of a float16 / bfloat16 scale. MLX's
-Metal kernel (mlx/backend/metal/kernels/quantized.h) starts its running maximum at 0, so
-on the GPU a group of only negative values gets a range reaching up to 0; this module
-matches the CPU, which starts at -inf.
+Versions. Checked bit for bit against mlx 0.32.4 (Python 3.11) and mlx 0.29.3 (Python
+3.9), which has no 1-bit mode (``bits=1`` needs a later MLX). An older mlx/ops.cpp (whose
+``affine_quantize`` took only 2, 4 and 8 bits) computed ``mx.quantize`` on the CPU with
+array ops in ``w``'s own dtype (its ``fallback``): the same operations for float32 input,
+possibly different in the last bit of a float16 / bfloat16 scale. MLX's Metal kernel
+(mlx/backend/metal/kernels/quantized.h, ``affine_quantize``, as shipped in 0.32.4) starts
+its running maximum at 0, so on the GPU a group of only negative values gets a range
+reaching up to 0; this module matches the CPU, which starts at -inf.
 """
 
 from __future__ import annotations
