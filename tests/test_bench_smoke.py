@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import mpslayout
 from mpslayout import bench, cli
 
 CASE = "mobilenet.depthwise"  # (512, 1, 3, 3): 18 kB, the smallest case
+HAVE_MLX = importlib.util.find_spec("mlx") is not None
 
 
 def small_run(**kwargs):
@@ -103,7 +106,7 @@ def test_unknown_case_is_an_error():
 
 def test_cli_and_script_take_the_same_options():
     argv = ["--quick", "--cases", "vgg", "--repeats", "2", "--threads", "1,2", "--json", "a.json",
-            "--markdown", "a.md", "--plot", "a.png", "--no-torch", "--modes", "cold",
+            "--markdown", "a.md", "--plot", "a.png", "--no-torch", "--no-mlx", "--modes", "cold",
             "--processes", "3"]
     from_cli = vars(cli.build_parser().parse_args(["bench", *argv]))
     from_script = vars(bench.build_parser().parse_args(argv))
@@ -111,6 +114,66 @@ def test_cli_and_script_take_the_same_options():
     assert from_cli.pop("func") is not None
     assert from_cli == from_script
     assert bench._thread_list(from_script["threads"]) == [1, 2]
+    assert from_script["no_mlx"]
+    assert not bench.build_parser().parse_args([]).no_mlx
+
+
+def test_no_mlx_and_no_torch_leave_them_out():
+    report = small_run(use_torch=False, use_mlx=False, dtypes=("float32",))
+    names = [c["name"] for c in report["results"][0]["contenders"]]
+    assert "mlx" not in names
+    assert "torch" not in names
+    assert report["settings"]["mlx"] is False
+    assert report["machine"]["mlx"] is None
+
+
+def test_without_mlx_installed_it_is_skipped(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlx", None)  # import mlx.core raises ImportError
+    monkeypatch.setitem(sys.modules, "mlx.core", None)
+    outputs = bench.check_case(bench.select_cases(CASE)[0], use_torch=False)
+    assert "mlx" not in outputs
+    assert "np.copyto" in outputs
+
+
+@pytest.mark.skipif(not HAVE_MLX, reason="needs mlx")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("case", bench.select_cases(quick=True) + bench.select_cases(CASE),
+                         ids=lambda c: c.name)
+def test_mlx_contender_equals_numpy(case, dtype):
+    """MLX's CPU on the quick cases and the depthwise slice: its result is the numpy
+    view's, bit for bit (in the setup verify() checks, and here against numpy directly)."""
+    outputs = bench.check_case(case, dtype, threads=1, use_torch=False)
+    x = bench.make_input(case)
+    want = np.ascontiguousarray(case.view(x).astype(np.dtype(dtype))).reshape(case.out_shape)
+    got = outputs["mlx"]
+    assert got.dtype == want.dtype
+    assert got.shape == want.shape
+    assert np.array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+
+
+@pytest.mark.skipif(not HAVE_MLX, reason="needs mlx")
+def test_wrong_mlx_result_fails_loudly():
+    """verify() checks MLX like every other contender: a wrong MLX view is refused."""
+    case = bench.select_cases(CASE)[0]
+    bad = dataclasses.replace(case, view=lambda x: x[:, 0] if isinstance(x, np.ndarray)
+                              else x[:, 0] + 1)
+    with pytest.raises(bench.BenchmarkError, match="mlx's result differs"):
+        small_run(case_list=[bad], dtypes=("float32",), use_torch=False)
+
+
+@pytest.mark.skipif(not HAVE_MLX, reason="needs mlx")
+def test_mlx_in_the_report():
+    report = small_run(dtypes=("float32",), use_torch=False)
+    names = [c["name"] for c in report["results"][0]["contenders"]]
+    assert "mlx" in names
+    assert names[-1] == "memcpy"
+    assert report["settings"]["mlx"] is True
+    assert report["machine"]["mlx"]
+    text = bench.render_markdown(report)
+    assert "| mlx " in text
+    assert f"mlx {report['machine']['mlx']}" in text
+    tiny = bench.tiny_call(quick=True, repeat=1, mlx_mod=pytest.importorskip("mlx.core"))
+    assert any(v["name"].startswith("mlx ") for v in tiny["variants"])
 
 
 def test_cold_data_mode_cycles_distinct_copies_without_flushing():
@@ -175,9 +238,10 @@ def test_both_modes_and_processes_merge():
 def test_processes_option_runs_fresh_processes(tmp_path):
     path = tmp_path / "r.json"
     code = bench.main(["--cases", CASE, "--repeats", "1", "--threads", "1", "--modes", "cold",
-                       "--no-torch", "--processes", "2", "--json", str(path)])
+                       "--no-torch", "--no-mlx", "--processes", "2", "--json", str(path)])
     assert code == 0
     report = json.loads(path.read_text())
     assert report["settings"]["processes"] == 2
+    assert report["settings"]["mlx"] is False  # --no-mlx reaches every process
     assert all(len(c["times_s"]) == 2 for r in report["results"] for c in r["contenders"])
     assert bench.main(["--modes", "lukewarm"]) == 1

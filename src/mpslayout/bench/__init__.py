@@ -1,4 +1,4 @@
-"""Benchmark suite: mpslayout against numpy, PyTorch and memcpy on real weight shapes.
+"""Benchmark suite: mpslayout against numpy, PyTorch, MLX and memcpy on real weight shapes.
 
 Every case is a layout conversion an MPS exporter really performs (ResNet-50 and VGG-16
 convolutions, VGG-16's Linear after flatten, the DCGAN Dense->Reshape, a depthwise
@@ -15,6 +15,8 @@ contenders of one case run interleaved in one process after a warm-up:
   order="C")`` for the casts (it allocates its result, as a user's code would).
 - ``torch``: ``t.permute(...).contiguous()`` (casts: ``.to(torch.float16,
   memory_format=torch.contiguous_format)``), when torch is importable.
+- ``mlx``: MLX's CPU, ``np.asarray(mx.contiguous(mx.array(x).transpose(...)))`` (casts:
+  ``.astype(mx.float16)`` before ``mx.contiguous``), when mlx is importable.
 - ``memcpy``: ``np.copyto`` of a contiguous uint8 buffer as large as the input: the ceiling.
 
 Before timing, every contender's result is checked bit for bit against ``np.copyto``'s;

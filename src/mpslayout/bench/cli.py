@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    p.add_argument("--no-mlx", action="store_true", help="leave MLX out even if installed")
     p.add_argument("--modes", metavar="LIST", default=",".join(MODES),
                    help="cold modes, comma separated: cold (every cache flushed before each "
                         "run), cold-data (distinct data larger than the LLC, code warm); "
@@ -45,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench/run.py",
-        description="Time mpslayout's conversions against numpy, PyTorch and memcpy on "
+        description="Time mpslayout's conversions against numpy, PyTorch, MLX and memcpy on "
         "real weight shapes (cold cache, interleaved runs). See bench/README.md.",
     )
     add_arguments(p)
@@ -79,6 +80,8 @@ def _child_argv(args: argparse.Namespace, json_path: str) -> list[str]:
             argv += [f"--{opt}", str(value)]
     if args.no_torch:
         argv.append("--no-torch")
+    if args.no_mlx:
+        argv.append("--no-mlx")
     return argv
 
 
@@ -121,7 +124,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         report = _run_processes(args)
     else:
         report = run_benchmark(cases=args.cases, quick=args.quick, repeats=args.repeats,
-                               threads=args.threads, use_torch=not args.no_torch, modes=modes)
+                               threads=args.threads, use_torch=not args.no_torch,
+                               use_mlx=not args.no_mlx, modes=modes)
     text = render_markdown(report)
     print(text)
     if args.json:

@@ -1,5 +1,5 @@
-"""What runs against what: mpslayout, numpy, torch and memcpy on one configuration, and the
-bit-for-bit check that comes before any timing."""
+"""What runs against what: mpslayout, numpy, torch, MLX and memcpy on one configuration,
+and the bit-for-bit check that comes before any timing."""
 
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ def _torch() -> Any:
     return torch
 
 
+def _mlx() -> Any:
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return None
+    return mx
+
+
 def _out_dtype(dtype: str) -> type | None:
     return np.float16 if dtype == "float16" else None
 
@@ -53,7 +61,8 @@ def make_input(case: Case, seed: int = 0) -> np.ndarray:
 
 
 def build_setup(
-    case: Case, x: np.ndarray, dtype: str, threads: int, torch_mod: Any = None
+    case: Case, x: np.ndarray, dtype: str, threads: int, torch_mod: Any = None,
+    mlx_mod: Any = None,
 ) -> Setup:
     """The contenders for one configuration, with their outputs preallocated."""
     if dtype not in DTYPES:
@@ -123,6 +132,12 @@ def build_setup(
 
         contenders.append(Contender("torch", run_torch, moved, threads, torch_result))
 
+    if mlx_mod is not None:
+        contenders.append(_mlx_contender(case, x, cast, moved, mlx_mod))
+        notes.append("mlx: np.asarray(mx.contiguous(view of mx.array(x))) on MLX's CPU "
+                     "stream (casts: .astype(mx.float16) first); the timed call includes "
+                     "mx.array(x), MLX's copy of the numpy input")
+
     src_bytes = x.reshape(-1).view(np.uint8)
     dst_bytes = np.empty_like(src_bytes)
 
@@ -131,6 +146,27 @@ def build_setup(
 
     contenders.append(Contender(CEILING, run_memcpy, 2 * bytes_in, 1, lambda r: dst_bytes))
     return Setup(contenders, notes)
+
+
+def _mlx_contender(case: Case, x: np.ndarray, cast: type | None, moved: int,
+                   mx: Any) -> Contender:
+    """MLX's CPU: ``case.view`` (transpose / reshape / slice) of ``mx.array(x)``,
+    materialized contiguous and handed to numpy (``np.asarray`` evaluates it)."""
+    cpu = mx.cpu
+
+    def run_mlx() -> np.ndarray:
+        with mx.stream(cpu):
+            v = case.view(mx.array(x))
+            if cast is not None:
+                v = v.astype(mx.float16)
+            return np.asarray(mx.contiguous(v))
+
+    def mlx_result(r: np.ndarray) -> np.ndarray:
+        if not r.flags.c_contiguous:
+            raise BenchmarkError(f"{case.name}: mlx's result is not contiguous")
+        return r.reshape(case.out_shape)
+
+    return Contender("mlx", run_mlx, moved, 1, mlx_result)
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -182,10 +218,11 @@ def verify(case: Case, x: np.ndarray, setup: Setup, dtype: str, threads: int) ->
 
 
 def check_case(case: Case, dtype: str = "float32", threads: int = 1,
-               use_torch: bool = True) -> dict[str, np.ndarray]:
+               use_torch: bool = True, use_mlx: bool = True) -> dict[str, np.ndarray]:
     """Verify one configuration and return each contender's result (for tests)."""
     x = make_input(case)
     torch_mod = _torch() if use_torch else None
-    setup = build_setup(case, x, dtype, threads, torch_mod)
+    mlx_mod = _mlx() if use_mlx else None
+    setup = build_setup(case, x, dtype, threads, torch_mod, mlx_mod)
     verify(case, x, setup, dtype, threads)
     return {c.name: c.result(c.fn()).copy() for c in setup.contenders}

@@ -90,7 +90,7 @@ def _loaded_library() -> dict[str, Any]:
     return _LOADED_LIBRARY
 
 
-def machine_info(torch_mod: Any = None) -> dict[str, Any]:
+def machine_info(torch_mod: Any = None, mlx_mod: Any = None) -> dict[str, Any]:
     """CPU, caches, versions and instruction set, for the JSON and markdown reports."""
     from .. import __version__
 
@@ -113,6 +113,7 @@ def machine_info(torch_mod: Any = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": None if torch_mod is None else str(torch_mod.__version__),
+        "mlx": None if mlx_mod is None else str(mlx_mod.__version__),
         "matplotlib": _version("matplotlib"),
         "mpslayout": __version__,
         "isa": _core.isa(),

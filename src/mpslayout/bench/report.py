@@ -119,6 +119,7 @@ def machine_table(machine: dict[str, Any], settings: dict[str, Any]) -> str:
         ["platform", str(machine["platform"])],
         ["versions", f"python {machine['python']}, numpy {machine['numpy']}, "
                      f"torch {machine['torch'] or 'not used'}, "
+                     f"mlx {machine.get('mlx') or 'not used'}, "
                      f"mpslayout {machine['mpslayout']}"],
         ["mpslayout ISA", f"{machine['isa']} (available: {', '.join(machine['available_isas'])})"],
         ["engine build", f"{lib.get('sha256_16', '?')} (sha256 prefix of _core), built "

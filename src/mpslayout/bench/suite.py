@@ -16,7 +16,15 @@ import numpy as np
 from ..engine import get_threads
 from ..mps import conv_weights
 from .cases import DTYPES, BenchmarkError, Case, select_cases
-from .contenders import _out_dtype, _same_bits, _torch, build_setup, make_input, verify
+from .contenders import (
+    _mlx,
+    _out_dtype,
+    _same_bits,
+    _torch,
+    build_setup,
+    make_input,
+    verify,
+)
 from .machine import _library_id, _loaded_library, machine_info
 from .timing import (
     MODES,
@@ -57,20 +65,22 @@ def _thread_list(threads: Any) -> list[int]:
 
 
 def _run_config(case: Case, x: np.ndarray, dtype: str, th: int, mode: str, reps: int,
-                flush: Flusher, l3: int, torch_mod: Any, bar: Progress) -> dict[str, Any]:
+                flush: Flusher, l3: int, torch_mod: Any, bar: Progress,
+                mlx_mod: Any = None) -> dict[str, Any]:
     """One (case, dtype, threads, mode): verify (also the warm-up), then the timed rounds."""
     label = f"{case.name} {dtype} threads={th} {mode}"
     bar.update(0, label)
     if torch_mod is not None:
         torch_mod.set_num_threads(th)
-    setup = build_setup(case, x, dtype, th, torch_mod)
+    setup = build_setup(case, x, dtype, th, torch_mod, mlx_mod)
     verify(case, x, setup, dtype, th)
     out_dt = np.dtype(_out_dtype(dtype) or x.dtype)
     bytes_out = int(np.prod(case.out_shape)) * out_dt.itemsize
     setups = [setup]
     if mode == "cold-data":  # distinct copies: the data of one run is not in cache for the next
         copies = copies_for(x.nbytes + bytes_out, l3)
-        setups += [build_setup(case, x.copy(), dtype, th, torch_mod) for _ in range(copies - 1)]
+        setups += [build_setup(case, x.copy(), dtype, th, torch_mod, mlx_mod)
+                   for _ in range(copies - 1)]
         for s in setups[1:]:  # fault every copy's pages in: a timed run must not pay for them
             for c in s.contenders:
                 c.fn()
@@ -165,6 +175,7 @@ def run_benchmark(
     dtypes: Sequence[str] = DTYPES,
     tiny: bool = True,
     use_torch: bool = True,
+    use_mlx: bool = True,
     flush_bytes: int | None = None,
     progress: bool = True,
     case_list: Sequence[Case] | None = None,
@@ -176,6 +187,7 @@ def run_benchmark(
     ``repeats`` defaults to 15 (3 with ``quick``); ``threads`` is a list of thread counts
     (default: 1 and :func:`mpslayout.get_threads`); ``flush_bytes`` defaults to twice the L3;
     ``modes`` are the cold modes to run (:data:`MODES`: ``cold``, ``cold-data``).
+    ``use_torch`` / ``use_mlx``: time torch / MLX's CPU too when importable.
     """
     t_start = time.perf_counter()
     load_start = _loadavg()
@@ -193,6 +205,7 @@ def run_benchmark(
     if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"modes must be some of {MODES}, got {modes}")
     torch_mod = _torch() if use_torch else None
+    mlx_mod = _mlx() if use_mlx else None
     l3 = _l3_bytes()
     flush = Flusher(flush_bytes if flush_bytes is not None else 2 * l3)
     configs = [(c, d, t, m) for c in selected for d in dtypes for t in thread_list for m in modes]
@@ -207,13 +220,13 @@ def run_benchmark(
                 for th in thread_list:
                     for mode in modes:
                         results.append(_run_config(case, x, dtype, th, mode, reps, flush, l3,
-                                                   torch_mod, bar))
+                                                   torch_mod, bar, mlx_mod))
             del x
             gc.collect()
         tiny_result = None
         if tiny:
             bar.update(0, "tiny call: conv_weights (64,3,7,7)")
-            tiny_result = tiny_call(quick=quick, torch_mod=torch_mod)
+            tiny_result = tiny_call(quick=quick, torch_mod=torch_mod, mlx_mod=mlx_mod)
             bar.update(1)
     finally:
         bar.close()
@@ -226,7 +239,7 @@ def run_benchmark(
               "run; the results are from the build this process loaded "
               f"({library.get('sha256_16')})", file=sys.stderr)
     return {
-        "machine": machine_info(torch_mod),
+        "machine": machine_info(torch_mod, mlx_mod),
         "settings": {
             "quick": quick,
             "cases_filter": cases,
@@ -238,6 +251,7 @@ def run_benchmark(
             "flush_bytes": flush.nbytes,
             "l3_bytes": l3,
             "torch": torch_mod is not None,
+            "mlx": mlx_mod is not None,
             "elapsed_s": time.perf_counter() - t_start,
             "loadavg_start": load_start,
             "loadavg_end": _loadavg(),
@@ -250,8 +264,8 @@ def run_benchmark(
     }
 
 
-def tiny_call(*, quick: bool = False, torch_mod: Any = None, repeat: int | None = None
-              ) -> dict[str, Any]:
+def tiny_call(*, quick: bool = False, torch_mod: Any = None, repeat: int | None = None,
+              mlx_mod: Any = None) -> dict[str, Any]:
     """Warm per-call cost of conv_weights on the tiny (64,3,7,7) weight, via timeit."""
     w = np.random.default_rng(1).standard_normal((64, 3, 7, 7), dtype=np.float32)
     out = np.empty((64, 7, 7, 3), np.float32)
@@ -268,6 +282,17 @@ def tiny_call(*, quick: bool = False, torch_mod: Any = None, repeat: int | None 
         t = torch_mod.from_numpy(w)
         variants.append(("torch t.permute(0,2,3,1).contiguous()",
                          lambda: t.permute(0, 2, 3, 1).contiguous()))
+    if mlx_mod is not None:
+        mx = mlx_mod
+
+        def run_mlx() -> np.ndarray:
+            with mx.stream(mx.cpu):
+                return np.asarray(mx.contiguous(mx.array(w).transpose(0, 2, 3, 1)))
+
+        if not _same_bits(run_mlx(), np.ascontiguousarray(view)):
+            raise BenchmarkError("tiny call: mlx differs from numpy")
+        variants.append(("mlx np.asarray(mx.contiguous(mx.array(w).transpose(0,2,3,1)))",
+                         run_mlx))
     if not _same_bits(conv_weights(w), np.ascontiguousarray(view)):
         raise BenchmarkError("tiny call: conv_weights differs from numpy")
     n_repeat = repeat if repeat is not None else (5 if quick else 9)
