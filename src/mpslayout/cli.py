@@ -135,6 +135,8 @@ def _export(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             force=args.force,
             target=args.target,
+            bits=args.bits,
+            group_size=args.group_size,
         )
     except ImportError as e:  # an optional reader's package is missing
         raise ValueError(str(e)) from None
@@ -319,11 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quantize",
-        choices=("linear", "lut"),
+        choices=("linear", "lut", "affine"),
         default="linear",
         help="with --dtype uint8: per-output-channel ranges (linear, default) or one "
-        "256-entry lookup table per layer (lut)",
+        "256-entry lookup table per layer (lut); with --target mlx: affine, MLX's "
+        "quantization of Linear and Embedding weights (--bits, --group-size)",
     )
+    p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 5, 6, 8),
+                   help="--quantize affine: bits per weight (default 4)")
+    p.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128),
+                   help="--quantize affine: weights per scale and bias (default 64)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="export only these layers")
     p.add_argument(
         "--fold-bn",

@@ -173,6 +173,8 @@ def export(
     force: bool = False,
     quantize: str = "linear",
     target: str = "mps",
+    bits: int = 4,
+    group_size: int = 64,
 ) -> dict[str, Any]:
     """Export every supported layer of ``model`` to ``outdir``; returns the manifest.
 
@@ -180,7 +182,10 @@ def export(
     ``manifest.json``) or "mlx" (``outdir`` is one ``.safetensors`` file in MLX's layouts,
     docs/mlx.md, that ``model.load_weights(path)`` of an MLX port with the same names
     reads; ``dtype`` "float32", "float16" or "bfloat16"; returns the file's metadata
-    record).
+    record). With the MLX target, ``quantize="affine"`` writes Linear and Embedding
+    weights as ``nn.QuantizedLinear`` / ``QuantizedEmbedding`` load them (``weight``
+    packed uint32, ``scales``, ``biases``: bit-identical to ``mx.quantize(w, group_size,
+    bits)``), ``bits`` 2, 3, 4, 5, 6 or 8, ``group_size`` 32, 64 or 128.
 
     ``dtype``: "float32", "float16" or "uint8", the weight files' element type (biases are
     always float32). "uint8" quantizes the weights of convolution and fully connected
@@ -233,8 +238,17 @@ def export(
                              f"target, got {dtype!r}")
     elif out_dtype not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint8)):
         raise ValueError(f"dtype must be 'float32', 'float16' or 'uint8', got {dtype!r}")
-    if quantize not in ("linear", "lut"):
-        raise ValueError(f"quantize must be 'linear' or 'lut', got {quantize!r}")
+    mlx_quant = None
+    if target == "mlx" and quantize == "affine":
+        from ..mlx.quantize import BITS, GROUP_SIZES
+
+        if bits not in BITS or group_size not in GROUP_SIZES:
+            raise ValueError(f"bits must be one of {BITS} and group_size one of "
+                             f"{GROUP_SIZES}, got {bits!r}, {group_size!r}")
+        mlx_quant = {"bits": int(bits), "group_size": int(group_size)}
+    elif quantize not in ("linear", "lut"):
+        raise ValueError(f"quantize must be 'linear' or 'lut' ('affine' with target='mlx'),"
+                         f" got {quantize!r}")
     only = _only(only)
     for flag, value in (("fold_bn", fold_bn), ("strict", strict), ("progress", progress),
                         ("force", force)):
@@ -294,8 +308,10 @@ def export(
 
         fields["generator"] = f"mpslayout {__version__}"
         fields["weights_dtype"] = out_dtype.name
+        if mlx_quant is not None:
+            fields["options"]["quantize"] = {"mode": "affine", **mlx_quant}
         return write_mlx(os.fspath(outdir), plan, out_dtype, force=force, progress=bar,
-                         facts=fields)
+                         facts=fields, quantize=mlx_quant)
     if out_dtype == np.uint8:
         fields["options"]["quantize"] = quantize
         for layer in plan.layers:

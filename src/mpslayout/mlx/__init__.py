@@ -6,6 +6,7 @@ given an MLX model or array, or returns mx arrays (``sanitize`` does when mlx is
 """
 
 from .files import load, save
+from .quantize import affine_dequantize, affine_quantize
 from .rules import (
     conv_transpose_weights,
     conv_transpose_weights_to_torch,
@@ -27,6 +28,8 @@ from .to_torch import to_torch
 
 __all__ = [
     "Weights",
+    "affine_dequantize",
+    "affine_quantize",
     "conv_transpose_weights",
     "conv_transpose_weights_to_torch",
     "conv_weights",

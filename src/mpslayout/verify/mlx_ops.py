@@ -106,6 +106,20 @@ def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return _np(y)
 
 
+def _dequantized(arrays: Mapping[str, np.ndarray], names: Mapping[str, str],
+                 q: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(the weights ``mx.dequantize`` gives, float32; how far each may lie from the
+    model's: half a quantization step plus the float32 roundings of the affine map)."""
+    mx = _mx()
+    scales = arrays[names["scales"]]
+    w = _np(mx.dequantize(mx.array(np.asarray(arrays[names["weight"]])),
+                          mx.array(np.asarray(scales)),
+                          mx.array(np.asarray(arrays[names["biases"]])),
+                          group_size=int(q["group_size"]), bits=int(q["bits"])))
+    step = np.repeat(np.abs(np.asarray(scales, np.float32)), int(q["group_size"]), axis=-1)
+    return w, 0.5 * step + 4 * U32 * np.abs(w)
+
+
 def _abs_bound(fn: Any, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, *rest: Any
                ) -> np.ndarray:
     return fn(np.abs(x), np.abs(w), None if b is None else np.abs(b), *rest)
@@ -136,9 +150,15 @@ def run_layer(rule: str, record: Mapping[str, Any], arrays: Mapping[str, np.ndar
         k = int(np.prod(w.shape[:-1])) // max(1, w.shape[0])
     elif rule in ("fc", "dense_reshape"):
         assert w is not None
+        q = record.get("quantization")
+        err = None
+        if q is not None:  # nn.QuantizedLinear's arrays: run what MLX dequantizes
+            w, err = _dequantized(arrays, names, q)
         y = _linear(x, w, b)
         m = _abs_bound(_linear, x, w, b)
         k = w.shape[1]
+        if err is not None:  # each weight within half a step of the model's
+            return y, (k + 1) * U32 * m + u_w * m + _linear(np.abs(x), err, None)
     elif rule == "batch_norm":
         return _batch_norm(names, arrays, x, float(attrs.get("epsilon", 1e-5)), u_w)
     else:

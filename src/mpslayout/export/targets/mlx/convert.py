@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ....mlx import rules
+from ....mlx.quantize import affine_quantize
 from ...plan import Layer, scaled
 
 __all__ = ["MlxLayer", "NotForMlx", "convert_layer", "names"]
@@ -181,11 +182,37 @@ def _recurrent(layer: Layer, out: MlxLayer, dtype: np.dtype | None, stacked: boo
         out.record["nonlinearity"] = (acts.get("input") or {}).get("type")
 
 
-def convert_layer(layer: Layer, dtype: np.dtype | None = None,
-                  stacked: bool = False) -> MlxLayer:
+def _quantized(out: MlxLayer, w_name: str, quantize: dict[str, int] | None,
+               source_layout: str) -> None:
+    """``--quantize affine``: the converted weight of a Linear / Embedding replaced by
+    ``nn.QuantizedLinear``'s ``weight`` (packed uint32), ``scales`` and ``biases``
+    (bit-identical to ``mx.quantize``); a weight whose rows do not split into groups
+    stays as it is, and the record says so."""
+    if quantize is None:
+        return
+    w = out.arrays[w_name]
+    gs, bits = quantize["group_size"], quantize["bits"]
+    if w.ndim != 2 or w.shape[-1] % gs:
+        out.record.setdefault("notes", []).append(
+            f"not quantized: {w.shape[-1]} inputs do not split into groups of {gs}")
+        return
+    wq, scales, biases = affine_quantize(w, group_size=gs, bits=bits)
+    stem = w_name[: -len(".weight")] if w_name.endswith(".weight") else w_name
+    out.arrays[w_name] = wq
+    for suffix, a in (("scales", scales), ("biases", biases)):
+        name = f"{stem}.{suffix}" if stem != w_name else f"{stem}_{suffix}"
+        out.put(name, a, out.tensors[w_name]["kind"], source_layout)
+        out.record.setdefault("tensors", {})[suffix] = name
+    out.record["quantization"] = {"mode": "affine", "bits": bits, "group_size": gs}
+
+
+def convert_layer(layer: Layer, dtype: np.dtype | None = None, stacked: bool = False,
+                  quantize: dict[str, int] | None = None) -> MlxLayer:
     """The MLX parameters of ``layer`` (``dtype``: float16/bfloat16 weights, None: as in
     the source) and its metadata record; ``stacked``: a recurrent layer of a module with
-    several layers. Raises :class:`NotForMlx` for a layer MLX has no module for."""
+    several layers; ``quantize`` ({"bits", "group_size"}): Linear and Embedding weights
+    as ``nn.QuantizedLinear`` / ``QuantizedEmbedding`` load them. Raises
+    :class:`NotForMlx` for a layer MLX has no module for."""
     out = MlxLayer()
     p = layer.params
     rule = layer.rule
@@ -223,6 +250,8 @@ def convert_layer(layer: Layer, dtype: np.dtype | None = None,
         out.put(w_name, rules.linear_weights(
             w, layout=p["layout"], input_shape=None if ishape is None else tuple(ishape),
             flatten=p.get("flatten", "CHW"), dtype=dtype), "linear", p["layout"])
+        out.record["tensors"] = {"weight": w_name}
+        _quantized(out, w_name, quantize, p["layout"])
         _bias(layer, out, b_name, dtype)
     elif rule == "batch_norm":
         base = _base(layer) if layer.source.get("format") != "onnx" else layer.name
@@ -245,9 +274,14 @@ def convert_layer(layer: Layer, dtype: np.dtype | None = None,
             a = a.astype(dtype)
         name = ref.name if not ref.synthetic else f"{layer.name}.weight"
         out.put(name, a, "tensor", layout)
+        if layer.source.get("op") in ("Gather", "Embedding") and a.ndim == 2:
+            out.record["tensors"] = {"weight": name}  # an embedding table
+            _quantized(out, name, quantize, layout)
     else:
         raise NotForMlx(f"rule {rule!r} has no MLX module")
-    if "tensors" not in out.record:
-        out.record["tensors"] = {("weight" if n == w_name else "bias" if n == b_name
-                                  else n.rsplit(".", 1)[-1]): n for n in out.arrays}
+    table = out.record.setdefault("tensors", {})
+    for n in out.arrays:
+        if n not in table.values():
+            table["weight" if n == w_name else "bias" if n == b_name
+                  else n.rsplit(".", 1)[-1]] = n
     return out

@@ -59,9 +59,12 @@ def _free(name: str, taken: Any) -> str:
 
 
 def write_mlx(path: str, plan: Plan, dtype: np.dtype | None, *, force: bool,
-              progress: Progress, facts: dict[str, Any]) -> dict[str, Any]:
+              progress: Progress, facts: dict[str, Any],
+              quantize: dict[str, int] | None = None) -> dict[str, Any]:
     """Convert every layer of ``plan`` and write the file; returns the metadata record
-    (``tensors`` plus ``facts``, with ``layers`` and any layers MLX refused added)."""
+    (``tensors`` plus ``facts``, with ``layers`` and any layers MLX refused added).
+    ``quantize``: {"bits", "group_size"} of MLX's affine quantization of Linear and
+    Embedding weights."""
     out = check_outfile(path, force)
     folder = os.path.dirname(out)
     os.makedirs(folder, exist_ok=True)
@@ -80,7 +83,8 @@ def write_mlx(path: str, plan: Plan, dtype: np.dtype | None, *, force: bool,
                 try:
                     module = str(layer.source.get("module") or layer.source.get("layer")
                                  or layer.source.get("node"))
-                    conv = convert_layer(layer, dtype, stacked=module in stacked)
+                    conv = convert_layer(layer, dtype, stacked=module in stacked,
+                                         quantize=quantize)
                 except NotForMlx as e:
                     refused.append({"name": layer.name, "op": layer.source.get("op",
                                                                                 layer.kind),
