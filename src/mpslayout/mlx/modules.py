@@ -59,8 +59,8 @@ class Entry:
 def describe(model: Any) -> dict[str, Entry]:
     """``{module_path: Entry}`` for every module that owns parameters (MHA included, for
     the names of PyTorch's packed projection)."""
-    if isinstance(model, Mapping):
-        return _from_mapping(model)
+    if isinstance(model, Mapping) and not hasattr(model, "named_modules"):
+        return _from_mapping(model)  # (an mlx.nn.Module is a dict too)
     try:
         import mlx.core as mx
         import mlx.nn as nn

@@ -46,6 +46,10 @@ _CONV = {"torch": ("OIW", "OIHW", "OIDHW"), "keras": ("WIO", "HWIO", "DHWIO")}
 _CONVT = {"torch": ("IOW", "IOHW", "IODHW"), "keras": ("WOI", "HWOI", "DHWOI")}
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
 def _keras_name(k: str) -> str:
     k = k[:-2] if k.endswith(":0") else k
     return k.replace("/", ".")
@@ -101,8 +105,8 @@ def _check(e: Entry, pname: str, src: str, got: tuple[int, ...], expect: Callabl
 def _conv(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
     src = job.source
     fam = "keras" if src == "keras" else "torch"
-    if src == "keras" and (e.path + ".depthwise_kernel") in job.sd:
-        name = e.path + ".depthwise_kernel"
+    if src == "keras" and (e.param("depthwise_kernel")) in job.sd:
+        name = e.param("depthwise_kernel")
         k = job.get(name)
         layout = "HWCM"[-(e.rank + 2):]
         if k.ndim != e.rank + 2 or e.kind != "conv":
@@ -114,7 +118,7 @@ def _conv(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
         job.put(e, "weight", rules.depthwise_weights(k, layout=layout, dtype=job.dtype),
                 layout, name)
     else:
-        name = e.path + (".kernel" if src == "keras" else ".weight")
+        name = e.param("kernel" if src == "keras" else "weight")
         w = job.get(name)
         if w is not None:
             table = _CONV if e.kind == "conv" else _CONVT
@@ -133,7 +137,7 @@ def _conv(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
                 _check(e, "weight", name, w.shape, exp, f"{src} {e.type} weight ({layout})")
                 out = rules.conv_transpose_weights(w, layout=layout, dtype=job.dtype)
             job.put(e, "weight", out, layout, name)
-    _plain(job, e, "bias", e.path + ".bias")
+    _plain(job, e, "bias", e.param("bias"))
 
 
 def _plain(job: _Job, e: Entry, pname: str, name: str, reshape: bool = False) -> None:
@@ -150,7 +154,7 @@ def _plain(job: _Job, e: Entry, pname: str, name: str, reshape: bool = False) ->
 
 def _linear(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
     keras = job.source == "keras"
-    name = e.path + (".kernel" if keras else ".weight")
+    name = e.param("kernel" if keras else "weight")
     w = job.get(name)
     if w is not None:
         layout = "IO" if keras else "OI"
@@ -163,7 +167,7 @@ def _linear(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
         out = rules.linear_weights(w, layout=layout, input_shape=shape,
                                    flatten="HWC" if keras else "CHW", dtype=job.dtype)
         job.put(e, "weight", out, layout if shape is None or keras else layout + "/CHW", name)
-    _plain(job, e, "bias", e.path + ".bias")
+    _plain(job, e, "bias", e.param("bias"))
 
 
 def _mha(job: _Job, e: Entry, entries: Mapping[str, Entry], done: set[str]) -> None:
@@ -216,7 +220,7 @@ def _recurrent(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
     kwargs: dict[str, Any] = {"layout": src, "dtype": job.dtype}
     if src == "torch":
         for prefix, suf in _torch_candidates(e.path):
-            names = [f"{prefix}.{n}{suf}" for n in ("weight_ih", "weight_hh", "bias_ih",
+            names = [_join(prefix, n + suf) for n in ("weight_ih", "weight_hh", "bias_ih",
                                                     "bias_hh")]
             if names[0] in job.sd:
                 break
@@ -226,15 +230,15 @@ def _recurrent(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
         m = _REV.match(e.path)
         base = e.path if not m else m["t"] + (f".{m['k']}" if m["k"] else "")
         kwargs["direction"] = 1 if m else 0
-        names = [f"{base}.W", f"{base}.R", f"{base}.B", ""]
+        names = [_join(base, "W"), _join(base, "R"), _join(base, "B"), ""]
         if e.kind == "gru":
             kwargs["linear_before_reset"] = True
     else:
         base = e.path
-        if base + ".kernel" not in job.sd:
+        if _join(base, "kernel") not in job.sd:
             cell = [k for k in job.sd if re.fullmatch(re.escape(base) + r"\.\w*cell\.kernel", k)]
             base = cell[0][:-len(".kernel")] if cell else base
-        names = [f"{base}.kernel", f"{base}.recurrent_kernel", f"{base}.bias", ""]
+        names = [_join(base, "kernel"), _join(base, "recurrent_kernel"), _join(base, "bias"), ""]
     if names[0] not in job.sd:
         return
     arrays = [job.get(n) if n else None for n in names]
@@ -254,11 +258,11 @@ def _simple(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
     keras = job.source == "keras"
     for pname in e.params:
         if e.kind == "norm" and keras:
-            name = f"{e.path}.{_KERAS_NORM.get(pname, pname)}"
+            name = e.param(_KERAS_NORM.get(pname, pname))
         elif e.kind == "prelu" and keras:
-            name = f"{e.path}.alpha"
+            name = e.param("alpha")
         elif e.kind == "embedding" and keras:
-            name = f"{e.path}.embeddings"
+            name = e.param("embeddings")
         else:
             name = e.param(pname)
         _plain(job, e, pname, name, reshape=e.kind == "prelu")

@@ -78,7 +78,7 @@ def to_torch(weights: Any, model: Any, flatten: Mapping[str, Any] | None = None,
                 continue
             prefix, suffix = _torch_candidates(e.path)[0]
             for tn, a in _INVERSE[e.kind](got, dtype=dtype).items():
-                out[f"{prefix}.{tn}{suffix}"] = a
+                out[f"{prefix}.{tn}{suffix}" if prefix else tn + suffix] = a
             continue
         for pn in e.params:
             a = take(e.path, pn)
