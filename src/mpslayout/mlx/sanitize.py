@@ -105,8 +105,9 @@ def _check(e: Entry, pname: str, src: str, got: tuple[int, ...], expect: Callabl
 def _conv(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
     src = job.source
     fam = "keras" if src == "keras" else "torch"
-    if src == "keras" and (e.param("depthwise_kernel")) in job.sd:
+    if src == "keras" and _is_depthwise(job, e):
         name = e.param("depthwise_kernel")
+        name = name if name in job.sd else e.param("kernel")
         k = job.get(name)
         layout = "HWCM"[-(e.rank + 2):]
         if k.ndim != e.rank + 2 or e.kind != "conv":
@@ -138,6 +139,19 @@ def _conv(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
                 out = rules.conv_transpose_weights(w, layout=layout, dtype=job.dtype)
             job.put(e, "weight", out, layout, name)
     _plain(job, e, "bias", e.param("bias"))
+
+
+def _is_depthwise(job: _Job, e: Entry) -> bool:
+    """A Keras DepthwiseConv kernel ``(*K, C, M)``: named ``depthwise_kernel`` (Keras 2),
+    or Keras 3's ``kernel`` for an MLX conv with ``groups=C`` and one input channel per
+    group whose shape is ``(*K, C, O/C)``, not a grouped Conv2D's ``(*K, 1, O)`` (the two
+    are the same tensor when C = 1)."""
+    if e.param("depthwise_kernel") in job.sd:
+        return True
+    k, want = job.sd.get(e.param("kernel")), e.params.get("weight")
+    if k is None or want is None or e.kind != "conv" or e.groups == 1 or want[-1] != 1:
+        return False
+    return tuple(k.shape) == (*want[1:-1], e.groups, want[0] // e.groups)
 
 
 def _plain(job: _Job, e: Entry, pname: str, name: str, reshape: bool = False) -> None:
@@ -198,20 +212,44 @@ def _mha(job: _Job, e: Entry, entries: Mapping[str, Entry], done: set[str]) -> N
 
 
 _REV = re.compile(r"^(?P<t>.*?)\.reverse(?:\.layers)?(?:\.(?P<k>\d+))?$")
-_FWD = re.compile(r"^(?P<t>.*?)(?:\.layers)?\.(?P<k>\d+)$")
+_FWD = re.compile(r"^(?P<t>.*?)(?:\.forward)?(?:\.layers)?\.(?P<k>\d+)$")
+_FWD1 = re.compile(r"^(?P<t>.*)\.forward$")
+_DIRECTION = re.compile(r"\.(?:reverse|forward)(?=\.|$)")
 
 
 def _torch_candidates(path: str) -> list[tuple[str, str]]:
-    """(source prefix, suffix) pairs an MLX recurrent module at ``path`` may read."""
-    out = []
+    """(source prefix, suffix) pairs an MLX recurrent module at ``path`` may read, in order:
+    ``T.reverse[.layers][.k]`` -> ``T.*_l{k}_reverse``; ``T[.forward][.layers].k`` ->
+    ``T.*_l{k}``; ``T.forward`` -> ``T.*_l0``; ``P`` -> ``P.*_l0``, then a cell's ``P.*``."""
     m = _REV.match(path)
     if m:
         return [(m["t"], f"_l{int(m['k'] or 0)}_reverse")]
-    m = _FWD.match(path)
+    out = []
+    m = _FWD.match(path) or _FWD1.match(path)
     if m:
-        out.append((m["t"], f"_l{int(m['k'])}"))
-    out += [(path, "_l0"), (path, "")]
-    return out
+        out.append((m["t"], f"_l{int(m.groupdict().get('k') or 0)}"))
+    return [*out, (path, "_l0"), (path, "")]
+
+
+def _keras_base(job: _Job, path: str) -> str | None:
+    """The Keras prefix of the MLX recurrent module at ``path``: ``P.kernel``,
+    ``P.<x>cell.kernel``; a Bidirectional's ``T.forward_<x>[.<x>cell]`` for ``P`` or
+    ``T.forward``, ``T.backward_<x>[.<x>cell]`` for ``T.reverse``."""
+    m = _REV.match(path)
+    if m:
+        pats = [re.escape(m["t"]) + r"\.backward_\w+(?:\.\w*cell)?"]
+    else:
+        m = _FWD1.match(path)
+        t = re.escape(m["t"] if m else path)
+        pats = [re.escape(path), re.escape(path) + r"\.\w*cell", t + r"\.forward_\w+(?:\.\w*cell)?"]
+    for pat in pats:
+        hits = sorted(k[:-7] for k in job.sd if re.fullmatch(pat + r"\.kernel", k))
+        if len(hits) > 1:
+            raise ValueError(f"MLX recurrent module {path!r}: Keras tensors {hits} all match; "
+                             "rename them so that one does")
+        if hits:
+            return hits[0]
+    return None
 
 
 def _recurrent(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
@@ -226,18 +264,16 @@ def _recurrent(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
                 break
         else:
             return
-    elif src == "onnx":
-        m = _REV.match(e.path)
-        base = e.path if not m else m["t"] + (f".{m['k']}" if m["k"] else "")
-        kwargs["direction"] = 1 if m else 0
+    elif src == "onnx":  # the module's path without its direction component
+        base = _DIRECTION.sub("", e.path)
+        kwargs["direction"] = 1 if _REV.match(e.path) else 0
         names = [_join(base, "W"), _join(base, "R"), _join(base, "B"), ""]
         if e.kind == "gru":
             kwargs["linear_before_reset"] = True
     else:
-        base = e.path
-        if _join(base, "kernel") not in job.sd:
-            cell = [k for k in job.sd if re.fullmatch(re.escape(base) + r"\.\w*cell\.kernel", k)]
-            base = cell[0][:-len(".kernel")] if cell else base
+        base = _keras_base(job, e.path)
+        if base is None:
+            return
         names = [_join(base, "kernel"), _join(base, "recurrent_kernel"), _join(base, "bias"), ""]
     if names[0] not in job.sd:
         return
