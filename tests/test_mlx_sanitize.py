@@ -151,7 +151,8 @@ def test_port_equals_torch() -> None:
 
 @pytest.mark.parametrize("ext", [".pt", ".safetensors", ".npz"])
 def test_from_files(tmp_path: Path, ext: str) -> None:
-    import torch
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("mlx.core")
 
     sd = _state_dict()
     path = tmp_path / f"w{ext}"
@@ -220,7 +221,8 @@ def _bits(w: Any) -> dict[str, bytes]:
 
 
 def test_never_twice(tmp_path: Path) -> None:
-    import mlx.core as mx
+    pytest.importorskip("torch")
+    mx = pytest.importorskip("mlx.core")
 
     port = _mlx_net()
     once = mm.sanitize(port, _state_dict(), "torch", flatten=FLATTEN)
@@ -262,7 +264,7 @@ def test_refuses_mlx_layout_given_as_torch() -> None:
 
 def test_square_weight_is_converted_by_kind() -> None:
     """[32, 3, 3, 3] reads the same in OIHW and MLX's OHWI: the kind and source decide."""
-    import mlx.nn as nn
+    nn = pytest.importorskip("mlx.nn")
 
     w = np.random.default_rng(0).standard_normal((32, 3, 3, 3)).astype(np.float32)
     got = mm.sanitize(nn.Conv2d(3, 32, 3, bias=False), {"weight": w}, "torch")
@@ -285,7 +287,8 @@ def test_unmatched_names_are_listed() -> None:
 
 
 def test_to_torch_round_trip() -> None:
-    import torch
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("mlx.core")
 
     net = _torch_net()
     sd = {k: v.numpy() for k, v in net.state_dict().items()}
@@ -330,3 +333,32 @@ def test_import_without_mlx() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ})
     assert out.stdout.strip() == "(1, 1, 1, 1)"
+
+
+def test_files_without_mlx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save/load in plain numpy: the bytes, the header by the safetensors format's own
+    reader when installed, the record; a marked file is never converted again."""
+    monkeypatch.setattr(sanitize_mod, "mlx_available", lambda: False)
+    rng = np.random.default_rng(3)
+    w = {"conv.weight": rng.standard_normal((8, 3, 3, 2)).astype(np.float32),
+         "conv.bias": rng.standard_normal(8).astype(np.float16),
+         "emb.weight": rng.integers(0, 9, (4, 2)).astype(np.int32)}
+    path = tmp_path / "w.safetensors"
+    mm.save(path, w, {"note": "x"}, tensors={"conv.weight": {"kind": "conv",
+                                                               "source_layout": "OIHW"}})
+    back = mm.load(path)
+    assert {k: v.tobytes() for k, v in back.items()} == {k: v.tobytes() for k, v in w.items()}
+    assert back.tensors["conv.weight"] == {"kind": "conv", "source_layout": "OIHW",
+                                           "layout": "mlx"}
+    assert back.facts == {"note": "x"}
+    assert not list(tmp_path.glob(".mpslayout-*"))  # no temporary file left behind
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    assert (8 + n) % 8 == 0
+    assert header["conv.bias"]["dtype"] == "F16"
+    st = pytest.importorskip("safetensors.numpy")
+    ref = st.load_file(str(path))
+    assert {k: v.tobytes() for k, v in ref.items()} == {k: v.tobytes() for k, v in w.items()}
+    again = mm.sanitize({"conv": "Conv2d", "emb": "Embedding"}, str(path), "torch")
+    assert {k: v.tobytes() for k, v in again.items()} == {k: v.tobytes() for k, v in w.items()}
