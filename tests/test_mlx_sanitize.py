@@ -362,3 +362,24 @@ def test_files_without_mlx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert {k: v.tobytes() for k, v in ref.items()} == {k: v.tobytes() for k, v in w.items()}
     again = mm.sanitize({"conv": "Conv2d", "emb": "Embedding"}, str(path), "torch")
     assert {k: v.tobytes() for k, v in again.items()} == {k: v.tobytes() for k, v in w.items()}
+
+
+def test_bfloat16_and_float16() -> None:
+    """A bfloat16 torch state_dict moves bit for bit; dtype= casts in the same pass."""
+    torch = pytest.importorskip("torch")
+    mx = pytest.importorskip("mlx.core")
+    pytest.importorskip("ml_dtypes")
+    sd = _torch_net().to(torch.bfloat16).state_dict()
+    port = _mlx_net()
+    w = mm.sanitize(port, sd, "torch", flatten=FLATTEN)
+    assert w["c2.weight"].dtype == mx.bfloat16
+    bits = sd["c2.weight"].view(torch.int16).numpy().transpose(0, 2, 3, 1)
+    assert to_numpy(w["c2.weight"], "w").view(np.int16).tobytes() == bits.tobytes()
+    want = (sd["lstm.bias_ih_l0"].double() + sd["lstm.bias_hh_l0"].double()).to(torch.bfloat16)
+    assert to_numpy(w["lstm.layers.0.bias"], "b").view(np.int16).tobytes() == \
+        want.view(torch.int16).numpy().tobytes()
+    port.load_weights(list(w.items()))
+    half = mm.sanitize(port, _state_dict(), "torch", flatten=FLATTEN, dtype=np.float16)
+    f32 = _state_dict()["up.weight"].numpy()
+    assert to_numpy(half["up.weight"], "w").tobytes() == \
+        f32.transpose(1, 2, 3, 0).astype(np.float16).tobytes()

@@ -346,9 +346,9 @@ def lstm_params(W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None, *,
 
     ``layout="torch"``: ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (order i, f,
     g, o): ``Wx = W_ih.copy()``, ``Wh = W_hh.copy()``,
-    ``bias = (b_ih.astype(np.float64) + b_hh.astype(np.float64)).astype(np.float32)``
-    (one bias given: a copy). ``"onnx"``: ``W (dirs, 4H, I)``, ``R (dirs, 4H, H)``, ``B
-    (dirs, 8H)`` as ``W_ih, W_hh, b_ih`` in order i, o, f, c: ``Wx =
+    ``bias = (b_ih.astype(np.float64) + b_hh.astype(np.float64)).astype(dtype or
+    b_ih.dtype)`` (one bias given: a copy). ``"onnx"``: ``W (dirs, 4H, I)``, ``R (dirs,
+    4H, H)``, ``B (dirs, 8H)`` as ``W_ih, W_hh, b_ih`` in order i, o, f, c: ``Wx =
     W[direction].reshape(4, H, I)[[0, 2, 3, 1]].reshape(4*H, I)``, ``bias`` the sum of
     ``B[direction][:4H]`` and ``[4H:]`` in that order. ``"keras"``: ``kernel (I, 4H)``,
     ``recurrent_kernel (H, 4H)``, ``bias (4H,)`` (order i, f, c, o): ``Wx = kernel.T``.
@@ -376,7 +376,8 @@ def gru_params(W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None, *,
     bhn))`` (recurrent.py, ``GRU``), PyTorch's cell.
 
     ``layout="torch"`` (order r, z, n): ``Wx = W_ih.copy()``, ``b = (b_ih + concat(b_hh[:2H],
-    zeros(H)))`` summed in float64 and rounded once to float32, ``bhn = b_hh[2H:].copy()``.
+    zeros(H)))`` summed in float64 and rounded once to ``dtype or b_ih.dtype``,
+    ``bhn = b_hh[2H:].copy()``.
     ``"onnx"`` (order z, r, h; ``B = [Wb | Rb]``) needs ``linear_before_reset=True`` (ONNX's
     default 0 applies r before the recurrent matmul, a cell MLX does not compute):
     ``Wx = W[direction].reshape(3, H, I)[[1, 0, 2]].reshape(3*H, I)``. ``"keras"`` (order
@@ -423,7 +424,8 @@ def rnn_params(W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None, *,
     """``mlx.nn.RNN`` parameters ``{"Wxh": (H, I), "Whh": (H, H), "bias": (H,)}`` (MLX names
     them ``Wxh``/``Whh``, recurrent.py ``RNN``). torch/onnx: ``Wxh = W_ih.copy()`` (ONNX:
     ``W[direction]``); keras (``SimpleRNN``): ``Wxh = kernel.T``, ``Whh = recurrent_kernel.T``;
-    ``bias`` the float64 sum of the biases rounded once to float32 (one bias: a copy).
+    ``bias`` the float64 sum of the biases rounded once to ``dtype or b_ih.dtype`` (one
+    bias: a copy).
     """
     d = _direction(direction)
     w, r, h, keras = _packed(W_ih, W_hh, 1, layout, d)
