@@ -383,3 +383,34 @@ def test_bfloat16_and_float16() -> None:
     f32 = _state_dict()["up.weight"].numpy()
     assert to_numpy(half["up.weight"], "w").tobytes() == \
         f32.transpose(1, 2, 3, 0).astype(np.float16).tobytes()
+
+
+def test_sequential_names() -> None:
+    """PyTorch's nn.Sequential names ``features.0.weight``; MLX's keeps its modules in
+    ``layers``: ``features.layers.0.weight``. sanitize and to_torch translate both ways."""
+    torch = pytest.importorskip("torch")
+    mx = pytest.importorskip("mlx.core")
+    import mlx.nn as mnn
+
+    tn = torch.nn
+    torch.manual_seed(1)
+    net = tn.Sequential(tn.Conv2d(3, 4, 3), tn.BatchNorm2d(4), tn.ReLU(),
+                        tn.Sequential(tn.Conv2d(4, 2, 1), tn.Flatten(), tn.Linear(2 * 4 * 4, 3)))
+    net.eval()
+    port = mnn.Sequential(mnn.Conv2d(3, 4, 3), mnn.BatchNorm(4), mnn.ReLU(),
+                          mnn.Sequential(mnn.Conv2d(4, 2, 1), lambda x: x.reshape(x.shape[0], -1),
+                                         mnn.Linear(2 * 4 * 4, 3)))
+    flat = {"layers.3.layers.2": (2, 4, 4)}
+    sd = {k: v.numpy() for k, v in net.state_dict().items()}
+    w = mm.sanitize(port, sd, "torch", flatten=flat)
+    assert "layers.3.layers.2.weight" in w
+    port.load_weights(list(w.items()))
+    port.eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    got = np.array(port(mx.array(x.transpose(0, 2, 3, 1))))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    back = mm.to_torch(w, port, flatten=flat)
+    assert sorted(back) == sorted(k for k in sd if not k.endswith("num_batches_tracked"))
+    assert all(back[k].tobytes() == sd[k].tobytes() for k in back)

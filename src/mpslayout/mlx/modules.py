@@ -116,3 +116,37 @@ def _from_mapping(spec: Mapping[str, Any]) -> dict[str, Entry]:
                 out[cp] = Entry(cp, "Linear", "linear", 0,
                                 params={"weight": None, "bias": None}, known_shapes=False)
     return out
+
+
+def sequential_paths(model: Any) -> list[str]:
+    """Paths of the ``nn.Sequential`` modules of an MLX model, shortest first (none for a
+    mapping). MLX's Sequential keeps its modules in ``layers``: ``S.layers.0`` where
+    PyTorch's ``nn.Sequential`` has ``S.0``."""
+    if isinstance(model, Mapping) and not hasattr(model, "named_modules"):
+        return []
+    import mlx.nn as nn
+
+    return sorted((p for p, m in model.named_modules() if isinstance(m, nn.Sequential)),
+                  key=len)
+
+
+def to_mlx_name(name: str, sequentials: list[str]) -> str:
+    """A source name with ``.layers`` put after each MLX Sequential: ``S.{i}.x`` is
+    ``S.layers.{i}.x`` (outer Sequentials first, so nested ones match)."""
+    for p in sequentials:
+        pre = f"{p}." if p else ""
+        if name.startswith(pre):
+            rest = name[len(pre):]
+            head = rest.split(".", 1)[0]
+            if head.isdigit():
+                name = f"{pre}layers.{rest}"
+    return name
+
+
+def to_source_name(name: str, sequentials: list[str]) -> str:
+    """The inverse of :func:`to_mlx_name` (inner Sequentials first)."""
+    for p in reversed(sequentials):
+        pre = f"{p}.layers." if p else "layers."
+        if name.startswith(pre) and name[len(pre):].split(".", 1)[0].isdigit():
+            name = (f"{p}." if p else "") + name[len(pre):]
+    return name

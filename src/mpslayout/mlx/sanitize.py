@@ -18,7 +18,9 @@ Source names (docs/mlx.md, "Names"), for the MLX module at path ``P``:
   LSTMCell/GRUCell/RNNCell at ``T`` is ``T.weight_ih`` ...; ONNX ``T.W``, ``T.R``, ``T.B``
   (the reverse module: the same tensors, direction 1); Keras ``T.kernel``,
   ``T.recurrent_kernel``, ``T.bias`` (or under ``T.<x>cell.``);
-- any other module's arrays: the same name, the same shape.
+- any other module's arrays: the same name, the same shape;
+- where the MLX model has an ``nn.Sequential`` at ``S``, a source name ``S.{i}.*`` reads
+  as MLX's ``S.layers.{i}.*``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 from .. import engine
 from . import rules
 from .arrays import mlx_available, to_mx
-from .modules import MHA_CHILDREN, Entry, describe
+from .modules import MHA_CHILDREN, Entry, describe, sequential_paths, to_mlx_name
 from .schema import Weights, tensor_entry
 from .sources import read_state_dict
 
@@ -349,8 +351,15 @@ def sanitize(model: Any, state_dict: Any, source: str = "torch", *,
     entries = describe(model)
     sd = read_state_dict(state_dict)
     marked = bool(sd.tensors) and sd.is_mlx and len(sd) > 0
-    if source == "keras" and not marked:
-        sd = Weights({_keras_name(k): v for k, v in sd.items()})
+    original: dict[str, str] = {}  # MLX-style name -> the name in the state_dict
+    if not marked:
+        seq = sequential_paths(model)
+        for k in sd:
+            original[to_mlx_name(_keras_name(k) if source == "keras" else k, seq)] = k
+        if len(original) != len(sd):
+            raise ValueError("state_dict names collide once Keras '/' reads as '.' and "
+                             "MLX Sequential's 'layers.' is inserted")
+        sd = Weights({n: sd[k] for n, k in original.items()})
     flat = dict(flatten or {})
     bad = [k for k in flat if k not in entries or entries[k].kind != "linear"]
     if bad:
@@ -367,18 +376,19 @@ def sanitize(model: Any, state_dict: Any, source: str = "torch", *,
             if e.path in done and e.kind == "linear":
                 continue
             _HANDLERS.get(e.kind, _simple)(job, e, flat)
-    _report(job, entries, strict)
+    _report(job, entries, strict, original)
     if mlx_available():
         for k in list(job.out):
             job.out[k] = to_mx(job.out[k])
     return job.out
 
 
-def _report(job: _Job, entries: dict[str, Entry], strict: bool) -> None:
+def _report(job: _Job, entries: dict[str, Entry], strict: bool,
+            original: Mapping[str, str]) -> None:
     out = job.out
-    out.ignored = sorted(k for k in job.sd if k not in job.used and
-                         k.rsplit(".", 1)[-1] in IGNORED)
-    out.unused = sorted(k for k in job.sd if k not in job.used and k not in out.ignored)
+    left = [k for k in job.sd if k not in job.used]
+    out.ignored = sorted(original.get(k, k) for k in left if k.rsplit(".", 1)[-1] in IGNORED)
+    out.unused = sorted(original.get(k, k) for k in left if k.rsplit(".", 1)[-1] not in IGNORED)
     missing = []
     for e in entries.values():
         for i, pname in enumerate(e.params):
