@@ -271,20 +271,17 @@ def _packed(W: Any, R: Any, gates: int, source: str, d: int
 def _gate_rows(a: np.ndarray, blocks: Sequence[int], h: int, keras: bool, dtype: Any
                ) -> np.ndarray:
     """MLX's packed ``(G*H, X)``: gate k is the source's block ``blocks[k]``; Keras
-    tensors ``(X, G*H)`` are transposed per block."""
-    n_in = a.shape[0] if keras else a.shape[1]
+    tensors ``(X, G*H)`` are transposed per block. One engine call per block, each
+    writing its rows of the result."""
+    axes = (1, 0) if keras else (0, 1)
     if list(blocks) == list(range(len(blocks))):
-        return _permute(a, (1, 0) if keras else (0, 1), dtype)
-    parts = []
+        return _permute(a, axes, dtype)
+    n_in = a.shape[0] if keras else a.shape[1]
+    a, out_dt, _ = engine.resolve_dtype(a, dtype, "W", mps=False)
+    result = np.empty((len(blocks) * h, n_in), out_dt)
     for k, b in enumerate(blocks):
         blk = a[:, b * h:(b + 1) * h] if keras else a[b * h:(b + 1) * h]
-        parts.append((k, blk))
-    first = _permute(parts[0][1], (1, 0) if keras else (0, 1), dtype)
-    out_dt = first.dtype
-    result = np.empty((len(blocks) * h, n_in), out_dt)
-    result[:h] = first
-    for k, blk in parts[1:]:
-        _permute(blk, (1, 0) if keras else (0, 1), dtype, out=result[k * h:(k + 1) * h])
+        _permute(blk, axes, dtype, out=result[k * h:(k + 1) * h])
     return result
 
 
