@@ -414,3 +414,28 @@ def test_sequential_names() -> None:
     back = mm.to_torch(w, port, flatten=flat)
     assert sorted(back) == sorted(k for k in sd if not k.endswith("num_batches_tracked"))
     assert all(back[k].tobytes() == sd[k].tobytes() for k in back)
+
+
+def test_checkpoint_file(tmp_path: Path) -> None:
+    """A training checkpoint keeps the weights under a key: {"epoch": 3, "model": sd}."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("mlx.core")
+    path = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 3, "model": _state_dict()}, path)
+    assert _error(str(path)) < TOL
+    torch.save({"epoch": 3}, path)
+    with pytest.raises(TypeError, match="no tensors"):
+        mm.sanitize(_mlx_net(), str(path))
+
+
+def test_argument_errors() -> None:
+    nn = pytest.importorskip("mlx.nn")
+    conv = {"weight": np.zeros((4, 3, 3, 3), np.float32)}
+    with pytest.raises(ValueError, match="source must be"):
+        mm.sanitize(nn.Conv2d(3, 4, 3, bias=False), conv, "tf")
+    with pytest.raises(ValueError, match="flatten names"):
+        mm.sanitize(nn.Conv2d(3, 4, 3, bias=False), conv, flatten={"": (3, 3, 3)})
+    with pytest.raises(ValueError, match="QuantizedLinear"):
+        mm.sanitize(nn.QuantizedLinear(64, 8), {})
+    with pytest.raises(ValueError, match=r"conv\.weight has shape \(4, 3, 3\)"):
+        mm.sanitize({"conv": "Conv2d"}, {"conv.weight": np.zeros((4, 3, 3), np.float32)})
