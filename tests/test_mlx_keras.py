@@ -112,3 +112,12 @@ def test_keras_gru_reset_after_false_is_refused() -> None:
     port.gru = nn.GRU(4, 3)
     with pytest.raises(ValueError, match="reset_after=False"):
         mm.sanitize(port, sd, "keras")
+
+
+def test_mapping_model_keras_depthwise() -> None:
+    """Without an MLX model, {"type": "Conv2d", "groups": C} tells a Keras 3 depthwise
+    kernel (*K, C, M) from an ordinary one."""
+    k = np.random.default_rng(4).standard_normal((3, 3, 4, 2)).astype(np.float32)
+    w = mm.sanitize({"dw": {"type": "Conv2d", "groups": 4}}, {"dw/kernel": k}, "keras")
+    got = np.array(w["dw.weight"])
+    assert got.tobytes() == k.reshape(3, 3, 8, 1).transpose(2, 0, 1, 3).tobytes()

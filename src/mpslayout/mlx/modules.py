@@ -2,8 +2,9 @@
 
 :func:`describe` reads an ``mlx.nn.Module`` (its modules, their types, their parameters'
 shapes) or, so that the package works without mlx, a mapping ``{module_path: type_name}``
-with MLX's class names (``{"conv1": "Conv2d", "rnn": "LSTM", "rnn.reverse": "LSTM"}``);
-then no MLX shape is known and only ranks and the framework's own shapes are checked.
+with MLX's class names (``{"conv1": "Conv2d", "rnn": "LSTM", "rnn.reverse": "LSTM"}``,
+or ``{"dw": {"type": "Conv2d", "groups": 8}}``); then no MLX shape is known and only ranks
+and the framework's own shapes are checked.
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ def _type_name(mod: Any, nn: Any) -> str | None:
 def _from_mapping(spec: Mapping[str, Any]) -> dict[str, Entry]:
     out: dict[str, Entry] = {}
     lower = {k.lower(): k for k in TYPES}
-    for path, tname in spec.items():
+    for path, value in spec.items():
+        tname, groups = value, 1
+        if isinstance(value, Mapping):  # {"type": "Conv2d", "groups": 4}
+            tname, groups = value.get("type"), int(value.get("groups", 1))
         if not isinstance(path, str) or not isinstance(tname, str):
             raise TypeError(f"model mapping must be {{module_path: MLX type name}}, got "
                             f"{path!r}: {tname!r}")
@@ -109,7 +113,7 @@ def _from_mapping(spec: Mapping[str, Any]) -> dict[str, Entry]:
                              f"{', '.join(TYPES)}")
         kind, rank = TYPES[name]
         params = {p: None for p in PARAMS[kind]}
-        out[path] = Entry(path, name, kind, rank, 1, params, known_shapes=False)
+        out[path] = Entry(path, name, kind, rank, groups, params, known_shapes=False)
         if kind == "mha":
             for child in MHA_CHILDREN:
                 cp = f"{path}.{child}" if path else child

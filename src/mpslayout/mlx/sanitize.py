@@ -151,9 +151,11 @@ def _is_depthwise(job: _Job, e: Entry) -> bool:
     if e.param("depthwise_kernel") in job.sd:
         return True
     k, want = job.sd.get(e.param("kernel")), e.params.get("weight")
-    if k is None or want is None or e.kind != "conv" or e.groups == 1 or want[-1] != 1:
+    if k is None or e.kind != "conv" or e.groups == 1 or k.ndim < 3:
         return False
-    return tuple(k.shape) == (*want[1:-1], e.groups, want[0] // e.groups)
+    if want is None:  # described by a mapping: (*K, C, M) has C = groups, not 1
+        return k.shape[-2] == e.groups
+    return want[-1] == 1 and tuple(k.shape) == (*want[1:-1], e.groups, want[0] // e.groups)
 
 
 def _plain(job: _Job, e: Entry, pname: str, name: str, reshape: bool = False) -> None:
