@@ -55,11 +55,15 @@ def conv_cases(draw: st.DrawFn) -> tuple[np.ndarray, str, Any]:
 
 
 @PROPERTY
-@given(conv_cases())
-def test_conv_weights(case: tuple[np.ndarray, str, Any]) -> None:
+@given(conv_cases(), st.booleans(), st.sampled_from([None, 1, 2, 3]))
+def test_conv_weights(case: tuple[np.ndarray, str, Any], use_out: bool,
+                      threads: int | None) -> None:
     w, layout, dtype = case
-    got = mm.conv_weights(w, layout=layout, dtype=dtype)
-    assert_bit_equal(got, slow.conv_weights(w, layout=layout, dtype=dtype))
+    want = slow.conv_weights(w, layout=layout, dtype=dtype)
+    out = np.full_like(want, 7) if use_out else None
+    got = mm.conv_weights(w, layout=layout, dtype=dtype, out=out, threads=threads)
+    assert got is out or out is None
+    assert_bit_equal(got, want)
     if dtype is None:
         assert_bit_equal(got, np.ascontiguousarray(_np(layout)(w)))
         if layout.startswith("OI"):  # the inverse: every byte back

@@ -2,8 +2,9 @@
 
 :func:`describe` reads an ``mlx.nn.Module`` (its modules, their types, their parameters'
 shapes) or, so that the package works without mlx, a mapping ``{module_path: type_name}``
-with MLX's class names (``{"conv1": "Conv2d", "rnn": "LSTM", "rnn.reverse": "LSTM"}``);
-then no MLX shape is known and only ranks and the framework's own shapes are checked.
+with MLX's class names (``{"conv1": "Conv2d", "rnn": "LSTM", "rnn.reverse": "LSTM"}``,
+or ``{"dw": {"type": "Conv2d", "groups": 8}}``); then no MLX shape is known and only ranks
+and the framework's own shapes are checked.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class Entry:
 def describe(model: Any) -> dict[str, Entry]:
     """``{module_path: Entry}`` for every module that owns parameters (MHA included, for
     the names of PyTorch's packed projection)."""
-    if isinstance(model, Mapping):
-        return _from_mapping(model)
+    if isinstance(model, Mapping) and not hasattr(model, "named_modules"):
+        return _from_mapping(model)  # (an mlx.nn.Module is a dict too)
     try:
         import mlx.core as mx
         import mlx.nn as nn
@@ -97,7 +98,10 @@ def _type_name(mod: Any, nn: Any) -> str | None:
 def _from_mapping(spec: Mapping[str, Any]) -> dict[str, Entry]:
     out: dict[str, Entry] = {}
     lower = {k.lower(): k for k in TYPES}
-    for path, tname in spec.items():
+    for path, value in spec.items():
+        tname, groups = value, 1
+        if isinstance(value, Mapping):  # {"type": "Conv2d", "groups": 4}
+            tname, groups = value.get("type"), int(value.get("groups", 1))
         if not isinstance(path, str) or not isinstance(tname, str):
             raise TypeError(f"model mapping must be {{module_path: MLX type name}}, got "
                             f"{path!r}: {tname!r}")
@@ -109,10 +113,44 @@ def _from_mapping(spec: Mapping[str, Any]) -> dict[str, Entry]:
                              f"{', '.join(TYPES)}")
         kind, rank = TYPES[name]
         params = {p: None for p in PARAMS[kind]}
-        out[path] = Entry(path, name, kind, rank, 1, params, known_shapes=False)
+        out[path] = Entry(path, name, kind, rank, groups, params, known_shapes=False)
         if kind == "mha":
             for child in MHA_CHILDREN:
                 cp = f"{path}.{child}" if path else child
                 out[cp] = Entry(cp, "Linear", "linear", 0,
                                 params={"weight": None, "bias": None}, known_shapes=False)
     return out
+
+
+def sequential_paths(model: Any) -> list[str]:
+    """Paths of the ``nn.Sequential`` modules of an MLX model, shortest first (none for a
+    mapping). MLX's Sequential keeps its modules in ``layers``: ``S.layers.0`` where
+    PyTorch's ``nn.Sequential`` has ``S.0``."""
+    if isinstance(model, Mapping) and not hasattr(model, "named_modules"):
+        return []
+    import mlx.nn as nn
+
+    return sorted((p for p, m in model.named_modules() if isinstance(m, nn.Sequential)),
+                  key=len)
+
+
+def to_mlx_name(name: str, sequentials: list[str]) -> str:
+    """A source name with ``.layers`` put after each MLX Sequential: ``S.{i}.x`` is
+    ``S.layers.{i}.x`` (outer Sequentials first, so nested ones match)."""
+    for p in sequentials:
+        pre = f"{p}." if p else ""
+        if name.startswith(pre):
+            rest = name[len(pre):]
+            head = rest.split(".", 1)[0]
+            if head.isdigit():
+                name = f"{pre}layers.{rest}"
+    return name
+
+
+def to_source_name(name: str, sequentials: list[str]) -> str:
+    """The inverse of :func:`to_mlx_name` (inner Sequentials first)."""
+    for p in reversed(sequentials):
+        pre = f"{p}.layers." if p else "layers."
+        if name.startswith(pre) and name[len(pre):].split(".", 1)[0].isdigit():
+            name = (f"{p}." if p else "") + name[len(pre):]
+    return name

@@ -271,20 +271,17 @@ def _packed(W: Any, R: Any, gates: int, source: str, d: int
 def _gate_rows(a: np.ndarray, blocks: Sequence[int], h: int, keras: bool, dtype: Any
                ) -> np.ndarray:
     """MLX's packed ``(G*H, X)``: gate k is the source's block ``blocks[k]``; Keras
-    tensors ``(X, G*H)`` are transposed per block."""
-    n_in = a.shape[0] if keras else a.shape[1]
+    tensors ``(X, G*H)`` are transposed per block. One engine call per block, each
+    writing its rows of the result."""
+    axes = (1, 0) if keras else (0, 1)
     if list(blocks) == list(range(len(blocks))):
-        return _permute(a, (1, 0) if keras else (0, 1), dtype)
-    parts = []
+        return _permute(a, axes, dtype)
+    n_in = a.shape[0] if keras else a.shape[1]
+    a, out_dt, _ = engine.resolve_dtype(a, dtype, "W", mps=False)
+    result = np.empty((len(blocks) * h, n_in), out_dt)
     for k, b in enumerate(blocks):
         blk = a[:, b * h:(b + 1) * h] if keras else a[b * h:(b + 1) * h]
-        parts.append((k, blk))
-    first = _permute(parts[0][1], (1, 0) if keras else (0, 1), dtype)
-    out_dt = first.dtype
-    result = np.empty((len(blocks) * h, n_in), out_dt)
-    result[:h] = first
-    for k, blk in parts[1:]:
-        _permute(blk, (1, 0) if keras else (0, 1), dtype, out=result[k * h:(k + 1) * h])
+        _permute(blk, axes, dtype, out=result[k * h:(k + 1) * h])
     return result
 
 
@@ -346,9 +343,9 @@ def lstm_params(W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None, *,
 
     ``layout="torch"``: ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (order i, f,
     g, o): ``Wx = W_ih.copy()``, ``Wh = W_hh.copy()``,
-    ``bias = (b_ih.astype(np.float64) + b_hh.astype(np.float64)).astype(np.float32)``
-    (one bias given: a copy). ``"onnx"``: ``W (dirs, 4H, I)``, ``R (dirs, 4H, H)``, ``B
-    (dirs, 8H)`` as ``W_ih, W_hh, b_ih`` in order i, o, f, c: ``Wx =
+    ``bias = (b_ih.astype(np.float64) + b_hh.astype(np.float64)).astype(dtype or
+    b_ih.dtype)`` (one bias given: a copy). ``"onnx"``: ``W (dirs, 4H, I)``, ``R (dirs,
+    4H, H)``, ``B (dirs, 8H)`` as ``W_ih, W_hh, b_ih`` in order i, o, f, c: ``Wx =
     W[direction].reshape(4, H, I)[[0, 2, 3, 1]].reshape(4*H, I)``, ``bias`` the sum of
     ``B[direction][:4H]`` and ``[4H:]`` in that order. ``"keras"``: ``kernel (I, 4H)``,
     ``recurrent_kernel (H, 4H)``, ``bias (4H,)`` (order i, f, c, o): ``Wx = kernel.T``.
@@ -376,7 +373,8 @@ def gru_params(W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None, *,
     bhn))`` (recurrent.py, ``GRU``), PyTorch's cell.
 
     ``layout="torch"`` (order r, z, n): ``Wx = W_ih.copy()``, ``b = (b_ih + concat(b_hh[:2H],
-    zeros(H)))`` summed in float64 and rounded once to float32, ``bhn = b_hh[2H:].copy()``.
+    zeros(H)))`` summed in float64 and rounded once to ``dtype or b_ih.dtype``,
+    ``bhn = b_hh[2H:].copy()``.
     ``"onnx"`` (order z, r, h; ``B = [Wb | Rb]``) needs ``linear_before_reset=True`` (ONNX's
     default 0 applies r before the recurrent matmul, a cell MLX does not compute):
     ``Wx = W[direction].reshape(3, H, I)[[1, 0, 2]].reshape(3*H, I)``. ``"keras"`` (order
@@ -423,7 +421,8 @@ def rnn_params(W_ih: Any, W_hh: Any, b_ih: Any = None, b_hh: Any = None, *,
     """``mlx.nn.RNN`` parameters ``{"Wxh": (H, I), "Whh": (H, H), "bias": (H,)}`` (MLX names
     them ``Wxh``/``Whh``, recurrent.py ``RNN``). torch/onnx: ``Wxh = W_ih.copy()`` (ONNX:
     ``W[direction]``); keras (``SimpleRNN``): ``Wxh = kernel.T``, ``Whh = recurrent_kernel.T``;
-    ``bias`` the float64 sum of the biases rounded once to float32 (one bias: a copy).
+    ``bias`` the float64 sum of the biases rounded once to ``dtype or b_ih.dtype`` (one
+    bias: a copy).
     """
     d = _direction(direction)
     w, r, h, keras = _packed(W_ih, W_hh, 1, layout, d)

@@ -18,7 +18,9 @@ Source names (docs/mlx.md, "Names"), for the MLX module at path ``P``:
   LSTMCell/GRUCell/RNNCell at ``T`` is ``T.weight_ih`` ...; ONNX ``T.W``, ``T.R``, ``T.B``
   (the reverse module: the same tensors, direction 1); Keras ``T.kernel``,
   ``T.recurrent_kernel``, ``T.bias`` (or under ``T.<x>cell.``);
-- any other module's arrays: the same name, the same shape.
+- any other module's arrays: the same name, the same shape;
+- where the MLX model has an ``nn.Sequential`` at ``S``, a source name ``S.{i}.*`` reads
+  as MLX's ``S.layers.{i}.*``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 from .. import engine
 from . import rules
 from .arrays import mlx_available, to_mx
-from .modules import MHA_CHILDREN, Entry, describe
+from .modules import MHA_CHILDREN, Entry, describe, sequential_paths, to_mlx_name
 from .schema import Weights, tensor_entry
 from .sources import read_state_dict
 
@@ -44,6 +46,10 @@ _KERAS_NORM = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
                "running_var": "moving_variance"}
 _CONV = {"torch": ("OIW", "OIHW", "OIDHW"), "keras": ("WIO", "HWIO", "DHWIO")}
 _CONVT = {"torch": ("IOW", "IOHW", "IODHW"), "keras": ("WOI", "HWOI", "DHWOI")}
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
 
 def _keras_name(k: str) -> str:
@@ -101,8 +107,9 @@ def _check(e: Entry, pname: str, src: str, got: tuple[int, ...], expect: Callabl
 def _conv(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
     src = job.source
     fam = "keras" if src == "keras" else "torch"
-    if src == "keras" and (e.path + ".depthwise_kernel") in job.sd:
-        name = e.path + ".depthwise_kernel"
+    if src == "keras" and _is_depthwise(job, e):
+        name = e.param("depthwise_kernel")
+        name = name if name in job.sd else e.param("kernel")
         k = job.get(name)
         layout = "HWCM"[-(e.rank + 2):]
         if k.ndim != e.rank + 2 or e.kind != "conv":
@@ -114,7 +121,7 @@ def _conv(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
         job.put(e, "weight", rules.depthwise_weights(k, layout=layout, dtype=job.dtype),
                 layout, name)
     else:
-        name = e.path + (".kernel" if src == "keras" else ".weight")
+        name = e.param("kernel" if src == "keras" else "weight")
         w = job.get(name)
         if w is not None:
             table = _CONV if e.kind == "conv" else _CONVT
@@ -133,7 +140,22 @@ def _conv(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
                 _check(e, "weight", name, w.shape, exp, f"{src} {e.type} weight ({layout})")
                 out = rules.conv_transpose_weights(w, layout=layout, dtype=job.dtype)
             job.put(e, "weight", out, layout, name)
-    _plain(job, e, "bias", e.path + ".bias")
+    _plain(job, e, "bias", e.param("bias"))
+
+
+def _is_depthwise(job: _Job, e: Entry) -> bool:
+    """A Keras DepthwiseConv kernel ``(*K, C, M)``: named ``depthwise_kernel`` (Keras 2),
+    or Keras 3's ``kernel`` for an MLX conv with ``groups=C`` and one input channel per
+    group whose shape is ``(*K, C, O/C)``, not a grouped Conv2D's ``(*K, 1, O)`` (the two
+    are the same tensor when C = 1)."""
+    if e.param("depthwise_kernel") in job.sd:
+        return True
+    k, want = job.sd.get(e.param("kernel")), e.params.get("weight")
+    if k is None or e.kind != "conv" or e.groups == 1 or k.ndim < 3:
+        return False
+    if want is None:  # described by a mapping: (*K, C, M) has C = groups, not 1
+        return k.shape[-2] == e.groups
+    return want[-1] == 1 and tuple(k.shape) == (*want[1:-1], e.groups, want[0] // e.groups)
 
 
 def _plain(job: _Job, e: Entry, pname: str, name: str, reshape: bool = False) -> None:
@@ -150,7 +172,7 @@ def _plain(job: _Job, e: Entry, pname: str, name: str, reshape: bool = False) ->
 
 def _linear(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
     keras = job.source == "keras"
-    name = e.path + (".kernel" if keras else ".weight")
+    name = e.param("kernel" if keras else "weight")
     w = job.get(name)
     if w is not None:
         layout = "IO" if keras else "OI"
@@ -163,7 +185,7 @@ def _linear(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
         out = rules.linear_weights(w, layout=layout, input_shape=shape,
                                    flatten="HWC" if keras else "CHW", dtype=job.dtype)
         job.put(e, "weight", out, layout if shape is None or keras else layout + "/CHW", name)
-    _plain(job, e, "bias", e.path + ".bias")
+    _plain(job, e, "bias", e.param("bias"))
 
 
 def _mha(job: _Job, e: Entry, entries: Mapping[str, Entry], done: set[str]) -> None:
@@ -194,20 +216,44 @@ def _mha(job: _Job, e: Entry, entries: Mapping[str, Entry], done: set[str]) -> N
 
 
 _REV = re.compile(r"^(?P<t>.*?)\.reverse(?:\.layers)?(?:\.(?P<k>\d+))?$")
-_FWD = re.compile(r"^(?P<t>.*?)(?:\.layers)?\.(?P<k>\d+)$")
+_FWD = re.compile(r"^(?P<t>.*?)(?:\.forward)?(?:\.layers)?\.(?P<k>\d+)$")
+_FWD1 = re.compile(r"^(?P<t>.*)\.forward$")
+_DIRECTION = re.compile(r"\.(?:reverse|forward)(?=\.|$)")
 
 
 def _torch_candidates(path: str) -> list[tuple[str, str]]:
-    """(source prefix, suffix) pairs an MLX recurrent module at ``path`` may read."""
-    out = []
+    """(source prefix, suffix) pairs an MLX recurrent module at ``path`` may read, in order:
+    ``T.reverse[.layers][.k]`` -> ``T.*_l{k}_reverse``; ``T[.forward][.layers].k`` ->
+    ``T.*_l{k}``; ``T.forward`` -> ``T.*_l0``; ``P`` -> ``P.*_l0``, then a cell's ``P.*``."""
     m = _REV.match(path)
     if m:
         return [(m["t"], f"_l{int(m['k'] or 0)}_reverse")]
-    m = _FWD.match(path)
+    out = []
+    m = _FWD.match(path) or _FWD1.match(path)
     if m:
-        out.append((m["t"], f"_l{int(m['k'])}"))
-    out += [(path, "_l0"), (path, "")]
-    return out
+        out.append((m["t"], f"_l{int(m.groupdict().get('k') or 0)}"))
+    return [*out, (path, "_l0"), (path, "")]
+
+
+def _keras_base(job: _Job, path: str) -> str | None:
+    """The Keras prefix of the MLX recurrent module at ``path``: ``P.kernel``,
+    ``P.<x>cell.kernel``; a Bidirectional's ``T.forward_<x>[.<x>cell]`` for ``P`` or
+    ``T.forward``, ``T.backward_<x>[.<x>cell]`` for ``T.reverse``."""
+    m = _REV.match(path)
+    if m:
+        pats = [re.escape(m["t"]) + r"\.backward_\w+(?:\.\w*cell)?"]
+    else:
+        m = _FWD1.match(path)
+        t = re.escape(m["t"] if m else path)
+        pats = [re.escape(path), re.escape(path) + r"\.\w*cell", t + r"\.forward_\w+(?:\.\w*cell)?"]
+    for pat in pats:
+        hits = sorted(k[:-7] for k in job.sd if re.fullmatch(pat + r"\.kernel", k))
+        if len(hits) > 1:
+            raise ValueError(f"MLX recurrent module {path!r}: Keras tensors {hits} all match; "
+                             "rename them so that one does")
+        if hits:
+            return hits[0]
+    return None
 
 
 def _recurrent(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
@@ -216,25 +262,23 @@ def _recurrent(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
     kwargs: dict[str, Any] = {"layout": src, "dtype": job.dtype}
     if src == "torch":
         for prefix, suf in _torch_candidates(e.path):
-            names = [f"{prefix}.{n}{suf}" for n in ("weight_ih", "weight_hh", "bias_ih",
+            names = [_join(prefix, n + suf) for n in ("weight_ih", "weight_hh", "bias_ih",
                                                     "bias_hh")]
             if names[0] in job.sd:
                 break
         else:
             return
-    elif src == "onnx":
-        m = _REV.match(e.path)
-        base = e.path if not m else m["t"] + (f".{m['k']}" if m["k"] else "")
-        kwargs["direction"] = 1 if m else 0
-        names = [f"{base}.W", f"{base}.R", f"{base}.B", ""]
+    elif src == "onnx":  # the module's path without its direction component
+        base = _DIRECTION.sub("", e.path)
+        kwargs["direction"] = 1 if _REV.match(e.path) else 0
+        names = [_join(base, "W"), _join(base, "R"), _join(base, "B"), ""]
         if e.kind == "gru":
             kwargs["linear_before_reset"] = True
     else:
-        base = e.path
-        if base + ".kernel" not in job.sd:
-            cell = [k for k in job.sd if re.fullmatch(re.escape(base) + r"\.\w*cell\.kernel", k)]
-            base = cell[0][:-len(".kernel")] if cell else base
-        names = [f"{base}.kernel", f"{base}.recurrent_kernel", f"{base}.bias", ""]
+        base = _keras_base(job, e.path)
+        if base is None:
+            return
+        names = [_join(base, "kernel"), _join(base, "recurrent_kernel"), _join(base, "bias"), ""]
     if names[0] not in job.sd:
         return
     arrays = [job.get(n) if n else None for n in names]
@@ -254,11 +298,11 @@ def _simple(job: _Job, e: Entry, flatten: Mapping[str, Any]) -> None:
     keras = job.source == "keras"
     for pname in e.params:
         if e.kind == "norm" and keras:
-            name = f"{e.path}.{_KERAS_NORM.get(pname, pname)}"
+            name = e.param(_KERAS_NORM.get(pname, pname))
         elif e.kind == "prelu" and keras:
-            name = f"{e.path}.alpha"
+            name = e.param("alpha")
         elif e.kind == "embedding" and keras:
-            name = f"{e.path}.embeddings"
+            name = e.param("embeddings")
         else:
             name = e.param(pname)
         _plain(job, e, pname, name, reshape=e.kind == "prelu")
@@ -309,8 +353,15 @@ def sanitize(model: Any, state_dict: Any, source: str = "torch", *,
     entries = describe(model)
     sd = read_state_dict(state_dict)
     marked = bool(sd.tensors) and sd.is_mlx and len(sd) > 0
-    if source == "keras" and not marked:
-        sd = Weights({_keras_name(k): v for k, v in sd.items()})
+    original: dict[str, str] = {}  # MLX-style name -> the name in the state_dict
+    if not marked:
+        seq = sequential_paths(model)
+        for k in sd:
+            original[to_mlx_name(_keras_name(k) if source == "keras" else k, seq)] = k
+        if len(original) != len(sd):
+            raise ValueError("state_dict names collide once Keras '/' reads as '.' and "
+                             "MLX Sequential's 'layers.' is inserted")
+        sd = Weights({n: sd[k] for n, k in original.items()})
     flat = dict(flatten or {})
     bad = [k for k in flat if k not in entries or entries[k].kind != "linear"]
     if bad:
@@ -327,18 +378,19 @@ def sanitize(model: Any, state_dict: Any, source: str = "torch", *,
             if e.path in done and e.kind == "linear":
                 continue
             _HANDLERS.get(e.kind, _simple)(job, e, flat)
-    _report(job, entries, strict)
+    _report(job, entries, strict, original)
     if mlx_available():
         for k in list(job.out):
             job.out[k] = to_mx(job.out[k])
     return job.out
 
 
-def _report(job: _Job, entries: dict[str, Entry], strict: bool) -> None:
+def _report(job: _Job, entries: dict[str, Entry], strict: bool,
+            original: Mapping[str, str]) -> None:
     out = job.out
-    out.ignored = sorted(k for k in job.sd if k not in job.used and
-                         k.rsplit(".", 1)[-1] in IGNORED)
-    out.unused = sorted(k for k in job.sd if k not in job.used and k not in out.ignored)
+    left = [k for k in job.sd if k not in job.used]
+    out.ignored = sorted(original.get(k, k) for k in left if k.rsplit(".", 1)[-1] in IGNORED)
+    out.unused = sorted(original.get(k, k) for k in left if k.rsplit(".", 1)[-1] not in IGNORED)
     missing = []
     for e in entries.values():
         for i, pname in enumerate(e.params):

@@ -13,7 +13,14 @@ from .arrays import to_numpy
 from .files import load
 from .schema import Weights
 
-__all__ = ["read_state_dict"]
+__all__ = ["CHECKPOINT_KEYS", "read_state_dict"]
+
+# where training checkpoints keep their weights, tried in this order
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
+
+
+def _is_tensor(v: Any) -> bool:
+    return type(v).__module__.startswith("torch") and hasattr(v, "detach")
 
 
 def read_state_dict(state_dict: Any) -> Weights:
@@ -46,11 +53,14 @@ def _read_path(path: str) -> Weights:
         except ImportError:
             raise ImportError(f"reading {path!r} needs torch (pip install torch)") from None
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(
-                obj["state_dict"], Mapping):
-            obj = obj["state_dict"]
         if not isinstance(obj, Mapping):
             raise TypeError(f"{path!r} holds a {type(obj).__name__}, not a state_dict")
-        return read_state_dict({k: v for k, v in obj.items()
-                                if type(v).__module__.startswith("torch")})
+        if not any(_is_tensor(v) for v in obj.values()):
+            # a training checkpoint: the weights under one of the usual keys
+            inner = [k for k in CHECKPOINT_KEYS if isinstance(obj.get(k), Mapping)]
+            if not inner:
+                raise TypeError(f"{path!r} holds no tensors at its top level and none of the "
+                                f"keys {list(CHECKPOINT_KEYS)}; its keys: {sorted(obj)[:20]}")
+            obj = obj[inner[0]]
+        return read_state_dict({k: v for k, v in obj.items() if _is_tensor(v)})
     raise ValueError(f"cannot read {path!r}: expected .safetensors, .pt, .pth, .bin or .npz")

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import engine
 from . import rules
-from .modules import MHA_CHILDREN, describe
+from .modules import MHA_CHILDREN, describe, sequential_paths, to_source_name
 from .sanitize import _torch_candidates
 from .sources import read_state_dict
 
@@ -78,7 +78,7 @@ def to_torch(weights: Any, model: Any, flatten: Mapping[str, Any] | None = None,
                 continue
             prefix, suffix = _torch_candidates(e.path)[0]
             for tn, a in _INVERSE[e.kind](got, dtype=dtype).items():
-                out[f"{prefix}.{tn}{suffix}"] = a
+                out[f"{prefix}.{tn}{suffix}" if prefix else tn + suffix] = a
             continue
         for pn in e.params:
             a = take(e.path, pn)
@@ -96,7 +96,8 @@ def to_torch(weights: Any, model: Any, flatten: Mapping[str, Any] | None = None,
     extra = sorted(k for k in sd if k not in used)
     if extra:
         raise ValueError(f"weights {extra} belong to no module of the model")
-    return out
+    seq = sequential_paths(model)
+    return {to_source_name(k, seq): v for k, v in out.items()} if seq else out
 
 
 def _copy(a: np.ndarray, dtype: Any) -> np.ndarray:
