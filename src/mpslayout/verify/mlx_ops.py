@@ -89,16 +89,26 @@ def _conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     fn = {1: mx.conv_transpose1d, 2: mx.conv_transpose2d}[rank]
     args = (stride[0], 0, dil[0]) if rank == 1 else (tuple(stride), 0, tuple(dil))
     full = _np(fn(_f32(_last(x)), _f32(w), *args))
-    full = np.pad(full, [(0, 0)] + [(0, e) for e in extra] + [(0, 0)])
-    crop = [slice(a, full.shape[1 + k] - z) for k, (a, z) in enumerate(zip(lo, hi))]
+    # the framework's output is full[lo : len + extra - hi]; a negative pad (Keras writes
+    # output padding so) or the output padding reaches past the full output: zeros there
+    size = [full.shape[1 + k] + e - a - z for k, (a, z, e) in enumerate(zip(lo, hi, extra))]
+    full = np.pad(full, [(0, 0)] + [(max(0, -a), max(0, n + a - full.shape[1 + k]))
+                                    for k, (a, n) in enumerate(zip(lo, size))] + [(0, 0)])
+    crop = [slice(max(0, a), max(0, a) + n) for a, n in zip(lo, size)]
     y = full[(slice(None), *crop, slice(None))]
     if b is not None:
         y = y + b.astype(np.float32)
     return _first(y)
 
 
-def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+            per_position: bool = False) -> np.ndarray:
+    """``nn.Linear``: on the image flattened channels last (a Linear after a flatten), or
+    with ``per_position`` on the channels of each position (a Keras Dense on an image)."""
     mx = _mx()
+    if per_position:
+        y = mx.matmul(_f32(_last(x)), _f32(w).T)
+        return _first(_np(y + _f32(b) if b is not None else y))
     flat = x.reshape(x.shape[0], -1) if x.ndim == 2 else _last(x).reshape(x.shape[0], -1)
     y = mx.matmul(_f32(flat), _f32(w).T)
     if b is not None:
@@ -154,11 +164,13 @@ def run_layer(rule: str, record: Mapping[str, Any], arrays: Mapping[str, np.ndar
         err = None
         if q is not None:  # nn.QuantizedLinear's arrays: run what MLX dequantizes
             w, err = _dequantized(arrays, names, q)
-        y = _linear(x, w, b)
-        m = _abs_bound(_linear, x, w, b)
+        per = x.ndim > 2 and not record.get("params", {}).get("input_shape") \
+            and x.shape[1] == w.shape[1]
+        y = _linear(x, w, b, per)
+        m = _abs_bound(_linear, x, w, b, per)
         k = w.shape[1]
         if err is not None:  # each weight within half a step of the model's
-            return y, (k + 1) * U32 * m + u_w * m + _linear(np.abs(x), err, None)
+            return y, (k + 1) * U32 * m + u_w * m + _linear(np.abs(x), err, None, per)
     elif rule == "batch_norm":
         return _batch_norm(names, arrays, x, float(attrs.get("epsilon", 1e-5)), u_w)
     else:

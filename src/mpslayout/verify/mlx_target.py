@@ -108,7 +108,10 @@ class _Walk:
                   list(want.shape), notes=list(notes or []))
         if error is None:
             if got.size == want.size and got.shape != want.shape:
-                got = got.reshape(want.shape)  # a 1-D convolution run as H = 1
+                # a 1-D convolution run as H = 1, a Dense on a 1x1 image
+                got = got.reshape(want.shape)
+                if np.ndim(explained) and np.size(explained) == want.size:
+                    explained = np.reshape(explained, want.shape)
             if got.shape != want.shape:
                 error = f"MLX gives shape {list(got.shape)}, the oracle {list(want.shape)}"
             else:
