@@ -226,3 +226,16 @@ def test_affine_quantized_linear(net, onnx_export, tmp_path, bits, group_size):
             np.asarray(wq2), np.asarray(s2), np.asarray(b2))
     bad = _rewrite(out, tmp_path / "bad.safetensors", chw)
     assert verify_mlx(bad, folder / "net.onnx").first_divergence.name == _name(out, "fc")["name"]
+
+
+@pytest.mark.parametrize("target", ["mlx", "mps"])
+def test_an_mlx_file_is_never_exported_again(net, tmp_path, target):
+    """Never twice: the export's own output (MLX layout, said in its metadata) is refused
+    as a source, where a state_dict reader would permute every weight once more."""
+    _, folder, _ = net
+    first = tmp_path / "first.safetensors"
+    export(folder / "net.onnx", first, target="mlx", progress=False)
+    out = tmp_path / ("again.safetensors" if target == "mlx" else "again_mps")
+    with pytest.raises(ValueError, match="already in MLX's layouts"):
+        export(first, out, target=target, progress=False)
+    assert not out.exists()

@@ -97,6 +97,26 @@ def _dims_table(table: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[in
     return out
 
 
+def _refuse_mlx_file(path: str) -> None:
+    """Never twice: a safetensors file whose metadata says its tensors are already in MLX's
+    layouts (``mpslayout export --target mlx``, ``mpslayout.mlx.save``) is not read as a
+    PyTorch state_dict, which would permute every weight a second time."""
+    from ..mlx.files import read_header
+    from ..mlx.schema import from_metadata
+
+    try:
+        header, _ = read_header(path)
+        doc = from_metadata(header.get("__metadata__"))
+    except ValueError:
+        return  # not readable as ours: the safetensors reader says what is wrong
+    if doc is not None:
+        raise ValueError(
+            f"{path} is already in MLX's layouts (its metadata says so): exporting it would "
+            "convert its weights a second time. Load it as it is "
+            "(model.load_weights(path)), or get PyTorch's layouts back with "
+            "mpslayout.mlx.to_torch(path, model)")
+
+
 def _read(path: str, fmt: str, fold_bn: bool, overrides: Overrides) -> Plan:
     if fmt == "onnx":
         from .sources.onnx import reader
@@ -265,6 +285,8 @@ def export(
 
         check_outdir(outdir, force)
     fmt = _detect(path)
+    if fmt == "safetensors":
+        _refuse_mlx_file(path)
     plan = _read(path, fmt, fold_bn, overrides)
     unused = overrides.unused()
     if unused:
