@@ -236,7 +236,7 @@ def export(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
     # every argument is checked before a reader (and its optional package) is imported
-    if isinstance(dtype, str) and dtype == "bfloat16":
+    if isinstance(dtype, str) and dtype == "bfloat16" and target == "mlx":
         try:
             import ml_dtypes
         except ImportError:
