@@ -68,8 +68,10 @@ def _ops(report: Any) -> dict[str, str]:
     """Operator name -> MPS kernel; an exported arithmetic layer is MPSCNNAdd etc."""
     mps = {"Add": "MPSCNNAdd", "Sub": "MPSCNNSubtract", "Mul": "MPSCNNMultiply",
            "Div": "MPSCNNDivide"}
-    return {r.name: (mps[r.op] if r.kind == "arithmetic" else r.kind) for r in report.rows
-            if not r.layer or r.kind == "arithmetic"}
+    # a node whose constants are raw tensors of the export: its row is theirs (NODE.ROLE)
+    return {(r.name.split(".")[0] if r.layer and r.kind.startswith("MPS") else r.name):
+            (mps[r.op] if r.kind == "arithmetic" else r.kind) for r in report.rows
+            if not r.layer or r.kind == "arithmetic" or r.kind.startswith("MPS")}
 
 
 # ----------------------------------------------------------------------- neurons
@@ -128,6 +130,10 @@ def test_log_gelu_clip_prelu_pow(tmp_path: Path) -> None:
             "clamp": "MPSCNNAdd (minimumValue/maximumValue clamp)",
             "prelu": "MPSCNNNeuronPReLU", "square": "MPSCNNNeuronPower",
             "gelu": "MPSCNNNeuronGeLU"}, report.table()
+        # the slopes are a raw tensor of the export, read from its file: a layer's row
+        prelu = [r for r in report.rows if r.name == "prelu.slope"]
+        assert [(r.layer, r.kind, r.ok) for r in prelu] == [
+            (True, "MPSCNNNeuronPReLU", True)], report.table()
 
 
 def test_decomposed_hardswish_verifies_op_by_op(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -190,6 +191,34 @@ def _mlx_summary(doc: dict, output: str) -> None:
           f"{doc['weights_dtype']}) in MLX's layouts to {output}")
 
 
+def _progress() -> Any:
+    """A progress line on stderr, rewritten in place, when stderr is a terminal; else None."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(line: str) -> None:
+        print(f"\r\033[K{line[:120]}", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _end_progress(show: Any) -> None:
+    if show is not None:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def _named_files(texts: Sequence[str], flag: str) -> dict[str | None, str]:
+    """FILE, or NAME=FILE for a model with several inputs / outputs."""
+    out: dict[str | None, str] = {}
+    for text in texts:
+        name, sep, path = text.partition("=")
+        key = name if sep and not name.endswith((".npy", ".pb")) else None
+        if key in out:
+            raise ValueError(f"{flag} gives {key or 'the only tensor'!r} twice")
+        out[key] = path if key is not None else text
+    return out
+
+
 def _verify(args: argparse.Namespace) -> int:
     import json
 
@@ -202,47 +231,58 @@ def _verify(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
         return 0 if report.ok else 1
 
+    from .verify import Uncheckable
     from .verify.keras_oracle import KerasMissing, is_keras_file, verify_keras
 
-    given: dict[str | None, str] = {}
-    for text in args.input:  # X.npy, or NAME=X.npy for a model with several inputs
-        name, sep, path = text.partition("=")
-        if sep and not name.endswith(".npy"):
-            given[name] = path
+    given = _named_files(args.input, "--input")
+    expect = _named_files(args.expect, "--expect")
+    if not args.json:  # at once: the oracle alone can take a while on a large model
+        print(f"mpslayout verify: {args.outdir} against {args.model}", flush=True)
+    show = _progress()
+    try:
+        if is_keras_file(args.model):  # Keras itself is the oracle
+            if len(given) > 1 or expect:
+                print("mpslayout: error: verify --model MODEL.keras takes one --input and no "
+                      "--expect", file=sys.stderr)
+                return 2
+            try:
+                report = verify_keras(args.outdir, args.model,
+                                      input=next(iter(given.values()), None),
+                                      input_dims=_unique(args.input_dims, "--input-dims"),
+                                      atol=args.atol, rtol=args.rtol, storage=args.storage,
+                                      seed=args.seed, allow_inexact=args.allow_inexact)
+            except KerasMissing as e:
+                print(f"mpslayout: error: {e}", file=sys.stderr)
+                return 2
         else:
-            given[None] = text
-    if is_keras_file(args.model):  # Keras itself is the oracle
-        if len(given) > 1:
-            print("mpslayout: error: verify --model MODEL.keras takes one --input",
-                  file=sys.stderr)
-            return 2
-        try:
-            report = verify_keras(args.outdir, args.model,
-                                  input=next(iter(given.values()), None),
-                                  input_dims=_unique(args.input_dims, "--input-dims"),
-                                  atol=args.atol,
-                                  rtol=args.rtol, storage=args.storage, seed=args.seed,
-                                  allow_inexact=args.allow_inexact)
-        except KerasMissing as e:
-            print(f"mpslayout: error: {e}", file=sys.stderr)
-            return 2
-        print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
-        return 0 if report.ok else 1
-    from .verify import verify  # imported here: only this command needs onnx/onnxruntime
+            from .verify import verify  # here: only this command needs onnx/onnxruntime
 
-    report = verify(
-        args.outdir,
-        args.model,
-        input=given or None,
-        input_dims=_unique(args.input_dims, "--input-dims"),
-        atol=args.atol,
-        rtol=args.rtol,
-        storage=args.storage,
-        seed=args.seed,
-        allow_inexact=args.allow_inexact,
-    )
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
-    return 0 if report.ok else 1
+            report = verify(
+                args.outdir,
+                args.model,
+                input=given or None,
+                input_dims=_unique(args.input_dims, "--input-dims"),
+                atol=args.atol,
+                rtol=args.rtol,
+                storage=args.storage,
+                seed=args.seed,
+                allow_inexact=args.allow_inexact,
+                expect=expect or None,
+                progress=show,
+            )
+    except Uncheckable as e:
+        _end_progress(show)
+        if args.json:
+            print(json.dumps({"ok": False, "verdict": "nothing_checkable", "exit_status": 3,
+                              "export": args.outdir, "model": args.model, "reason": str(e)},
+                             indent=2))
+        else:
+            print(f"NOTHING CHECKABLE: {e}")
+        return 3
+    finally:
+        _end_progress(show)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table(header=False))
+    return report.exit_status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,8 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="check an export against its ONNX model, without a Mac",
         description="Run the exported layers (manifest.json and .bin files in OUTDIR) in "
         "mpslayout's numpy reference of the MPS kernels and the original model in ONNX "
-        "Runtime on the same input, and compare every layer. Exit status 0 only when every "
-        "layer agrees within tolerance.",
+        "Runtime on the same input, and compare every layer. Exit status: 0 every layer "
+        "checked agrees within tolerance; 1 a divergence (or a layer that cannot run); 2 a "
+        "usage error; 3 nothing checkable (no layer verify can run, or nothing to judge "
+        "the model with); 130 interrupted.",
     )
     p.add_argument("outdir", metavar="OUTDIR", help="folder written by mpslayout export")
     p.add_argument(
@@ -406,6 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=D0,D1,...",
         help="dims of a random input NAME, when the model leaves them symbolic (repeatable; "
         "NHWC for a Keras model)",
+    )
+    p.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="the model's known output (.npy, or an ONNX TensorProto .pb as in ONNX's test "
+        "data sets) on --input; NAME= for a model with several outputs (repeatable). ONNX "
+        "Runtime's outputs are compared with it too, and where ONNX Runtime cannot run the "
+        "model (even upgraded to a newer opset) it is the judge",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
@@ -438,6 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as e:
         print(f"mpslayout: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # export writes to a temporary folder it then removes
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -93,8 +93,17 @@ def _prelu(node: NodeView) -> Kernel:
     s = np.asarray(slope, np.float64)
     if s.size == 1:
         return _neuron_kernel("MPSCNNNeuronReLU", node.inputs[0], "relu", float(s.ravel()[0]))
-    if s.size != c or (s.ndim >= 1 and s.ndim == len(out or ()) and s.shape[0] != 1):
-        raise NotExpressible(f"PRelu slope of shape {list(s.shape)} is not one per channel")
+    rank = len(out or ())
+    if node.opset >= 7 and rank:  # numpy broadcasting: [C] alone reads the last axis
+        padded = (1,) * (rank - s.ndim) + tuple(s.shape)
+        per_channel = len(padded) == rank and rank >= 2 and padded[1] == c and all(
+            d == 1 for k, d in enumerate(padded) if k != 1)
+    else:  # opset 6 and older: one slope per channel (axis 1) by definition
+        per_channel = s.size == c
+    if not per_channel:
+        raise NotExpressible(f"PRelu slope of shape {list(s.shape)} is not one per channel"
+                             + (f" of a {rank}-D input (it broadcasts along the last axes)"
+                                if rank else ""))
     return _neuron_kernel("MPSCNNNeuronPReLU", node.inputs[0], "prelu", s.reshape(-1))
 
 

@@ -30,9 +30,9 @@ oracle), :mod:`.onnx_path` (:func:`verify`, ONNX Runtime and the input rules).
 from __future__ import annotations
 
 from .core import Oracle, verify_graph
-from .files import ExportedLayer, VerifyError, load_export
+from .files import ExportedLayer, Uncheckable, VerifyError, load_export
 from .onnx_path import verify
-from .report import Check, Report, Row
+from .report import EXIT_STATUS, Check, Report, Row
 
-__all__ = ["Check", "ExportedLayer", "Oracle", "Report", "Row", "VerifyError", "load_export",
-           "verify", "verify_graph"]
+__all__ = ["EXIT_STATUS", "Check", "ExportedLayer", "Oracle", "Report", "Row", "Uncheckable",
+           "VerifyError", "load_export", "verify", "verify_graph"]

@@ -34,15 +34,17 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
                  oracle: Oracle, *, model_label: str, oracle_label: str = "the oracle",
                  input_label: str | None = None, atol: float = 1e-4, rtol: float = 1e-4,
                  storage: str | None = None,
-                 loaded: tuple[dict[str, Any], list[ExportedLayer]] | None = None) -> Report:
+                 loaded: tuple[dict[str, Any], list[ExportedLayer]] | None = None,
+                 progress: Callable[[str], None] | None = None) -> Report:
     """Check the export in ``outdir`` against ``graph`` (an onnx.ModelProto) run by
     ``oracle`` on ``feeds`` ({graph input name: array}; float ones are read as float32,
     NCHW for images). ``loaded``: what :func:`load_export` gave for ``outdir``, when the
     caller has read it already (each read hashes every file).
 
     ``storage``: the MPS image type, "float16" or "float32" (default: the manifest's
-    weight type). Raises :class:`VerifyError` when nothing can be compared (a corrupt
-    export, unusable feeds); divergences are in the report.
+    weight type). ``progress``: called with a line of progress ("layer i of n") as the walk
+    goes. Raises :class:`VerifyError` when nothing can be compared (a corrupt export,
+    unusable feeds); divergences are in the report.
     """
     if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
         raise VerifyError(f"atol and rtol must be finite and >= 0, got {atol}, {rtol}")
@@ -61,6 +63,8 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
     if missing:
         raise VerifyError(f"no input given for {missing}")
     names = [o for n in g.nodes for o in n.output if o]
+    if progress is not None:
+        progress(f"running {oracle_label} on {len(g.nodes)} nodes")
     got = oracle(names)
     values = {**arrays, **{k: np.asarray(v) for k, v in got.items() if k in set(names)}}
     if input_label is None:
@@ -72,8 +76,11 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
     layers = [x for x in layers if x.kind not in RECURRENT_KINDS]
     ex = Executor(g, layers, values, st, U16 if wdt == "float16" else 0.0, report,
                   list(doc.get("skipped", [])) + list(doc.get("unsupported", [])))
+    ex.progress = progress
     ex.run(arrays)
     if recurrent:  # sequences, not images: checked node by node (verify/recurrent.py)
+        if progress is not None:
+            progress(f"{len(recurrent)} recurrent layers")
         done = check_layers(g, recurrent, values, report)
         before = len(report.not_verified)
         report.not_verified = [x for x in report.not_verified if x["name"] not in done]

@@ -29,7 +29,11 @@ class Executor(LayerSteps, OpSteps):
                 error=("no node of the model matches this layer (wrong --model?)"
                        if layer.kind in LAYER_OPS else
                        f"layer kind {layer.kind!r} is not one the verifier runs")))
+        total, step = len(self.segments), 0
         for i in range(len(self.g.nodes)):
+            if i in self.segments and self.progress is not None and i not in self.done:
+                step += 1
+                self.progress(f"layer {step} of {total}: {self.segments[i].layer.name}")
             if i in self.done or (i in self.fused and self._run_fused(self.fused[i])):
                 continue
             if i in self.segments:

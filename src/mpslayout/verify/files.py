@@ -15,7 +15,7 @@ import numpy as np
 
 from ..reference.quant import float_weights
 
-__all__ = ["ExportedLayer", "VerifyError", "load_export"]
+__all__ = ["ExportedLayer", "Uncheckable", "VerifyError", "load_export"]
 
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*\.bin$")
 _FILE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
@@ -24,6 +24,11 @@ _FILE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
 
 class VerifyError(ValueError):
     """The export or the model cannot be verified at all (unreadable, corrupt, mismatched)."""
+
+
+class Uncheckable(VerifyError):
+    """Nothing can judge the export (no oracle runs the model and no expected outputs were
+    given): the verdict "nothing_checkable", exit status 3, not a divergence."""
 
 
 @dataclass

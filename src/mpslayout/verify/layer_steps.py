@@ -10,6 +10,7 @@ from .. import reference as R
 from . import tolerance as T
 from .files import VerifyError
 from .layers import Segment, arithmetic_layer, run_layer, tap_problem, terms
+from .meaning import channel_image
 from .quant_bounds import requantized, weight_error
 from .report import Row
 from .values import Val, as_image, as_val
@@ -86,6 +87,11 @@ class LayerSteps(Walk):
         g = self.g
         main = g.nodes[seg.nodes[0]]
         like = self.values.get(seg.end)
+        x_or = self.values.get(main.input[0])
+        if seg.layer.kind == "batch_normalization" and like is not None and x_or is not None \
+                and like.ndim not in (2, 4) and x_or.shape == like.shape and not seg.post:
+            self._run_channel_layer(seg, x_or, like)
+            return
         img_in = next(t for k, t in enumerate(main.input[:2])
                       if seg.layer.kind != "arithmetic" or g.const(t) is None)
         if like is None and self._input(img_in).image is not None:
@@ -133,6 +139,35 @@ class LayerSteps(Walk):
                 self.vals[seg.end] = as_val(self.values[seg.end], self.storage)
         if requantized(seg.layer):
             row.notes.append(self._quant_note(seg, row))
+
+    def _run_channel_layer(self, seg: Segment, x: np.ndarray, like: np.ndarray) -> None:
+        """A batch normalization of an (N, C, ...) tensor that is not an image (BatchNorm1d
+        on (N, C, L), BatchNorm3d): per channel, so run as an image of C channels with the
+        trailing axes as pixels, on the oracle's input (isolated; nothing to chain from)."""
+        row = Row(len(self.report.rows) + 1, seg.layer.name, self.g.nodes[seg.nodes[0]].op_type,
+                  seg.layer.kind, True, seg.end, list(like.shape), notes=[
+                      *seg.notes, f"a {like.ndim}-D tensor run as an image of {like.shape[1]} "
+                      "channels, its trailing axes as pixels (per-channel: the same "
+                      "function), on the oracle's input"])
+        self.report.rows.append(row)
+        self.report.layers_checked += 1
+        self.report.operators_verified += len(seg.nodes)
+        img = channel_image(x, self.storage)
+        exact = np.asarray(x, np.float64).reshape(img.batch, img.channels, -1, 1)
+        delta = np.abs(img.nhwc().astype(np.float64) - exact.transpose(0, 2, 3, 1))
+        try:
+            dest = (img.width, img.height)
+            y = run_layer(self.g, seg, img, dest, self.values)
+            moved = run_layer(self.g, seg, as_image(delta), dest, self.values,
+                              magnitude=True, bias=False).nhwc()
+            mag = run_layer(self.g, seg, img, dest, self.values, magnitude=True).nhwc()
+            err = moved + terms(seg, img) * T.U32 * mag + self.u_s * np.abs(y.nhwc())
+            row.isolated = T.check(y.nchw().astype(np.float64).reshape(like.shape), like,
+                                   self.atol, self.rtol,
+                                   err.transpose(0, 3, 1, 2).reshape(like.shape))
+        except (VerifyError, ValueError, KeyError) as e:
+            row.error = str(e) if isinstance(e, VerifyError) else f"{type(e).__name__}: {e}"
+        self.vals[seg.end] = as_val(like, self.storage)
 
     def _quant_note(self, seg: Segment, row: Row) -> str:
         """What the tolerance allowed for the requantized weights, and how much of it."""

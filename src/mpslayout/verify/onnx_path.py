@@ -12,9 +12,11 @@ from typing import Any, Union
 import numpy as np
 
 from .core import verify_graph
+from .expect import Expected, check_expected, load_expected
 from .files import VerifyError, load_export
 from .graph import Graph, onnx_module
 from .integer_ops import float_equivalent
+from .opset import refuse, runnable
 from .ort import onnx_runtime_oracle, onnxruntime_module
 from .report import Report
 
@@ -103,7 +105,9 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
            input: Given | Mapping[str, Given] | None = None,
            input_dims: Mapping[str, Sequence[int]] | None = None,
            atol: float = 1e-4, rtol: float = 1e-4, storage: str | None = None,
-           seed: int = 0, allow_inexact: bool = False) -> Report:
+           seed: int = 0, allow_inexact: bool = False,
+           expect: Expected | Mapping[str | None, Expected] | None = None,
+           progress: Any = None) -> Report:
     """Check the export in ``outdir`` against the ONNX ``model`` with ONNX Runtime as the
     oracle (see :mod:`mpslayout.verify`).
 
@@ -113,9 +117,13 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
     sample (``seed``). ``storage``: the MPS image type, "float16" or "float32" (default:
     the manifest's weight type). ``allow_inexact``: a layer the manifest declares MPS
     cannot compute (a GRU with ``linear_before_reset=1``) passes when its files, run with
-    the model's own cell, agree. Raises :class:`VerifyError` when nothing can be compared
-    (a corrupt export, an unreadable model, no usable input); divergences are in the
-    report.
+    the model's own cell, agree. ``expect``: the model's known outputs (an array or a
+    .npy / .pb path for its only output, or {output name: array or path}): ONNX Runtime's
+    outputs are also compared with them, and where no ONNX Runtime runs the model (even
+    upgraded, :mod:`.opset`) they are the judge. ``progress``: a callable given each line
+    of progress (None: silent). Raises :class:`VerifyError` when nothing can be compared
+    (a corrupt export, an unreadable model, no usable input, no judge); divergences are
+    in the report.
     """
     onnx = onnx_module()
     onnxruntime_module()
@@ -152,9 +160,48 @@ def verify(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
     if integer_nodes:
         what += (f"; {', '.join(integer_nodes)} run as float operators on dequantized "
                  "weights (not quantizing activations), as the exported layers do")
-    run = onnx_runtime_oracle(proto)
-    report = verify_graph(outdir, proto, feeds, lambda names: run(names, feeds),
-                          model_label=mpath, oracle_label="ONNX Runtime", input_label=what,
-                          atol=atol, rtol=rtol, storage=storage, loaded=loaded)
+    outputs = [o.name for o in proto.graph.output]
+    expected = load_expected(expect, outputs)
+    proto, upgraded, why = runnable(proto)
+    if why is not None and not expected:
+        raise refuse(why)
+    seen: dict[str, np.ndarray] = {}
+    fallback: list[str] = []
+    if why is None:
+        run = onnx_runtime_oracle(proto)
+
+        def oracle(names: Sequence[str]) -> Mapping[str, np.ndarray]:
+            try:
+                got = run(names, feeds)
+            except VerifyError as e:  # loads, but fails on this input
+                if not expected:
+                    raise refuse(str(e)) from None
+                fallback.append(f"{e}: only the model's outputs are compared, with the "
+                                "expected values given (--expect); the layers before them "
+                                "run chained from the input")
+                return dict(expected)
+            seen.update(got)
+            return got
+
+        label = "ONNX Runtime"
+    else:  # only the expected outputs judge
+        def oracle(names: Sequence[str]) -> Mapping[str, np.ndarray]:
+            return dict(expected)
+
+        label = "the expected outputs (--expect)"
+    report = verify_graph(outdir, proto, feeds, oracle, model_label=mpath,
+                          oracle_label=label, input_label=what, atol=atol, rtol=rtol,
+                          storage=storage, loaded=loaded, progress=progress)
+    if upgraded:
+        report.model_notes.append(upgraded)
+    if fallback:
+        report.model_notes.extend(fallback)
+        report.oracle = "the expected outputs (--expect)"
+    if why is not None:
+        report.model_notes.append(f"{why}: only the model's outputs are compared, with the "
+                                  "expected values given (--expect); the layers before them "
+                                  "run chained from the input")
+    elif expected and not fallback:
+        check_expected(report, expected, seen, "ONNX Runtime")
     report.allow_inexact = bool(allow_inexact)
     return report

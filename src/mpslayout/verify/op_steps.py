@@ -14,10 +14,11 @@ from ..reference.onnx_pointwise import (
     gelu_kernel,
 )
 from . import tolerance as T
+from .meaning import MeaningSteps
 from .patterns import Fused
 from .report import Row
 from .values import Val, as_val
-from .walk import PASS, Walk
+from .walk import PASS
 
 __all__ = ["OpSteps"]
 
@@ -35,7 +36,7 @@ _NO_KERNEL = dict.fromkeys(
     "(MPSLSTMDescriptor/MPSGRUDescriptor), which this verifier does not run")
 
 
-class OpSteps(Walk):
+class OpSteps(MeaningSteps):
     """Weightless operators through :mod:`mpslayout.reference.onnx_ops`."""
 
     def _has_kernel(self, i: int) -> bool:
@@ -44,18 +45,16 @@ class OpSteps(Walk):
         except NotExpressible:
             return False
 
-    def _run_op(self, i: int) -> None:
+    def _run_op(self, i: int, raw: bool = True) -> None:
         g = self.g
         n = g.nodes[i]
         op, name = n.op_type, g.names[i]
         out = n.output[0] if n.output else ""
         like = self.values.get(out)
-        if name in self.tensor_layers and not self._has_kernel(i):
-            if like is not None and self._run_flat_arithmetic(i, like):
-                return
-            self._borrow(i, f"exported as a raw tensor (layer "
-                            f"{self.tensor_layers[name].name!r}) for a custom kernel: no "
-                            "MPSCNN kernel")
+        if raw and name in self.tensor_layers:
+            before = len(self.report.rows)
+            self._run_raw(i, like)
+            self._promote(i, before)
             return
         if op in _WEIGHTED:
             why = next((f" ({x.get('reason')})" for x in self.not_exported
@@ -122,6 +121,41 @@ class OpSteps(Walk):
                 self._borrow(i, "an input is not an image the reference executor holds")
             return
         self._run_kernel(i, kernel, [v.image for v in imgs], like)  # type: ignore[misc]
+
+    def _run_raw(self, i: int, like: np.ndarray | None) -> None:
+        """A node whose learned tensors the export wrote as raw "tensor" layers: run by
+        that op's meaning from the files (:mod:`.meaning`), else as its MPS kernel reading
+        them, else not verified."""
+        layers = self.tensor_layers[self.g.names[i]]
+        if like is not None and self._run_meaning(i, like):
+            return
+        if self._has_kernel(i):
+            self._run_op(i, raw=False)
+            return
+        if like is not None and self._run_flat_arithmetic(i, like):
+            return
+        self._borrow(i, f"exported as a raw tensor ({', '.join(repr(x.name) for x in layers)})"
+                        " for a custom kernel: no MPSCNN kernel, and verify knows no meaning "
+                        f"of ONNX {self.g.nodes[i].op_type} to run it by")
+
+    def _promote(self, i: int, before: int) -> None:
+        """The rows a raw tensor's node added, when every one of its raw tensors was read
+        from the export's files: the row is that layer's (it counts as a layer checked)."""
+        layers = self.tensor_layers[self.g.names[i]]
+        rows = self.report.rows[before:]
+        read = all(len(x.entry.get("source", {}).get("tensors") or []) == 1
+                   and str(x.entry["source"]["tensors"][0]) in self.exported for x in layers)
+        if not rows or not read:
+            return
+        for row in rows:
+            if row.layer:
+                continue
+            row.layer = True  # its kind stays the kernel that ran (MPSCNNNeuronPReLU)
+            row.name = ", ".join(x.name for x in layers)
+            row.notes.append(f"the raw tensor{'s' if len(layers) > 1 else ''} run by "
+                             f"{self.g.nodes[i].op_type}'s meaning, read from the export's "
+                             "files")
+            self.report.layers_checked += 1
 
     def _run_fused(self, f: Fused) -> bool:
         """A chain of nodes one MPS kernel computes (:mod:`.patterns`), run as that kernel

@@ -7,7 +7,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Check", "Report", "Row"]
+__all__ = ["EXIT_STATUS", "Check", "Report", "Row"]
+
+# the verdicts and their exit status (docs/verify.md): 2 is a usage error (argparse's)
+EXIT_STATUS = {"ok": 0, "failed": 1, "nothing_checkable": 3}
 
 
 @dataclass
@@ -94,6 +97,11 @@ class Report:
     shape_operators: int = 0
     # accept layers declared not computable by MPS whose files hold the model's weights
     allow_inexact: bool = False
+    # what was done to the model to run it (an opset upgrade), or what judged it instead
+    model_notes: list[str] = field(default_factory=list)
+    # weights the input did not reach (taps of a convolution that read only padding, a
+    # recurrent matrix multiplied by a zero state): {layer, what, smallest_input?}
+    untested: list[dict[str, Any]] = field(default_factory=list)
 
     def _passes(self, r: Row) -> bool:
         return r.ok or (self.allow_inexact and r.files_ok)
@@ -106,9 +114,22 @@ class Report:
     def ok(self) -> bool:
         return self.first_divergence is None and self.layers_checked > 0
 
+    @property
+    def verdict(self) -> str:
+        """"ok", "failed" (a divergence or a layer that could not run), or
+        "nothing_checkable" (no divergence, but the export holds no layer verify can run)."""
+        if self.first_divergence is not None:
+            return "failed"
+        return "ok" if self.layers_checked > 0 else "nothing_checkable"
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_STATUS[self.verdict]
+
     def as_dict(self) -> dict[str, Any]:
         first = self.first_divergence
-        return {"ok": self.ok, "export": self.outdir, "model": self.model, "input": self.input,
+        return {"ok": self.ok, "verdict": self.verdict, "exit_status": self.exit_status,
+                "export": self.outdir, "model": self.model, "input": self.input,
                 "storage": self.storage, "weights_dtype": self.weights_dtype,
                 "atol": self.atol, "rtol": self.rtol, "oracle": self.oracle,
                 "allow_inexact": self.allow_inexact,
@@ -117,9 +138,13 @@ class Report:
                               "not_verified": len(self.not_verified),
                               "shape_only": self.shape_operators},
                 "first_divergence": None if first is None else first.name,
+                "model_notes": self.model_notes, "untested": self.untested,
                 "rows": [r.as_dict() for r in self.rows], "not_verified": self.not_verified}
 
-    def table(self) -> str:
+    def header(self) -> str:
+        return f"mpslayout verify: {self.outdir} against {self.model}"
+
+    def table(self, header: bool = True) -> str:
         def num(c: Check | None, attr: str) -> str:
             return "-" if c is None else f"{getattr(c, attr):.2e}"
 
@@ -140,8 +165,9 @@ class Report:
                          num(r.isolated, "max_rel"), num(r.chained, "max_abs"),
                          num(r.chained, "max_rel"), worst(r), status])
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-        lines = [f"mpslayout verify: {self.outdir} against {self.model}",
-                 f"input: {self.input}",
+        lines = [self.header()] if header else []
+        lines += [f"input: {self.input}",
+                  *(f"model: {n}" for n in self.model_notes),
                  f"storage {self.storage}, weights {self.weights_dtype}; atol {self.atol:g}, "
                  f"rtol {self.rtol:g}; rel = max abs / max |oracle|; err/tol <= 1 passes", ""]
         lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
@@ -153,6 +179,10 @@ class Report:
                 lines.append(f"  {r.name}: {note}")
         for x in self.not_verified:
             lines.append(f"  not verified: {x['name']} ({x['op']}): {x['reason']}")
+        for x in self.untested:
+            lines.append(f"  untested: {x['layer']}: {x['what']}"
+                         + (f"; smallest input that tests them: {x['smallest_input']}"
+                            if x.get("smallest_input") else ""))
         if first is not None:
             what = "layer" if first.layer else "operator"
             lines.append(f"FAILED: first divergence at {what} {first.name!r} ({first.op} -> "
@@ -160,7 +190,8 @@ class Report:
                          + (first.error or self._why(first))
                          + "".join(f"; {n}" for n in first.notes if "not exact" in n))
         elif self.layers_checked == 0:
-            lines.append("FAILED: no exported layer could be checked")
+            lines.append("NOTHING CHECKABLE: the export holds no layer verify can run (see "
+                         "'not verified' above); nothing was compared (exit status 3)")
         else:
             lines.append(f"OK: {self.layers_checked} exported layers and "
                          f"{len(self.rows) - self.layers_checked} operators agree with "

@@ -38,14 +38,19 @@ class Walk:
         self.done: set[int] = set()
         # layer name -> per-output-channel bound of requantized weights (quant_bounds)
         self.quant_bounds: dict[str, tuple[np.ndarray | None, str]] = {}
-        self.tensor_layers = {str(x.entry.get("source", {}).get("node")): x for x in layers
-                              if x.kind == "tensor"}
+        # node name -> its raw "tensor" layers (LayerNormalization: scale and shift)
+        self.tensor_layers: dict[str, list[ExportedLayer]] = {}
+        for x in layers:
+            if x.kind == "tensor":
+                self.tensor_layers.setdefault(str(x.entry.get("source", {}).get("node")),
+                                              []).append(x)
         # raw tensors stand in for the model's constants, so a kernel checks the export's
         self.exported: dict[str, np.ndarray] = {}
         for x in layers:
             names = x.entry.get("source", {}).get("tensors") or []
             if x.kind == "tensor" and len(names) == 1 and "tensor" in x.arrays:
-                self.exported[str(names[0])] = x.arrays["tensor"]
+                self.exported[str(names[0])] = self._as_model(str(names[0]),
+                                                              x.arrays["tensor"])
         self.segments, unmapped = map_layers(g, [x for x in layers if x.kind != "tensor"])
         # every input dim fixed by the model itself: no larger input exists to test with
         self.fixed_size = all(
@@ -54,6 +59,18 @@ class Walk:
             for vi in g.inputs)
         self.unmapped = unmapped
         self.fused = gelu_chains(g)  # node -> the chain of nodes one MPS kernel computes
+        self.progress: Any = None  # called with a line of progress, or None
+
+    def _as_model(self, name: str, a: np.ndarray) -> np.ndarray:
+        """A raw tensor in the shape the graph gives its constant, when the two differ by
+        axes of size 1 only (an opset-6 PRelu slope [C] that the upgraded copy holds as
+        [C, 1, 1]): the same values in the same order."""
+        c = self.g.const(name)
+        if c is None or c.shape == a.shape or c.size != a.size:
+            return a
+        if [d for d in c.shape if d != 1] != [d for d in a.shape if d != 1]:
+            return a
+        return a.reshape(c.shape)
 
     def _input(self, tensor: str) -> Val:
         return self.vals.get(tensor, Val(None))
