@@ -311,12 +311,26 @@ def test_recorded_dims_are_used(tmp_path: Path) -> None:
 
 
 def test_an_input_too_small_for_a_kernel_is_said(tmp_path: Path) -> None:
-    """A 1x1 image meets only the centre tap of a 3x3 kernel (pads 1): verify says so and
-    does not pass."""
+    """A 1x1 image meets only the centre tap of a 3x3 kernel (pads 1): the layer is judged
+    on that tap and the other eight are listed as untested, with the smallest input that
+    reads them. A layer none of whose taps reads inside the image is refused."""
     path = _symbolic(tmp_path)
     out = tmp_path / "out"
     assert cli.main(["export", str(path), "-o", str(out), "-q"]) == 0
     report = verify(out, path, input_dims={"x": (1, 3, 1, 1)})
+    assert report.ok, report.table()
+    assert report.verdict == "ok", report.table()
+    assert report.untested, report.table()
+    for u in report.untested:  # every 3x3 layer of the model
+        assert u["untested_taps"] == {"rows": [0, 2], "columns": [0, 2]}, u
+        assert u["smallest_input"] == "x=1,3,2,2", u
+    assert not verify(out, path, input_dims={"x": (1, 3, 2, 2)}).untested
+    doc = json.loads((out / "manifest.json").read_text())
+    conv = next(x for x in doc["layers"] if x["kind"] == "convolution")
+    conv["offset"] = {"x": 9, "y": 9}  # every tap reads far outside a 4x4 image
+    assert conv["name"] == report.untested[0]["layer"]
+    (out / "manifest.json").write_text(json.dumps(doc))
+    report = verify(out, path, input_dims={"x": (1, 3, 4, 4)})
     assert not report.ok
     assert report.first_divergence is not None
     assert "too small" in (report.first_divergence.error or "")

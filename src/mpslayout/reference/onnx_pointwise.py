@@ -267,7 +267,13 @@ def arithmetic_kernel(op: str, mps: str, images: list[str], strides: list[tuple[
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(room > 0, (da + q * db) / np.where(room > 0, room, 1.0), np.inf)
 
-    return Kernel(mps, images, run, bound)
+    def magnitude(xs: list[Image]) -> np.ndarray:
+        # what rounding is relative to: |a| + |c| for a sum or difference (a constant's
+        # own rounding moves y by up to u*|c|, however small y is), |y| otherwise
+        av = [abs_image(v) for v in operands(xs)]
+        return apply(av, F32, "add" if op in ("add", "subtract") else op).nhwc()
+
+    return Kernel(mps, images, run, bound, magnitude)
 
 
 def _batch(img: Image, n: int) -> Image:

@@ -9,7 +9,7 @@ import numpy as np
 from .. import reference as R
 from . import tolerance as T
 from .files import VerifyError
-from .layers import Segment, arithmetic_layer, run_layer, tap_problem, terms
+from .layers import Segment, TapCoverage, arithmetic_layer, run_layer, tap_coverage, terms
 from .meaning import channel_image
 from .quant_bounds import requantized, weight_error
 from .report import Row
@@ -116,13 +116,13 @@ class LayerSteps(Walk):
                 raise VerifyError(f"its input {img_in!r} is not an image the reference "
                                   "executor holds")
             dest = self._dest(seg.end)
-            problem = None if dest is None else tap_problem(g, seg, x_val.image, dest)
-            if problem and self.fixed_size:  # the model's own size: those weights are unused
-                row.notes.append(problem.split(", so")[0].replace(
-                    "the input is too small to test this layer", "at the model's fixed input "
-                    "size") + ": those weights do not affect this model and are not tested")
-            elif problem:
-                raise VerifyError(problem)
+            cov = None if dest is None else tap_coverage(g, seg, x_val.image, dest)
+            if cov is not None and cov.none_read:
+                raise VerifyError(f"the input is too small to test this layer: "
+                                  f"{cov.describe()}, so no weight of it meets the image; "
+                                  "give a larger --input")
+            if cov is not None and not cov.complete:
+                self._untested_taps(seg, row, cov)
             src_t = self._image_tensor(img_in)
             if src_t in self.values:  # isolated: the oracle's input, rounded to storage
                 x_iso = as_val(self.values[src_t], self.storage).image
@@ -139,6 +139,44 @@ class LayerSteps(Walk):
                 self.vals[seg.end] = as_val(self.values[seg.end], self.storage)
         if requantized(seg.layer):
             row.notes.append(self._quant_note(seg, row))
+
+    def _untested_taps(self, seg: Segment, row: Row, cov: TapCoverage) -> None:
+        """Taps of the kernel that read only padding at this input size: the layer is
+        judged on the taps that are read; the untested ones are listed, with the smallest
+        model input that would read them (None at a size the model fixes)."""
+        entry: dict[str, object] = {"layer": seg.layer.name, "what": cov.describe(),
+                                    "kernel": {"height": cov.k[1], "width": cov.k[0]},
+                                    "untested_taps": {"rows": cov.unread[1],
+                                                      "columns": cov.unread[0]}}
+        if self.fixed_size:
+            entry["smallest_input"] = None
+            row.notes.append(f"at the model's fixed input size {cov.describe()}: those weights "
+                             "do not affect this model and are not tested")
+        else:
+            entry["smallest_input"] = self._smallest_input(cov)
+            row.notes.append(f"{cov.describe()}: judged on the taps that are read; the others "
+                             "are untested at this input size (smallest input that tests "
+                             f"them: {entry['smallest_input'] or 'unknown'})")
+        self.report.untested.append(entry)
+
+    def _smallest_input(self, cov: TapCoverage) -> str | None:
+        """The model's image input, its height and width scaled so that this layer's
+        source reaches the size at which every tap reads (the layer's source scales with
+        the input, as strided layers divide it)."""
+        for vi in self.g.inputs:
+            v = self.vals.get(vi.name)
+            shape = None if v is None or v.image is None else self.values.get(vi.name)
+            if shape is None or shape.ndim != 4:
+                continue
+            dims = list(shape.shape)
+            for axis, pos in ((1, 2), (0, 3)):  # height, width of NCHW
+                need = cov.need[axis]
+                if need is None:
+                    return None
+                if need > cov.n_in[axis]:
+                    dims[pos] = -(-dims[pos] * need // cov.n_in[axis])
+            return f"{vi.name}=" + ",".join(map(str, dims))
+        return None
 
     def _run_channel_layer(self, seg: Segment, x: np.ndarray, like: np.ndarray) -> None:
         """A batch normalization of an (N, C, ...) tensor that is not an image (BatchNorm1d

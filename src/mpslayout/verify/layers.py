@@ -15,7 +15,8 @@ from ..reference.onnx_ops import Kernel, NotExpressible, arithmetic_kernel, broa
 from .files import ExportedLayer, VerifyError
 from .graph import Graph
 
-__all__ = ["LAYER_OPS", "NEURON_OPS", "Segment", "arithmetic_layer", "map_layers"]
+__all__ = ["LAYER_OPS", "NEURON_OPS", "Segment", "TapCoverage", "arithmetic_layer",
+           "map_layers", "tap_coverage"]
 
 LAYER_OPS = {"convolution": ("Conv",), "depthwise": ("Conv",),
              "transposed": ("ConvTranspose",), "fully_connected": ("Gemm", "MatMul"),
@@ -172,9 +173,55 @@ def terms(seg: Segment, x: R.Image) -> int:
     return int(np.prod(w.shape[1:]))
 
 
-def tap_problem(g: Graph, seg: Segment, x: R.Image, dest: tuple[int, int]) -> str | None:
-    """Why this input cannot exercise every weight of a convolution (a tap that never
-    reads inside the source), or None."""
+@dataclass
+class TapCoverage:
+    """Which taps of a convolution's kernel read inside its source at this input size, per
+    axis (0: width, 1: height): ``unread[axis]`` the taps that never do, ``k`` the kernel
+    size, ``n_in`` the source size, ``need`` the smallest source size at which every tap
+    reads (None when none is found)."""
+
+    k: tuple[int, int]
+    n_in: tuple[int, int]
+    unread: tuple[list[int], list[int]]
+    need: tuple[int | None, int | None]
+
+    @property
+    def none_read(self) -> bool:
+        return any(len(u) == k for u, k in zip(self.unread, self.k))
+
+    @property
+    def complete(self) -> bool:
+        return not any(self.unread)
+
+    def describe(self) -> str:
+        parts = []
+        for axis, name, what in ((1, "height", "rows"), (0, "width", "columns")):
+            if self.unread[axis]:
+                parts.append(f"kernel {what} {self.unread[axis]} of {self.k[axis]} never read "
+                             f"inside its {self.n_in[axis]}-pixel {name}")
+        return "; ".join(parts)
+
+
+def _unread(kind: str, geo: dict[str, Any], axis: int, k: int, n_in: int, n_out: int
+            ) -> list[int]:
+    out = []
+    for tap in range(k):
+        if kind == "transposed":
+            _, valid = _transposed_index(n_out, n_in, k, geo["strides"][axis],
+                                         geo["kernel_offset"][axis], geo["dilation"][axis], tap)
+        else:
+            _, valid = _conv_index(n_out, n_in, k, geo["strides"][axis], geo["offset"][axis],
+                                   geo["dilation"][axis], tap)
+        if not valid.any():
+            out.append(tap)
+    return out
+
+
+def tap_coverage(g: Graph, seg: Segment, x: R.Image, dest: tuple[int, int]
+                 ) -> TapCoverage | None:
+    """Which weights of a convolution this input exercises (a tap that never reads inside
+    the source multiplies only padding: a wrong weight there would pass); None for a layer
+    that is not a convolution."""
     kind = seg.layer.kind
     if kind not in ("convolution", "depthwise", "transposed", "subpixel"):
         return None
@@ -182,21 +229,26 @@ def tap_problem(g: Graph, seg: Segment, x: R.Image, dest: tuple[int, int]) -> st
     kh, kw = (w.shape[1], w.shape[2])
     geo = geometry(g, seg)
     r = int(seg.layer.entry.get("subpixel", {}).get("factor", 1)) if kind == "subpixel" else 1
-    for axis, (k, n_in, n_out, s, d) in enumerate(
-            ((kw, x.width, dest[0] // r, geo["strides"][0], geo["dilation"][0]),
-             (kh, x.height, dest[1] // r, geo["strides"][1], geo["dilation"][1]))):
-        for tap in range(k):
+    ks, ns = (kw, kh), (x.width, x.height)
+    outs = (dest[0] // r, dest[1] // r)
+    unread = tuple(_unread(kind, geo, a, ks[a], ns[a], outs[a]) for a in (0, 1))
+    need: list[int | None] = []
+    for a in (0, 1):
+        if not unread[a]:
+            need.append(ns[a])
+            continue
+        found = None
+        for n in range(ns[a] + 1, ns[a] + 4 * ks[a] * max(1, geo["dilation"][a]) + 8):
+            # the destination grows with the source as it does here (same stride, pads)
             if kind == "transposed":
-                _, valid = _transposed_index(n_out, n_in, k, s, geo["kernel_offset"][axis], d,
-                                             tap)
+                n_out = outs[a] + (n - ns[a]) * geo["strides"][a]
             else:
-                _, valid = _conv_index(n_out, n_in, k, s, geo["offset"][axis], d, tap)
-            if not valid.any():
-                return (f"the input is too small to test this layer: on its {n_in}-pixel "
-                        f"{'width' if axis == 0 else 'height'} its {k}-tap kernel's tap "
-                        f"{tap} never reads inside the image, so a wrong weight there "
-                        "would pass; give a larger --input")
-    return None
+                n_out = max(1, -(-(n * outs[a]) // ns[a]))
+            if not _unread(kind, geo, a, ks[a], n, n_out):
+                found = n
+                break
+        need.append(found)
+    return TapCoverage((kw, kh), ns, (unread[0], unread[1]), (need[0], need[1]))
 
 
 def _constant_image(seg: Segment) -> R.Image:

@@ -91,11 +91,28 @@ def input_feeds(g: Graph, given: Mapping[str | None, np.ndarray], recorded: Mapp
                 f"model input {vi.name!r} has symbolic dims {unknown} "
                 f"({[d or '?' for d in shape]}) and the export recorded none: verify will "
                 "not guess them (a 1x1 image leaves every tap of a 3x3 kernel but the centre "
-                f"untested). Pass --input x.npy, or --input-dims {vi.name}=1,3,H,W (also "
-                "accepted by mpslayout export, which then records them)")
+                f"untested). Pass --input x.npy, or --input-dims {_dims_hint(vi.name, tt)} "
+                "(also accepted by mpslayout export, which then records them)")
         feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
         how.append(f"{vi.name}: dims from {source}")
     return feeds, "; ".join(how)
+
+
+def _dims_hint(name: str, tt: Any) -> str:
+    """NAME=D0,D1,... in the model's own rank: its fixed dims as they are, a symbolic batch
+    1, the others by their name in the model (H, W for an image's unnamed ones)."""
+    dims = list(tt.shape.dim)
+    out = []
+    for k, d in enumerate(dims):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            out.append(str(d.dim_value))
+        elif k == 0:
+            out.append("1")
+        elif d.dim_param and d.dim_param.isidentifier() and len(d.dim_param) <= 12:
+            out.append(d.dim_param)
+        else:
+            out.append({2: "H", 3: "W"}.get(k, f"D{k}") if len(dims) == 4 else f"D{k}")
+    return f"{name}=" + ",".join(out)
 
 
 Given = Union[np.ndarray, str, "os.PathLike[str]"]  # Union: `|` fails at run time on 3.9

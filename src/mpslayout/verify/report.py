@@ -196,6 +196,10 @@ class Report:
             lines.append(f"OK: {self.layers_checked} exported layers and "
                          f"{len(self.rows) - self.layers_checked} operators agree with "
                          f"{self.oracle}")
+            if self.untested:
+                lines.append(f"untested: {len(self.untested)} layers hold weights this input "
+                             "does not reach (listed above): give the smallest input named "
+                             "there to test them")
             accepted = [r.name for r in self.rows if not r.ok]
             if accepted:
                 lines.append(f"ok*: {', '.join(accepted)}: not computable by MPS (see the "
