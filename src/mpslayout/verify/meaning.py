@@ -1,5 +1,5 @@
 """Raw tensors verified by their meaning: a ``tensor`` layer (an embedding table, PRelu
-slopes, LayerNormalization scale and shift) holds data for a custom kernel, or for an MPS
+slopes, LayerNormalization scale and shift, an expanded constant) holds data for a custom kernel, or for an MPS
 kernel that takes it as it is. Where the op reading it has a plain meaning, verify runs
 that meaning from the export's file on the oracle's input and compares the result like
 any layer's: a table written in the wrong order, slopes reversed, scale and shift swapped
@@ -41,6 +41,8 @@ class MeaningSteps(Walk):
             return self._gather(i, like)
         if op == "LayerNormalization":
             return self._layer_norm(i, like)
+        if op == "Expand":
+            return self._expand(i, like)
         if op == "PRelu" and like.ndim not in (2, 4):
             return self._channelwise_op(i, like)
         return False
@@ -78,6 +80,25 @@ class MeaningSteps(Walk):
         self._meaning_row(i, like, y, u * np.abs(y),
                           "Gather of rows of the embedding table: table[indices], the table "
                           "read from the export's file, the indices the oracle's")
+        return True
+
+    def _expand(self, i: int, like: np.ndarray) -> bool:
+        """Expand of a constant (PyTorch's zero initial state of an LSTM): the constant
+        broadcast to the result's shape."""
+        n = self.g.nodes[i]
+        c = self.exported.get(n.input[0])
+        if c is None:
+            return False
+        try:
+            y = np.asarray(c, np.float64) * np.ones(like.shape)
+        except ValueError:
+            return False
+        if y.shape != like.shape:
+            return False
+        u = T.unit(c.dtype) if c.dtype == np.float16 else 0.0
+        self._meaning_row(i, like, y, u * np.abs(y),
+                          "Expand: the constant from the export's file broadcast to the "
+                          "result's shape")
         return True
 
     def _layer_norm(self, i: int, like: np.ndarray) -> bool:
