@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,20 @@ def verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str,
     goes. Raises :class:`VerifyError` when nothing can be compared (a corrupt export,
     unusable feeds); divergences are in the report.
     """
+    # a bad file (NaN, inf, float16 overflow) shows as nan/inf in the report's numbers and
+    # a note on its row, never as numpy's RuntimeWarning
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _verify_graph(outdir, graph, feeds, oracle, model_label=model_label,
+                             oracle_label=oracle_label, input_label=input_label, atol=atol,
+                             rtol=rtol, storage=storage, loaded=loaded, progress=progress)
+
+
+def _verify_graph(outdir: str | os.PathLike[str], graph: Any, feeds: Mapping[str, Any],
+                  oracle: Oracle, *, model_label: str, oracle_label: str,
+                  input_label: str | None, atol: float, rtol: float, storage: str | None,
+                  loaded: tuple[dict[str, Any], list[ExportedLayer]] | None,
+                  progress: Callable[[str], None] | None) -> Report:
     if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
         raise VerifyError(f"atol and rtol must be finite and >= 0, got {atol}, {rtol}")
     doc, layers = load_export(outdir) if loaded is None else loaded

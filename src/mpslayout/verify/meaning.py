@@ -1,9 +1,9 @@
 """Raw tensors verified by their meaning: a ``tensor`` layer (an embedding table, PRelu
-slopes, LayerNormalization scale and shift, an expanded constant) holds data for a custom kernel, or for an MPS
-kernel that takes it as it is. Where the op reading it has a plain meaning, verify runs
-that meaning from the export's file on the oracle's input and compares the result like
-any layer's: a table written in the wrong order, slopes reversed, scale and shift swapped
-all fail, naming the layer.
+slopes, LayerNormalization scale and shift, an expanded constant) holds data for a custom
+kernel, or for an MPS kernel that takes it as it is. Where the op reading it has a plain
+meaning, verify runs that meaning from the export's file on the oracle's input and
+compares the result like any layer's: a table written in the wrong order, slopes
+reversed, scale and shift swapped all fail, naming the layer.
 
 Also here: per-channel layers on tensors that are not images (a BatchNorm1d on
 ``(N, C, L)``, a BatchNorm3d or PReLU on ``(N, C, D, H, W)``): each value depends on its

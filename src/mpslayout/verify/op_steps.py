@@ -32,8 +32,8 @@ _SHAPE_ONLY = frozenset(("Shape", "Gather", "Constant", "ConstantOfShape", "Unsq
                          "Slice", "Concat", "ReduceProd", "Floor", "Ceil", "Add", "Sub", "Mul",
                          "Div"))
 _NO_KERNEL = dict.fromkeys(
-    ("LSTM", "GRU", "RNN"), "a recurrent layer: MPS runs it with MPSRNNImageInferenceLayer "
-    "(MPSLSTMDescriptor/MPSGRUDescriptor), which this verifier does not run")
+    ("LSTM", "GRU", "RNN"), "a recurrent node no exported layer of the manifest matches "
+    "(exported recurrent layers are judged node by node, each on its own row)")
 
 
 class OpSteps(MeaningSteps):
@@ -56,9 +56,9 @@ class OpSteps(MeaningSteps):
             self._run_raw(i, like)
             self._promote(i, before)
             return
-        if op in _WEIGHTED:
-            why = next((f" ({x.get('reason')})" for x in self.not_exported
-                        if x.get("name") == name), "")
+        left = next((x for x in self.not_exported if x.get("name") == name), None)
+        if op in _WEIGHTED or (op in _NO_KERNEL and left is not None):
+            why = "" if left is None else f" ({left.get('reason')})"
             self._borrow(i, f"not in the export{why}: the oracle's value used")
             return
         if like is None and op not in _SHAPE_ONLY and self._pass_on(i):

@@ -21,6 +21,8 @@ The contract other tools (``mpslayout verify``, the Swift loader) read:
 - kind "tensor" (a learned tensor of an operator MPSCNN has no kernel for, for a custom
   Metal kernel): ``role`` (scale, shift, weight, slope, table, operand), ``files.tensor``
   (``STEM.tensor.bin``, the source's shape, layout "source", the export dtype for floats).
+- top level ``weights_dtype``: the weight type every layer shares, else the float type
+  asked for; ``layer_weights_dtypes`` counts the layers of each weight type.
 - top level ``inputs``: {graph input: [dims]} used at export (null for a dim still
   symbolic); ``options.input_dims`` records what was asked.
 - ``skipped``/``unsupported`` entries carry ``tensors`` when they leave learned tensors
@@ -67,12 +69,22 @@ def build(*, source: dict[str, Any], dtype: str, options: dict[str, Any],
     """The manifest document; ``optional`` fields (``training_state``) go in only when
     given."""
     total = sum(f["bytes"] for entry in layers for f in entry["files"].values())
+    # the document agrees with itself: every layer's weight type counted, and the top
+    # level names the one they all share (8-bit source weights kept as they are make an
+    # export asked for float32 a uint8 one), else the float type asked for
+    counts: dict[str, int] = {}
+    for entry in layers:
+        if "weights_dtype" in entry:
+            counts[entry["weights_dtype"]] = counts.get(entry["weights_dtype"], 0) + 1
+    if len(counts) == 1:
+        dtype = next(iter(counts))
     return {
         "format": FORMAT,
         "version": VERSION,
         "generator": f"mpslayout {version}",
         "source": source,
         "weights_dtype": dtype,
+        "layer_weights_dtypes": dict(sorted(counts.items())),
         "byte_order": "little",
         "options": options,
         "inputs": inputs,
