@@ -105,7 +105,7 @@ class LayerSteps(Walk):
                 pass  # reported as a row below
         self.report.operators_verified += len(seg.nodes)
         row = Row(len(self.report.rows) + 1, seg.layer.name, main.op_type, seg.layer.kind, True,
-                  seg.end, [] if like is None else list(like.shape), notes=list(seg.notes))
+                  seg.end, [] if like is None else list(like.shape), notes=seg.notes)
         bad = {k: int(np.sum(~np.isfinite(a))) for k, a in seg.layer.arrays.items()
                if a.dtype.kind == "f" and not np.all(np.isfinite(a))}
         if bad:

@@ -42,6 +42,10 @@ def absmax(w: TensorRef, factor: float = 1.0) -> Callable[[], float]:
 
 def conv(g: Graph, node: Any) -> None:
     name = g.name(node)
+    w5 = g.weight(node, 1, "weight")
+    if w5 is not None and len(w5.shape) == 5:
+        raise SkipLayer(f"Conv3d (weight {list(w5.shape)}): MPSCNN has no 3-D convolution",
+                        unsupported=True)
     w, a, stride, dil, grp = g.kernel(node)
     o, ig, kh, kw = w.shape
     if o % grp:
