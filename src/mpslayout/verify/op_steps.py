@@ -122,41 +122,6 @@ class OpSteps(MeaningSteps):
             return
         self._run_kernel(i, kernel, [v.image for v in imgs], like)  # type: ignore[misc]
 
-    def _run_raw(self, i: int, like: np.ndarray | None) -> None:
-        """A node whose learned tensors the export wrote as raw "tensor" layers: run by
-        that op's meaning from the files (:mod:`.meaning`), else as its MPS kernel reading
-        them, else not verified."""
-        layers = self.tensor_layers[self.g.names[i]]
-        if like is not None and self._run_meaning(i, like):
-            return
-        if self._has_kernel(i):
-            self._run_op(i, raw=False)
-            return
-        if like is not None and self._run_flat_arithmetic(i, like):
-            return
-        self._borrow(i, f"exported as a raw tensor ({', '.join(repr(x.name) for x in layers)})"
-                        " for a custom kernel: no MPSCNN kernel, and verify knows no meaning "
-                        f"of ONNX {self.g.nodes[i].op_type} to run it by")
-
-    def _promote(self, i: int, before: int) -> None:
-        """The rows a raw tensor's node added, when every one of its raw tensors was read
-        from the export's files: the row is that layer's (it counts as a layer checked)."""
-        layers = self.tensor_layers[self.g.names[i]]
-        rows = self.report.rows[before:]
-        read = all(len(x.entry.get("source", {}).get("tensors") or []) == 1
-                   and str(x.entry["source"]["tensors"][0]) in self.exported for x in layers)
-        if not rows or not read:
-            return
-        for row in rows:
-            if row.layer:
-                continue
-            row.layer = True  # its kind stays the kernel that ran (MPSCNNNeuronPReLU)
-            row.name = ", ".join(x.name for x in layers)
-            row.notes.append(f"the raw tensor{'s' if len(layers) > 1 else ''} run by "
-                             f"{self.g.nodes[i].op_type}'s meaning, read from the export's "
-                             "files")
-            self.report.layers_checked += 1
-
     def _run_fused(self, f: Fused) -> bool:
         """A chain of nodes one MPS kernel computes (:mod:`.patterns`), run as that kernel
         on the chain's input when it is an image and the oracle gives the chain's output:

@@ -197,9 +197,12 @@ class Report:
             lines.append("NOTHING CHECKABLE: the export holds no layer verify can run (see "
                          "'not verified' above); nothing was compared (exit status 3)")
         else:
+            expected = sum(r.kind == "expected" and not r.layer for r in self.rows)
             lines.append(f"OK: {self.layers_checked} exported layers and "
-                         f"{len(self.rows) - self.layers_checked} operators agree with "
-                         f"{self.oracle}")
+                         f"{len(self.rows) - self.layers_checked - expected} operators agree "
+                         f"with {self.oracle}"
+                         + (f"; its {expected} outputs match the expected values (--expect)"
+                            if expected else ""))
             if self.untested:
                 lines.append(f"untested: {len(self.untested)} layers hold weights this input "
                              "does not reach (listed above): give the smallest input named "
