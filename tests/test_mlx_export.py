@@ -5,6 +5,7 @@ each planted layout bug failing verify, naming its layer."""
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 
@@ -239,3 +240,26 @@ def test_an_mlx_file_is_never_exported_again(net, tmp_path, target):
     with pytest.raises(ValueError, match="already in MLX's layouts"):
         export(first, out, target=target, progress=False)
     assert not out.exists()
+
+
+def test_command_line(net, tmp_path, capsys):
+    """export --target mlx and verify FILE.safetensors from the command line: exit 0 on the
+    export, 1 on a planted bug, the summary and the report printed."""
+    from mpslayout.cli import main
+
+    _, folder, _ = net
+    out = tmp_path / "cli.safetensors"
+    assert main(["export", str(folder / "net.onnx"), "--target", "mlx", "-o", str(out),
+                 "--dtype", "float16"]) == 0
+    assert "in MLX's layouts" in capsys.readouterr().out
+    assert main(["verify", str(out), "--model", str(folder / "net.onnx")]) == 0
+    assert "OK:" in capsys.readouterr().out
+    rec = _name(out, "transposed")
+
+    def flip(a):
+        a[rec["tensors"]["weight"]] = np.ascontiguousarray(a[rec["tensors"]["weight"]][:, ::-1])
+    bad = _rewrite(out, tmp_path / "bad.safetensors", flip)
+    assert main(["verify", str(bad), "--model", str(folder / "net.onnx"), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "failed"
+    assert doc["first_divergence"] == rec["name"]

@@ -225,11 +225,16 @@ def _verify(args: argparse.Namespace) -> int:
     if args.outdir.endswith(".safetensors"):  # an MLX export: MLX's own ops run it
         from .verify.mlx_target import verify_mlx
 
-        report = verify_mlx(args.outdir, args.model, input=args.input[0] if args.input
-                            else None, input_dims=_unique(args.input_dims, "--input-dims"),
+        given = _named_files(args.input, "--input")
+        if len(given) > 1 or args.expect:
+            print("mpslayout: error: verify of an MLX export takes one --input and no "
+                  "--expect", file=sys.stderr)
+            return 2
+        report = verify_mlx(args.outdir, args.model, input=next(iter(given.values()), None),
+                            input_dims=_unique(args.input_dims, "--input-dims"),
                             atol=args.atol, rtol=args.rtol, seed=args.seed)
         print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
-        return 0 if report.ok else 1
+        return report.exit_status
 
     from .verify import Uncheckable
     from .verify.keras_oracle import KerasMissing, is_keras_file, verify_keras
