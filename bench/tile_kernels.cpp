@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   } else if (fam == "rows") {  // (C, HW, I) -> (HW, C, I)
     const int64_t C = v[0], HW = v[1], I = v[2];
     dims = {{HW, I * 4, C * I * edst}, {C, HW * I * 4, I * edst}, {I, 4, edst}};
-    kernels = {{"plain", TileKernel::kDirect}, {"gather", TileKernel::kGather}, {"auto", TileKernel::kAuto}};
+    kernels = {{"plain", TileKernel::kDirect}, {"scatter", TileKernel::kScatter}, {"auto", TileKernel::kAuto}};
   } else {
     dims = {{v[0], 4, edst}};
     kernels = {{"memcpy", TileKernel::kDirect}, {"loop", TileKernel::kCopyLoop}, {"auto", TileKernel::kAuto}};

@@ -368,7 +368,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("plan", &plan, py::arg("src"), py::arg("dst"), py::arg("shape"), py::arg("src_strides"),
         py::arg("dst_strides"), py::arg("src_offset") = 0, py::arg("dst_offset") = 0,
         py::arg("bounds") = std::vector<BoundTuple>{}, py::arg("cast") = 0,
-        "Name of the kernel the planner picks: 'row', 'gather' (rows prefetched ahead), 'copy' "
+        "Name of the kernel the planner picks: 'row', 'scatter' (rows walked in the source's order), 'copy' "
         "(the ISA's copy loop), 'tile' (direct 8x8 tiles), 'staged' (panels built in a "
         "buffer, copied out), 'stream' (the same with non-temporal stores), 'panel' (whole "
         "panels as work items, streamed), 'strided' or 'empty'.");
@@ -376,7 +376,7 @@ PYBIND11_MODULE(_core, m) {
     TileKernel k;
     if (!parse_tile_kernel(name.c_str(), &k))
       throw py::value_error("tile kernel must be 'auto', 'direct', 'staged', 'stream', 'panel', "
-                            "'gather' or 'copy'");
+                            "'scatter' or 'copy'");
     set_tile_kernel_override(k);
   }, py::arg("name"), "Force a kernel (engine.hpp, TileKernel; tests and benchmarks; not thread-safe).");
   m.def("tile_kernel", [] { return std::string(tile_kernel_name(tile_kernel_override())); },

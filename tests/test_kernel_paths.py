@@ -139,10 +139,10 @@ def test_unsupported_isa_is_refused() -> None:
 # The kernels per shape (engine.hpp, TileKernel): "direct" 8x8 tiles into the destination;
 # "staged": each panel (a conv output channel's (kH*kW, I) block) built in a buffer and
 # copied out; "stream": the same leaving with non-temporal stores; "panel": a whole panel
-# per work item, streamed; for row plans "gather" (rows prefetched ahead) and "copy" (the
+# per work item, streamed; for row plans "scatter" (rows walked in source order) and "copy" (the
 # ISA's copy loop). The planner picks by shape and size; MPSLAYOUT_TILE forces one for the
 # whole sweep above (a kernel forced on the other kind of plan runs that plan's plain one).
-KERNELS = ["direct", "staged", "stream", "panel", "gather", "copy"]
+KERNELS = ["direct", "staged", "stream", "panel", "scatter", "copy"]
 
 
 @pytest.mark.parametrize("tile", KERNELS)
@@ -188,8 +188,8 @@ def test_conv_weights_on_every_tile_kernel(tile: str) -> None:
 
 # The shape families of issue 19 against their slow twins (mpslayout.slow), for every
 # forced kernel on every instruction set: the Linear after flatten (per output row a
-# (C, H*W) -> (H*W, C) panel, "panel"), a Dense before a Reshape (rows of I gathered from
-# C*H*W apart, "gather"), and in-order copies (1x1 and depthwise weights, "copy"). Shapes
+# (C, H*W) -> (H*W, C) panel, "panel"), a Dense before a Reshape (rows of I from C*H*W apart,
+# "scatter"), and in-order copies (1x1 and depthwise weights, "copy"). Shapes
 # are small enough for the twins' Python loops, with odd extents (block edges on both
 # axes), NaN payloads, infinities and float16 overflow, and unaligned outputs.
 FAMILIES = r"""
@@ -284,7 +284,7 @@ def test_planner_picks_a_kernel_by_size() -> None:
     assert plan((512, 512, 3, 3)) == "stream"  # 9.4 MB: streamed too since issue 19
     assert plan((256, 64, 1, 1)) == "copy"  # in order: the copy loop
     for tile, name in [("direct", "tile"), ("staged", "staged"), ("stream", "stream"),
-                       ("panel", "panel"), ("gather", "tile"), ("copy", "tile")]:
+                       ("panel", "panel"), ("scatter", "tile"), ("copy", "tile")]:
         _core.set_tile_kernel(tile)
         try:
             assert plan((16, 16, 3, 3)) == name
@@ -295,15 +295,18 @@ def test_planner_picks_a_kernel_by_size() -> None:
 
 
 def test_planner_picks_row_kernels_and_whole_panels() -> None:
-    """Rows of a Dense before a Reshape are gathered with prefetch ("gather"); a Linear after
+    """Rows of a Dense before a Reshape are walked in source order ("scatter"); a Linear after
     flatten whose output is past the last-level cache runs whole panels ("panel": here
     forced down to small sizes with MPSLAYOUT_STREAM_BYTES=0, in a fresh process)."""
     x = np.zeros((512 * 16, 100), np.float32)
     o = np.empty_like(x)
     st = x.strides
     # (C, HW, I) -> (HW, C, I): the dcgan.dense_reshape case
-    assert _core.plan(x, o, [16, 512, 100], [100 * st[0], 16 * st[0], st[1]],
-                      [512 * 100 * 4, 100 * 4, 4]) == "gather"
+    assert _core.plan(x, o, [16, 512, 100], [st[0], 16 * st[0], st[1]],
+                      [512 * 100 * 4, 100 * 4, 4]) == "scatter"
+    # the other way round, (HW, C, I) -> (C, HW, I): the destination's order has fewer streams
+    assert _core.plan(x, o, [512, 16, 100], [st[0], 512 * st[0], st[1]],
+                      [16 * 100 * 4, 100 * 4, 4]) == "row"
     code = (
         "import numpy as np; from mpslayout import _core\n"
         "x = np.zeros((8, 512 * 49), np.float32); o = np.empty_like(x)\n"

@@ -4,6 +4,7 @@
 // axes are flattened into work items that the thread pool shares out.
 #include "engine.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -29,10 +30,14 @@ constexpr int64_t kCancelBytes = int64_t(4) << 20;  // bytes between two cancel 
 // measured faster streamed at every size (the prefetch makes the difference).
 constexpr int64_t kStreamPanelBytes = 192 * 1024;
 constexpr int64_t kStreamMinBytes = int64_t(64) << 10, kStreamMaxBytes = int64_t(8) << 20;
-// Row plans: kGather from kGatherMinBytes of output (below, the rows are in cache or too few
-// to matter); kCopyLoop for in-order copies below kCopyLoopMaxBytes (past it libc's memcpy
+// Row plans: kScatter for rows of up to kScatterMaxRowBytes (longer ones the hardware
+// prefetcher follows on its own) from kScatterMinBytes of output (below, the rows are in
+// cache or too few to matter), when the source's order steps along a shorter axis than the
+// destination's: the side walked out of order is then a few streams, each in order (the
+// DCGAN rows: 16 write streams instead of one read stride of 6.4 kB; measured both ways); kCopyLoop for in-order copies below kCopyLoopMaxBytes (past it libc's memcpy
 // switches to non-temporal stores, which the loop has not).
-constexpr int64_t kGatherMinBytes = int64_t(64) << 10, kCopyLoopMaxBytes = int64_t(4) << 20;
+constexpr int64_t kScatterMinBytes = int64_t(64) << 10, kCopyLoopMaxBytes = int64_t(4) << 20;
+constexpr int64_t kScatterMaxRowBytes = 4096;
 // Destinations past the last-level cache get non-temporal stores. MPSLAYOUT_STREAM_BYTES
 // overrides the threshold (for benchmarking the two store paths against each other).
 int64_t stream_bytes() {
@@ -148,21 +153,8 @@ void make_plan(Plan& p, Dim* dims, int n, const char* src, char* dst, int esrc, 
   p.items = p.outer_count * p.bands;
 }
 
-// Hints the line at p into the cache (a no-op where the compiler has no prefetch builtin).
-inline void prefetch(const char* p) {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(p, 0, 3);
-#else
-  (void)p;
-#endif
-}
-
-// How far ahead (rows of the innermost outer axis) kGather prefetches, and up to which row
-// length: past a few KiB the hardware prefetcher follows a row on its own.
-constexpr int64_t kGatherAhead = 8, kGatherMaxRowBytes = 4096;
-
-void run_items(const Plan& p, const KernelSet& ks, Op op, RowFn row, TileFn tile, bool gather,
-               int64_t begin, int64_t end) {
+void run_items(const Plan& p, const KernelSet& ks, Op op, RowFn row, TileFn tile, int64_t begin,
+               int64_t end) {
   // Where item `begin` starts: divisions once (a 64-bit divide costs ~40 cycles, per item a
   // few microseconds on a small conv weight's 64 channels), then an odometer.
   int64_t band = begin % p.bands, m = begin / p.bands;
@@ -179,15 +171,6 @@ void run_items(const Plan& p, const KernelSet& ks, Op op, RowFn row, TileFn tile
     switch (p.shape) {
       case Shape::Row: {
         const int64_t lo = band * p.band, n = std::min(p.band, p.d.n - lo);
-        if (gather) {  // the row kGatherAhead rows on along the innermost outer axis
-          const Dim& o = p.outer[p.nouter - 1];
-          if (idx[p.nouter - 1] + kGatherAhead < o.n) {
-            const char* ahead = s + kGatherAhead * o.ss;
-            const int64_t bytes = n * p.d.ss;
-            for (int64_t b = 0; b < bytes; b += 64) prefetch(ahead + b);
-            prefetch(ahead + bytes - 1);
-          }
-        }
         row(s + lo * p.d.ss, d + lo * p.d.ds, n);
         break;
       }
@@ -215,7 +198,7 @@ void run_items(const Plan& p, const KernelSet& ks, Op op, RowFn row, TileFn tile
   }
 }
 
-const char* const kKernelNames[] = {"auto", "direct", "staged", "stream", "panel", "gather", "copy"};
+const char* const kKernelNames[] = {"auto", "direct", "staged", "stream", "panel", "scatter", "copy"};
 
 TileKernel g_tile_kernel = [] {
   TileKernel k = TileKernel::kAuto;
@@ -224,6 +207,14 @@ TileKernel g_tile_kernel = [] {
   return k;
 }();
 
+// The outer axis a walk in the source's order steps along fastest (smallest |stride|).
+const Dim& source_inner(const Plan& p) {
+  int best = 0;
+  for (int i = 1; i < p.nouter; ++i)
+    if (iabs(p.outer[i].ss) < iabs(p.outer[best].ss)) best = i;
+  return p.outer[best];
+}
+
 // The kernel for a plan (see TileKernel); kAuto's thresholds were measured on the 2-core
 // EPYC VM (bench/README.md, "Kernels per shape").
 TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_bytes) {
@@ -231,12 +222,13 @@ TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_byte
     const bool copy = op <= kCopy8;
     TileKernel k = g_tile_kernel;
     if (k == TileKernel::kAuto) {
-      if (p.nouter > 0 && p.d.n * esrc <= kGatherMaxRowBytes && dst_bytes >= kGatherMinBytes)
-        k = TileKernel::kGather;
+      if (p.nouter > 0 && p.d.n * esrc <= kScatterMaxRowBytes && dst_bytes >= kScatterMinBytes &&
+          source_inner(p).n < p.outer[p.nouter - 1].n)
+        k = TileKernel::kScatter;
       else if (copy && p.nouter == 0 && dst_bytes < kCopyLoopMaxBytes)
         k = TileKernel::kCopyLoop;
     }
-    if (k == TileKernel::kGather && p.nouter > 0) return k;
+    if (k == TileKernel::kScatter && p.nouter > 0) return k;
     if (k == TileKernel::kCopyLoop && copy) return k;
     return TileKernel::kDirect;
   }
@@ -254,12 +246,19 @@ TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_byte
     }
   }
   if (k == TileKernel::kPanel) return whole ? k : TileKernel::kStream;
-  if (k == TileKernel::kGather || k == TileKernel::kCopyLoop) return TileKernel::kDirect;
+  if (k == TileKernel::kScatter || k == TileKernel::kCopyLoop) return TileKernel::kDirect;
   return k;
 }
 
-// Applies a kernel's own work split to a plan: kPanel makes each whole panel one item.
+// Applies a kernel's own walk to a plan: kScatter orders the outer axes by source stride
+// (rows read in address order, written where they go); kPanel makes each whole panel one
+// work item.
 void shape_plan_for(Plan& p, TileKernel k) {
+  if (k == TileKernel::kScatter) {
+    std::stable_sort(p.outer, p.outer + p.nouter,
+                     [](const Dim& x, const Dim& y) { return iabs(x.ss) > iabs(y.ss); });
+    return;
+  }
   if (k != TileKernel::kPanel) return;
   p.band = p.a.n;
   p.bands = 1;
@@ -329,12 +328,11 @@ bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc
   shape_plan_for(p, kernel);
   const TileFn tile = tile_fn(ks, op, kernel);
   const RowFn row = kernel == TileKernel::kCopyLoop ? ks.copy_row[op] : ks.row[op];
-  const bool gather = kernel == TileKernel::kGather;
   // non-temporal stores are weakly ordered: each thread fences its own before it reports
   const bool fence = kernel == TileKernel::kStream || kernel == TileKernel::kPanel;
   if (threads <= 1 || bytes < kParallelBytes || p.items == 1) {
     if (!cancel.poll || bytes < kCancelBytes) {  // the short path: one call, no chunks
-      run_items(p, ks, op, row, tile, gather, 0, p.items);
+      run_items(p, ks, op, row, tile, 0, p.items);
       if (fence) std::atomic_thread_fence(std::memory_order_seq_cst);
       return true;
     }
@@ -347,7 +345,7 @@ bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc
   std::atomic<bool> stop{false};
   auto body = [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e && !stop.load(std::memory_order_relaxed); i += chunk) {
-      run_items(p, ks, op, row, tile, gather, i, std::min(e, i + chunk));
+      run_items(p, ks, op, row, tile, i, std::min(e, i + chunk));
       if (fence) std::atomic_thread_fence(std::memory_order_seq_cst);
       if (cancel.poll && std::this_thread::get_id() == caller && cancel.poll(cancel.ctx)) stop.store(true);
     }
@@ -412,7 +410,7 @@ const char* describe_plan(const Request& req) {
   if (p.items == 0) return "empty";
   const TileKernel k = kernel_for(p, op_for(req.cast, req.esrc), req.esrc, req.edst, elements * req.edst);
   switch (p.shape) {
-    case Shape::Row: return k == TileKernel::kGather ? "gather" : k == TileKernel::kCopyLoop ? "copy" : "row";
+    case Shape::Row: return k == TileKernel::kScatter ? "scatter" : k == TileKernel::kCopyLoop ? "copy" : "row";
     case Shape::Tile:
       switch (k) {
         case TileKernel::kStaged: return "staged";

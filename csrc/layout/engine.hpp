@@ -66,13 +66,13 @@ bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc
 // staged in an L1/L2 buffer and copied out in address order, with plain stores (kStaged)
 // or non-temporal ones (kStream); kPanel makes a whole contiguous panel one work item
 // (the Linear-after-flatten's 49x512 per output row, split in bands of 32 rows otherwise)
-// and streams it out. Row plans (contiguous rows): kGather prefetches the rows ahead along
-// the outer axis (rows of a few hundred bytes gathered from far apart: a Dense before a
-// Reshape); kCopyLoop copies an in-order box with the ISA's own copy loop instead of libc's
+// and streams it out. Row plans (contiguous rows): kScatter walks the rows in the source's
+// order and writes each where it goes (rows of a few hundred bytes that the destination's
+// order would gather from far apart: a Dense before a Reshape); kCopyLoop copies an in-order box with the ISA's own copy loop instead of libc's
 // memcpy. A kernel forced for the other kind of plan runs that plan's plain kernel
 // (direct tiles, memcpy rows). kAuto picks by shape and size (see engine.cpp);
-// MPSLAYOUT_TILE=direct|staged|stream|panel|gather|copy forces one (tests, benchmarks).
-enum class TileKernel { kAuto, kDirect, kStaged, kStream, kPanel, kGather, kCopyLoop };
+// MPSLAYOUT_TILE=direct|staged|stream|panel|scatter|copy forces one (tests, benchmarks).
+enum class TileKernel { kAuto, kDirect, kStaged, kStream, kPanel, kScatter, kCopyLoop };
 TileKernel tile_kernel_override();
 void set_tile_kernel_override(TileKernel k);  // not thread-safe: tests and tools only
 // "auto", "direct", ...; parse returns false for an unknown name.
