@@ -246,8 +246,9 @@ with np.errstate(all="ignore"):
             for offset in (0, 4, 16, 36):
                 got = fast(out_at(want.shape, want.dtype, offset))
                 check(("copy", shape, dt, offset), got, want)
-    # every byte count of an in-order copy around the loop's 32- and 128-byte steps
-    for n in list(range(0, 300)) + [1000, 4099, 16384]:
+    # in-order copies of 0-69 elements and around the loop's 32- and 128-byte steps
+    steps = [k * 32 + e for k in range(1, 9) for e in (-1, 0, 1)]
+    for n in sorted(set(range(0, 70)) | set(steps) | {1000, 4099, 16384}):
         for dt in (np.uint8, np.float32, np.float64):
             x = rng.integers(0, 255, size=n * np.dtype(dt).itemsize, dtype=np.uint8).view(dt)
             for offset in (0, 8, 24):
