@@ -34,8 +34,9 @@ constexpr int64_t kStreamMinBytes = int64_t(64) << 10, kStreamMaxBytes = int64_t
 // prefetcher follows on its own) from kScatterMinBytes of output (below, the rows are in
 // cache or too few to matter), when the source's order steps along a shorter axis than the
 // destination's: the side walked out of order is then a few streams, each in order (the
-// DCGAN rows: 16 write streams instead of one read stride of 6.4 kB; measured both ways); kCopyLoop for in-order copies below kCopyLoopMaxBytes (past it libc's memcpy
-// switches to non-temporal stores, which the loop has not).
+// DCGAN rows: 16 write streams instead of one read stride of 6.4 kB; measured both ways).
+// kCopyLoop for in-order copies below kCopyLoopMaxBytes (past it libc's memcpy switches to
+// non-temporal stores, which the loop has not).
 constexpr int64_t kScatterMinBytes = int64_t(64) << 10, kCopyLoopMaxBytes = int64_t(4) << 20;
 constexpr int64_t kScatterMaxRowBytes = 4096;
 // Destinations past the last-level cache get non-temporal stores. MPSLAYOUT_STREAM_BYTES
@@ -219,7 +220,7 @@ const Dim& source_inner(const Plan& p) {
 // EPYC VM (bench/README.md, "Kernels per shape").
 TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_bytes) {
   if (p.shape == Shape::Row) {
-    const bool copy = op <= kCopy8;
+    const bool copy = op <= kCopy8;  // kCopy1..kCopy8 come first in Op
     TileKernel k = g_tile_kernel;
     if (k == TileKernel::kAuto) {
       if (p.nouter > 0 && p.d.n * esrc <= kScatterMaxRowBytes && dst_bytes >= kScatterMinBytes &&
@@ -254,9 +255,13 @@ TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_byte
 // (rows read in address order, written where they go); kPanel makes each whole panel one
 // work item.
 void shape_plan_for(Plan& p, TileKernel k) {
-  if (k == TileKernel::kScatter) {
-    std::stable_sort(p.outer, p.outer + p.nouter,
-                     [](const Dim& x, const Dim& y) { return iabs(x.ss) > iabs(y.ss); });
+  if (k == TileKernel::kScatter) {  // stable insertion sort: nothing allocated on a call
+    for (int i = 1; i < p.nouter; ++i) {
+      const Dim x = p.outer[i];
+      int j = i;
+      for (; j > 0 && iabs(p.outer[j - 1].ss) < iabs(x.ss); --j) p.outer[j] = p.outer[j - 1];
+      p.outer[j] = x;
+    }
     return;
   }
   if (k != TileKernel::kPanel) return;
