@@ -318,8 +318,8 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
     }
   }
   const int64_t elements = a.size();
-  if (in_order && 2 * elements * esize < kParallelBytes) {  // small enough for one thread: a memcpy
-    if (elements > 0) std::memcpy(dst, src, static_cast<size_t>(elements * esize));
+  if (in_order && 2 * elements * esize < kParallelBytes) {  // small enough for one thread: a copy
+    copy_in_order(src, dst, elements * esize);
   } else {
     run_box(src, dst, dims, static_cast<int>(nout), static_cast<int>(esize), static_cast<int>(edst),
             cast, static_cast<int>(n_threads), elements * (esize + edst));
@@ -368,24 +368,19 @@ PYBIND11_MODULE(_core, m) {
   m.def("plan", &plan, py::arg("src"), py::arg("dst"), py::arg("shape"), py::arg("src_strides"),
         py::arg("dst_strides"), py::arg("src_offset") = 0, py::arg("dst_offset") = 0,
         py::arg("bounds") = std::vector<BoundTuple>{}, py::arg("cast") = 0,
-        "Name of the kernel the planner picks: 'row', 'tile' (direct 8x8 tiles), 'staged' "
-        "(panels built in a buffer, copied out), 'stream' (the same with non-temporal "
-        "stores), 'strided' or 'empty'.");
+        "Name of the kernel the planner picks: 'row', 'scatter' (rows walked in the source's order), 'copy' "
+        "(the ISA's copy loop), 'tile' (direct 8x8 tiles), 'staged' (panels built in a "
+        "buffer, copied out), 'stream' (the same with non-temporal stores), 'panel' (whole "
+        "panels as work items, streamed), 'strided' or 'empty'.");
   m.def("set_tile_kernel", [](const std::string& name) {
-    if (name == "auto") set_tile_kernel_override(TileKernel::kAuto);
-    else if (name == "direct") set_tile_kernel_override(TileKernel::kDirect);
-    else if (name == "staged") set_tile_kernel_override(TileKernel::kStaged);
-    else if (name == "stream") set_tile_kernel_override(TileKernel::kStream);
-    else throw py::value_error("tile kernel must be 'auto', 'direct', 'staged' or 'stream'");
-  }, py::arg("name"), "Force the transpose kernel (tests and benchmarks; not thread-safe).");
-  m.def("tile_kernel", [] {
-    switch (tile_kernel_override()) {
-      case TileKernel::kDirect: return std::string("direct");
-      case TileKernel::kStaged: return std::string("staged");
-      case TileKernel::kStream: return std::string("stream");
-      default: return std::string("auto");
-    }
-  }, "The forced transpose kernel, or 'auto'.");
+    TileKernel k;
+    if (!parse_tile_kernel(name.c_str(), &k))
+      throw py::value_error("tile kernel must be 'auto', 'direct', 'staged', 'stream', 'panel', "
+                            "'scatter' or 'copy'");
+    set_tile_kernel_override(k);
+  }, py::arg("name"), "Force a kernel (engine.hpp, TileKernel; tests and benchmarks; not thread-safe).");
+  m.def("tile_kernel", [] { return std::string(tile_kernel_name(tile_kernel_override())); },
+        "The forced kernel, or 'auto'.");
   m.add_object("fast_permute", py::reinterpret_steal<py::object>(
                                    PyCFunction_NewEx(&fast_permute_def, nullptr, m.attr("__name__").ptr())));
   m.def("set_default_threads", [](int n) { g_default_threads.store(n < 0 ? 0 : n); },

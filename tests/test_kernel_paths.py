@@ -136,11 +136,16 @@ def test_unsupported_isa_is_refused() -> None:
     assert "unsupported" in proc.stderr
 
 
-# The transpose kernels per shape (engine.hpp, TileKernel): "direct" 8x8 tiles into the
-# destination; "staged": each panel (a conv output channel's (kH*kW, I) block) built in a
-# buffer and copied out; "stream": the same leaving with non-temporal stores. The planner
-# picks by size; MPSLAYOUT_TILE forces one for the whole sweep above.
-@pytest.mark.parametrize("tile", ["direct", "staged", "stream"])
+# The kernels per shape (engine.hpp, TileKernel): "direct" 8x8 tiles into the destination;
+# "staged": each panel (a conv output channel's (kH*kW, I) block) built in a buffer and
+# copied out; "stream": the same leaving with non-temporal stores; "panel": a whole panel
+# per work item, streamed; for row plans "scatter" (rows walked in source order) and "copy" (the
+# ISA's copy loop). The planner picks by shape and size; MPSLAYOUT_TILE forces one for the
+# whole sweep above (a kernel forced on the other kind of plan runs that plan's plain one).
+KERNELS = ["direct", "staged", "stream", "panel", "scatter", "copy"]
+
+
+@pytest.mark.parametrize("tile", KERNELS)
 def test_every_tile_kernel_matches_numpy(tile: str) -> None:
     env = dict(os.environ, MPSLAYOUT_TILE=tile)
     proc = subprocess.run(
@@ -153,7 +158,7 @@ CONV_SHAPES = [(64, 3, 7, 7), (64, 64, 3, 3), (24, 40, 5, 5), (17, 33, 3, 3), (8
                (12, 9, 1, 7), (256, 128, 3, 3)]
 
 
-@pytest.mark.parametrize("tile", ["direct", "staged", "stream", "auto"])
+@pytest.mark.parametrize("tile", ["direct", "staged", "stream", "panel", "auto"])
 def test_conv_weights_on_every_tile_kernel(tile: str) -> None:
     """Forced through the private hook, in this process: conv weights (3x3, 5x5, 7x7 and
     odd channel counts, float32 and the fused float16 cast, aligned and unaligned outputs)
@@ -181,6 +186,90 @@ def test_conv_weights_on_every_tile_kernel(tile: str) -> None:
         _core.set_tile_kernel("auto")
 
 
+# The shape families of issue 19 against their slow twins (mpslayout.slow), for every
+# forced kernel on every instruction set: the Linear after flatten (per output row a
+# (C, H*W) -> (H*W, C) panel, "panel"), a Dense before a Reshape (rows of I from C*H*W apart,
+# "scatter"), and in-order copies (1x1 and depthwise weights, "copy"). Shapes
+# are small enough for the twins' Python loops, with odd extents (block edges on both
+# axes), NaN payloads, infinities and float16 overflow, and unaligned outputs.
+FAMILIES = r"""
+import numpy as np
+import mpslayout
+from mpslayout import slow
+
+rng = np.random.default_rng(19)
+def weights(shape):
+    w = rng.standard_normal(shape).astype(np.float32)
+    specials = np.array([np.nan, np.inf, -np.inf, 7e4, -0.0, 1e-8, 65520.0], np.float32)
+    k = min(len(specials), w.size - 1)
+    w.flat[rng.choice(w.size, size=k, replace=False)] = specials[:k]
+    w.view(np.uint32).flat[-1] = 0x7FA00001  # a signalling NaN with a payload
+    return w
+
+def out_at(shape, dt, offset):
+    n = int(np.prod(shape)) * np.dtype(dt).itemsize
+    raw = np.empty(n + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    return raw[start:start + n].view(dt).reshape(shape)
+
+def check(name, got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape, name
+    assert got.tobytes() == want.tobytes(), name
+
+with np.errstate(all="ignore"):
+    for o, c, h, w in [(3, 40, 7, 7), (2, 33, 5, 5), (2, 17, 3, 3), (1, 64, 1, 7)]:
+        x = weights((o, c * h * w))
+        for dt in (None, np.float16):
+            want = slow.fc_weights(x, input_shape=(c, h, w), dtype=dt)
+            for offset in (0, 16):
+                out = out_at(want.shape, want.dtype, offset)
+                got = mpslayout.fc_weights(x, input_shape=(c, h, w), dtype=dt, out=out, threads=1)
+                check(("flatten", o, c, h, w, dt, offset), got, want)
+    for hh, ww, cc, i in [(4, 4, 40, 100), (2, 3, 20, 37), (1, 2, 9, 8), (3, 3, 17, 1)]:
+        x = weights((hh * ww * cc, i))
+        for dt in (None, np.float16):
+            want = slow.dense_reshape(x, shape=(hh, ww, cc), order="CHW", dtype=dt)[0]
+            for offset in (0, 16):
+                out = out_at(want.shape, want.dtype, offset)
+                got = mpslayout.dense_reshape(x, shape=(hh, ww, cc), order="CHW", dtype=dt,
+                                              out=out, threads=1)[0]
+                check(("rows", hh, ww, cc, i, dt, offset), got, want)
+    for shape in [(256, 64, 1, 1), (17, 3, 1, 1), (5, 1, 1, 1), (512, 1, 3, 3), (33, 1, 5, 5)]:
+        x = weights(shape)
+        for dt in (None, np.float16):
+            if shape[1] == 1 and shape[2] > 1:
+                want = slow.depthwise_weights(x, dtype=dt)
+                fast = lambda out: mpslayout.depthwise_weights(x, dtype=dt, out=out, threads=1)
+            else:
+                want = slow.conv_weights(x, dtype=dt)
+                fast = lambda out: mpslayout.conv_weights(x, dtype=dt, out=out, threads=1)
+            for offset in (0, 4, 16, 36):
+                got = fast(out_at(want.shape, want.dtype, offset))
+                check(("copy", shape, dt, offset), got, want)
+    # in-order copies of 0-69 elements and around the loop's 32- and 128-byte steps
+    steps = [k * 32 + e for k in range(1, 9) for e in (-1, 0, 1)]
+    for n in sorted(set(range(0, 70)) | set(steps) | {1000, 4099, 16384}):
+        for dt in (np.uint8, np.float32, np.float64):
+            x = rng.integers(0, 255, size=n * np.dtype(dt).itemsize, dtype=np.uint8).view(dt)
+            for offset in (0, 8, 24):
+                out = out_at((n,), dt, offset)
+                got = mpslayout.permute(x, (0,), out=out)
+                check(("bytes", n, offset), got, slow.permute(x, (0,)))
+print(mpslayout._core.isa(), mpslayout._core.tile_kernel())
+"""
+
+
+@pytest.mark.parametrize("tile", [*KERNELS, "auto"])
+@pytest.mark.parametrize("isa", mpslayout._core.available_isas())
+def test_shape_families_on_every_kernel_match_slow_twins(isa: str, tile: str) -> None:
+    env = dict(os.environ, MPSLAYOUT_ISA=isa, MPSLAYOUT_TILE=tile)
+    proc = subprocess.run(
+        [sys.executable, "-c", FAMILIES], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == [isa, tile]
+
+
 def test_planner_picks_a_kernel_by_size() -> None:
     """The names _core.plan reports for conv weights: direct tiles for small ones, staged
     and streamed panels from 64 KiB of output, and each forced kernel when forced."""
@@ -193,7 +282,10 @@ def test_planner_picks_a_kernel_by_size() -> None:
 
     assert plan((16, 16, 3, 3)) == "tile"  # 9 KiB
     assert plan((256, 256, 3, 3)) == "stream"
-    for tile, name in [("direct", "tile"), ("staged", "staged"), ("stream", "stream")]:
+    assert plan((512, 512, 3, 3)) == "stream"  # 9.4 MB: streamed too since issue 19
+    assert plan((256, 64, 1, 1)) == "copy"  # in order: the copy loop
+    for tile, name in [("direct", "tile"), ("staged", "staged"), ("stream", "stream"),
+                       ("panel", "panel"), ("scatter", "tile"), ("copy", "tile")]:
         _core.set_tile_kernel(tile)
         try:
             assert plan((16, 16, 3, 3)) == name
@@ -201,3 +293,27 @@ def test_planner_picks_a_kernel_by_size() -> None:
             _core.set_tile_kernel("auto")
     with pytest.raises(ValueError, match="tile kernel"):
         _core.set_tile_kernel("fastest")
+
+
+def test_planner_picks_row_kernels_and_whole_panels() -> None:
+    """Rows of a Dense before a Reshape are walked in source order ("scatter"); a Linear after
+    flatten whose output is past the last-level cache runs whole panels ("panel": here
+    forced down to small sizes with MPSLAYOUT_STREAM_BYTES=0, in a fresh process)."""
+    x = np.zeros((512 * 16, 100), np.float32)
+    o = np.empty_like(x)
+    st = x.strides
+    # (C, HW, I) -> (HW, C, I): the dcgan.dense_reshape case
+    assert _core.plan(x, o, [16, 512, 100], [st[0], 16 * st[0], st[1]],
+                      [512 * 100 * 4, 100 * 4, 4]) == "scatter"
+    # the other way round, (HW, C, I) -> (C, HW, I): the destination's order has fewer streams
+    assert _core.plan(x, o, [512, 16, 100], [st[0], 512 * st[0], st[1]],
+                      [16 * 100 * 4, 100 * 4, 4]) == "row"
+    code = (
+        "import numpy as np; from mpslayout import _core\n"
+        "x = np.zeros((8, 512 * 49), np.float32); o = np.empty_like(x)\n"
+        "print(_core.plan(x, o, [8, 49, 512], [x.strides[0], 4, 196], [x.strides[0], 2048, 4]))"
+    )
+    env = dict(os.environ, MPSLAYOUT_STREAM_BYTES="0")
+    env.pop("MPSLAYOUT_TILE", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.stdout.strip() == "panel", proc.stdout + proc.stderr

@@ -4,6 +4,7 @@
 // axes are flattened into work items that the thread pool shares out.
 #include "engine.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -21,13 +22,23 @@ constexpr int64_t kItemElements = 16 * 1024;    // elements per work item (about
 constexpr int64_t kCancelBytes = int64_t(4) << 20;  // bytes between two cancel polls
 // Tile plans whose bands are contiguous destination panels (conv output channels) of at
 // most kStreamPanelBytes (the kernels' scratch buffer, rows padded by a line), in
-// destinations from kStreamMinBytes up to
-// kStreamMaxBytes, stage each panel and stream it out (kStream). Past kStreamMaxBytes a
-// plain store's line stays in the last-level cache and is not written back within the
-// call, which non-temporal stores always are: the direct tile measured faster there
-// (up to stream_bytes(), where nothing fits any more).
+// destinations from kStreamMinBytes up, stage each panel and stream it out (kStream), the
+// next panel's source prefetched meanwhile. A fused cast does so only up to
+// kStreamMaxBytes: past it a plain store's line stays in the last-level cache and is not
+// written back within the call, which non-temporal stores always are: the direct tile
+// measured faster there (up to stream_bytes(), where nothing fits any more). Plain copies
+// measured faster streamed at every size (the prefetch makes the difference).
 constexpr int64_t kStreamPanelBytes = 192 * 1024;
 constexpr int64_t kStreamMinBytes = int64_t(64) << 10, kStreamMaxBytes = int64_t(8) << 20;
+// Row plans: kScatter for rows of up to kScatterMaxRowBytes (longer ones the hardware
+// prefetcher follows on its own) from kScatterMinBytes of output (below, the rows are in
+// cache or too few to matter), when the source's order steps along a shorter axis than the
+// destination's: the side walked out of order is then a few streams, each in order (the
+// DCGAN rows: 16 write streams instead of one read stride of 6.4 kB; measured both ways).
+// kCopyLoop for in-order copies below kCopyLoopMaxBytes (past it libc's memcpy switches to
+// non-temporal stores, which the loop has not).
+constexpr int64_t kScatterMinBytes = int64_t(64) << 10, kCopyLoopMaxBytes = int64_t(4) << 20;
+constexpr int64_t kScatterMaxRowBytes = 4096;
 // Destinations past the last-level cache get non-temporal stores. MPSLAYOUT_STREAM_BYTES
 // overrides the threshold (for benchmarking the two store paths against each other).
 int64_t stream_bytes() {
@@ -143,7 +154,8 @@ void make_plan(Plan& p, Dim* dims, int n, const char* src, char* dst, int esrc, 
   p.items = p.outer_count * p.bands;
 }
 
-void run_items(const Plan& p, const KernelSet& ks, Op op, TileFn tile, int64_t begin, int64_t end) {
+void run_items(const Plan& p, const KernelSet& ks, Op op, RowFn row, TileFn tile, int64_t begin,
+               int64_t end) {
   // Where item `begin` starts: divisions once (a 64-bit divide costs ~40 cycles, per item a
   // few microseconds on a small conv weight's 64 channels), then an odometer.
   int64_t band = begin % p.bands, m = begin / p.bands;
@@ -160,7 +172,7 @@ void run_items(const Plan& p, const KernelSet& ks, Op op, TileFn tile, int64_t b
     switch (p.shape) {
       case Shape::Row: {
         const int64_t lo = band * p.band, n = std::min(p.band, p.d.n - lo);
-        ks.row[op](s + lo * p.d.ss, d + lo * p.d.ds, n);
+        row(s + lo * p.d.ss, d + lo * p.d.ds, n);
         break;
       }
       case Shape::Tile: {
@@ -187,30 +199,82 @@ void run_items(const Plan& p, const KernelSet& ks, Op op, TileFn tile, int64_t b
   }
 }
 
+const char* const kKernelNames[] = {"auto", "direct", "staged", "stream", "panel", "scatter", "copy"};
+
 TileKernel g_tile_kernel = [] {
+  TileKernel k = TileKernel::kAuto;
   const char* env = std::getenv("MPSLAYOUT_TILE");
-  if (env && std::strcmp(env, "direct") == 0) return TileKernel::kDirect;
-  if (env && std::strcmp(env, "staged") == 0) return TileKernel::kStaged;
-  if (env && std::strcmp(env, "stream") == 0) return TileKernel::kStream;
-  return TileKernel::kAuto;
+  if (env) parse_tile_kernel(env, &k);
+  return k;
 }();
 
-// The transpose kernel for a tile plan (see TileKernel); kAuto's thresholds were measured on
-// the 2-core EPYC VM (bench/README.md, "Kernels per shape").
-TileKernel tile_kernel_for(const Plan& p, int edst, int64_t dst_bytes) {
+// The outer axis a walk in the source's order steps along fastest (smallest |stride|).
+const Dim& source_inner(const Plan& p) {
+  int best = 0;
+  for (int i = 1; i < p.nouter; ++i)
+    if (iabs(p.outer[i].ss) < iabs(p.outer[best].ss)) best = i;
+  return p.outer[best];
+}
+
+// The kernel for a plan (see TileKernel); kAuto's thresholds were measured on the 2-core
+// EPYC VM (bench/README.md, "Kernels per shape").
+TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_bytes) {
+  if (p.shape == Shape::Row) {
+    const bool copy = op <= kCopy8;  // kCopy1..kCopy8 come first in Op
+    TileKernel k = g_tile_kernel;
+    if (k == TileKernel::kAuto) {
+      if (p.nouter > 0 && p.d.n * esrc <= kScatterMaxRowBytes && dst_bytes >= kScatterMinBytes &&
+          source_inner(p).n < p.outer[p.nouter - 1].n)
+        k = TileKernel::kScatter;
+      else if (copy && p.nouter == 0 && dst_bytes < kCopyLoopMaxBytes)
+        k = TileKernel::kCopyLoop;
+    }
+    if (k == TileKernel::kScatter && p.nouter > 0) return k;
+    if (k == TileKernel::kCopyLoop && copy) return k;
+    return TileKernel::kDirect;
+  }
   if (p.shape != Shape::Tile) return TileKernel::kDirect;
-  if (g_tile_kernel != TileKernel::kAuto) return g_tile_kernel;
-  if (dst_bytes >= stream_bytes()) return TileKernel::kStream;
-  const bool panels = p.a.ds == p.d.n * edst && p.band * (p.d.n * edst + 64) <= kStreamPanelBytes;
-  return panels && dst_bytes >= kStreamMinBytes && dst_bytes < kStreamMaxBytes
-             ? TileKernel::kStream
-             : TileKernel::kDirect;
+  const bool panels = p.a.ds == p.d.n * edst;  // each band's rows are one contiguous panel
+  const bool whole = panels && p.a.n * (p.d.n * edst + 64) <= kStreamPanelBytes;
+  TileKernel k = g_tile_kernel;
+  if (k == TileKernel::kAuto) {
+    if (dst_bytes >= stream_bytes()) {
+      k = whole && p.band < p.a.n ? TileKernel::kPanel : TileKernel::kStream;
+    } else {
+      const bool fits = panels && p.band * (p.d.n * edst + 64) <= kStreamPanelBytes;
+      const bool below = esrc == edst || dst_bytes < kStreamMaxBytes;
+      k = fits && dst_bytes >= kStreamMinBytes && below ? TileKernel::kStream : TileKernel::kDirect;
+    }
+  }
+  if (k == TileKernel::kPanel) return whole ? k : TileKernel::kStream;
+  if (k == TileKernel::kScatter || k == TileKernel::kCopyLoop) return TileKernel::kDirect;
+  return k;
+}
+
+// Applies a kernel's own walk to a plan: kScatter orders the outer axes by source stride
+// (rows read in address order, written where they go); kPanel makes each whole panel one
+// work item.
+void shape_plan_for(Plan& p, TileKernel k) {
+  if (k == TileKernel::kScatter) {  // stable insertion sort: nothing allocated on a call
+    for (int i = 1; i < p.nouter; ++i) {
+      const Dim x = p.outer[i];
+      int j = i;
+      for (; j > 0 && iabs(p.outer[j - 1].ss) < iabs(x.ss); --j) p.outer[j] = p.outer[j - 1];
+      p.outer[j] = x;
+    }
+    return;
+  }
+  if (k != TileKernel::kPanel) return;
+  p.band = p.a.n;
+  p.bands = 1;
+  p.items = p.outer_count;
 }
 
 TileFn tile_fn(const KernelSet& ks, Op op, TileKernel k) {
   switch (k) {
     case TileKernel::kStaged: return ks.staged_tile[op];
-    case TileKernel::kStream: return ks.stream_tile[op];
+    case TileKernel::kStream:
+    case TileKernel::kPanel: return ks.stream_tile[op];
     default: return ks.tile[op];
   }
 }
@@ -265,13 +329,15 @@ bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc
   const KernelSet& ks = kernels();
   const Op op = op_for(cast, esrc);
   const int64_t bytes = elements * (esrc + edst);
-  const TileKernel kernel = tile_kernel_for(p, edst, elements * edst);
+  const TileKernel kernel = kernel_for(p, op, esrc, edst, elements * edst);
+  shape_plan_for(p, kernel);
   const TileFn tile = tile_fn(ks, op, kernel);
+  const RowFn row = kernel == TileKernel::kCopyLoop ? ks.copy_row[op] : ks.row[op];
   // non-temporal stores are weakly ordered: each thread fences its own before it reports
-  const bool fence = kernel == TileKernel::kStream;
+  const bool fence = kernel == TileKernel::kStream || kernel == TileKernel::kPanel;
   if (threads <= 1 || bytes < kParallelBytes || p.items == 1) {
     if (!cancel.poll || bytes < kCancelBytes) {  // the short path: one call, no chunks
-      run_items(p, ks, op, tile, 0, p.items);
+      run_items(p, ks, op, row, tile, 0, p.items);
       if (fence) std::atomic_thread_fence(std::memory_order_seq_cst);
       return true;
     }
@@ -284,7 +350,7 @@ bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc
   std::atomic<bool> stop{false};
   auto body = [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e && !stop.load(std::memory_order_relaxed); i += chunk) {
-      run_items(p, ks, op, tile, i, std::min(e, i + chunk));
+      run_items(p, ks, op, row, tile, i, std::min(e, i + chunk));
       if (fence) std::atomic_thread_fence(std::memory_order_seq_cst);
       if (cancel.poll && std::this_thread::get_id() == caller && cancel.poll(cancel.ctx)) stop.store(true);
     }
@@ -313,7 +379,24 @@ bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int t
   return true;
 }
 
+void copy_in_order(const char* src, char* dst, int64_t bytes) {
+  const TileKernel k = g_tile_kernel;
+  if (k == TileKernel::kCopyLoop || (k == TileKernel::kAuto && bytes < kCopyLoopMaxBytes))
+    kernels().copy_row[kCopy1](src, dst, bytes);
+  else if (bytes > 0)
+    std::memcpy(dst, src, static_cast<size_t>(bytes));
+}
+
 TileKernel tile_kernel_override() { return g_tile_kernel; }
+const char* tile_kernel_name(TileKernel k) { return kKernelNames[static_cast<int>(k)]; }
+bool parse_tile_kernel(const char* name, TileKernel* k) {
+  for (int i = 0; i < static_cast<int>(sizeof(kKernelNames) / sizeof(kKernelNames[0])); ++i)
+    if (std::strcmp(name, kKernelNames[i]) == 0) {
+      *k = static_cast<TileKernel>(i);
+      return true;
+    }
+  return false;
+}
 void set_tile_kernel_override(TileKernel k) { g_tile_kernel = k; }
 
 const char* describe_plan(const Request& req) {
@@ -330,12 +413,14 @@ const char* describe_plan(const Request& req) {
   Plan p;
   make_plan(p, scratch, n, box.src, box.dst, req.esrc, req.edst);
   if (p.items == 0) return "empty";
+  const TileKernel k = kernel_for(p, op_for(req.cast, req.esrc), req.esrc, req.edst, elements * req.edst);
   switch (p.shape) {
-    case Shape::Row: return "row";
+    case Shape::Row: return k == TileKernel::kScatter ? "scatter" : k == TileKernel::kCopyLoop ? "copy" : "row";
     case Shape::Tile:
-      switch (tile_kernel_for(p, req.edst, elements * req.edst)) {
+      switch (k) {
         case TileKernel::kStaged: return "staged";
         case TileKernel::kStream: return "stream";
+        case TileKernel::kPanel: return "panel";
         default: return "tile";
       }
     default: return "strided";

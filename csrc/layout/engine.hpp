@@ -61,14 +61,27 @@ bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int t
 bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc, int edst,
                  Cast cast, int threads, Cancel cancel = {});
 
-// Which transpose kernel a tile plan runs: the direct 8x8 tile into the destination, or
-// each panel (one output channel's (kH*kW, I) block of a conv weight) staged in an
-// L1/L2 buffer and copied out in address order, with plain stores (kStaged) or
-// non-temporal ones (kStream). kAuto picks by size (see engine.cpp);
-// MPSLAYOUT_TILE=direct|staged|stream forces one (tests, benchmarks).
-enum class TileKernel { kAuto, kDirect, kStaged, kStream };
+// Which kernel a plan runs. Tile plans (a transpose): the direct 8x8 tile into the
+// destination, or each panel (one output channel's (kH*kW, I) block of a conv weight)
+// staged in an L1/L2 buffer and copied out in address order, with plain stores (kStaged)
+// or non-temporal ones (kStream); kPanel makes a whole contiguous panel one work item
+// (the Linear-after-flatten's 49x512 per output row, split in bands of 32 rows otherwise)
+// and streams it out. Row plans (contiguous rows): kScatter walks the rows in the source's
+// order and writes each where it goes (rows of a few hundred bytes that the destination's
+// order would gather from far apart: a Dense before a Reshape); kCopyLoop copies an in-order box with the ISA's own copy loop instead of libc's
+// memcpy. A kernel forced for the other kind of plan runs that plan's plain kernel
+// (direct tiles, memcpy rows). kAuto picks by shape and size (see engine.cpp);
+// MPSLAYOUT_TILE=direct|staged|stream|panel|scatter|copy forces one (tests, benchmarks).
+enum class TileKernel { kAuto, kDirect, kStaged, kStream, kPanel, kScatter, kCopyLoop };
 TileKernel tile_kernel_override();
 void set_tile_kernel_override(TileKernel k);  // not thread-safe: tests and tools only
+// "auto", "direct", ...; parse returns false for an unknown name.
+const char* tile_kernel_name(TileKernel k);
+bool parse_tile_kernel(const char* name, TileKernel* k);
+
+// A straight copy of `bytes` on the calling thread (the bindings' short path for in-order
+// boxes): the ISA's copy loop (kCopyLoop) where the planner would pick it, else memcpy.
+void copy_in_order(const char* src, char* dst, int64_t bytes);
 
 // Describes the kernel the planner picks for a request's first box (for tests and bench).
 const char* describe_plan(const Request& req);

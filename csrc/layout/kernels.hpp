@@ -33,6 +33,7 @@ struct KernelSet {
   StridedFn strided[kNumOps];
   TileFn staged_tile[kNumOps];  // tile variant building each panel in a buffer, copied out
   TileFn stream_tile[kNumOps];  // the same leaving with non-temporal stores (the caller fences)
+  RowFn copy_row[kNumOps];      // copies (kCopy1..8): the ISA's own copy loop; others: row
 };
 
 inline namespace MPSLAYOUT_ISA_NS {  // see cast.hpp

@@ -168,7 +168,7 @@ static int row_cases(const KernelSet& ks, const KernelSet& ref, const OpInfo& o)
   int bad = 0;
   std::vector<int64_t> lengths;
   for (int64_t n = 0; n <= 40; ++n) lengths.push_back(n);
-  for (int64_t n : {63, 64, 65, 100, 255, 1001}) lengths.push_back(n);
+  for (int64_t n : {63, 64, 65, 100, 127, 128, 129, 255, 1001, 4099}) lengths.push_back(n);
   for (int64_t n : lengths)
     for (int64_t soff : {0, 1})
       for (int64_t doff : {0, 3}) {
@@ -177,6 +177,12 @@ static int row_cases(const KernelSet& ks, const KernelSet& ref, const OpInfo& o)
         const bool same = same_output(ks, ref, src, soff, n * o.ed + 8, doff,
             [&](const KernelSet& k, const char* s, char* d) { k.row[o.op](s, d, n); });
         bad += report(same, "row", o, n, 0, soff, doff);
+        // the in-order copy loop (kCopyLoop) against the scalar row
+        const bool loop = same_output(ks, ref, src, soff, n * o.ed + 8, doff,
+            [&](const KernelSet& k, const char* s, char* d) {
+              (&k == &ref ? k.row : k.copy_row)[o.op](s, d, n);
+            });
+        bad += report(loop, "copy_row", o, n, 0, soff, doff);
       }
   return bad;
 }
