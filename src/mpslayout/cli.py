@@ -109,11 +109,24 @@ def _name_dims(text: str) -> tuple[str, tuple[int, ...]]:
     return _name_ints(text, None)
 
 
-def _unique(pairs: list[tuple[str, tuple[int, ...]]], flag: str) -> dict[str, tuple[int, ...]]:
-    out: dict[str, tuple[int, ...]] = {}
+def _name_kind(text: str) -> tuple[str, str]:
+    """NAME=KIND: for --kind."""
+    from .export.plan import WEIGHT_KINDS
+
+    name, sep, kind = text.partition("=")
+    if not sep or not name or kind not in WEIGHT_KINDS:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=KIND with KIND one of {', '.join(WEIGHT_KINDS)} (e.g. "
+            f"up.0=conv_transpose), got {text!r}")
+    return name, kind
+
+
+def _unique(pairs: list[tuple[str, Any]], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for name, value in pairs:
         if name in out and out[name] != value:
-            raise ValueError(f"{flag} gives {name!r} twice: {list(out[name])} and {list(value)}")
+            a, b = (list(v) if isinstance(v, tuple) else v for v in (out[name], value))
+            raise ValueError(f"{flag} gives {name!r} twice: {a} and {b}")
         out[name] = value
     return out
 
@@ -133,6 +146,7 @@ def _export(args: argparse.Namespace) -> int:
             input_shapes=dict(args.input_shape),
             reshapes=dict(args.reshape),
             input_dims=_unique(args.input_dims, "--input-dims"),
+            kinds=_unique(args.kind, "--kind"),
             progress=not args.quiet,
             force=args.force,
             target=args.target,
@@ -162,6 +176,13 @@ def _export(args: argparse.Namespace) -> int:
             for note in layer["notes"]:
                 if note.startswith("not exact: "):
                     print(f"not exact on MPS: {layer['name']}: {note[11:]}")
+        guessed = [x["name"] for x in doc["layers"]
+                   if any(n.startswith("read as ") for n in x["notes"])
+                   and x["name"] not in doc["options"].get("kinds", {})]
+        if guessed:  # a bare state_dict: the kind came from the weight's rank
+            print(f"assumed from the weight's rank (a state_dict does not store the kind): "
+                  f"{', '.join(guessed[:8])}{', ...' if len(guessed) > 8 else ''}; "
+                  "--kind NAME=conv|conv_transpose|depthwise|linear where that is wrong")
         print(
             f"exported {len(doc['layers'])} layers ({doc['total_bytes']} bytes, "
             f"{doc['weights_dtype']} weights) to {args.output}"
@@ -413,6 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=H,W,C",
         help="sizes of a reshape after a fully connected layer (its neurons in "
         "PyTorch view(-1, C, H, W) order; Keras Reshape order for Keras files)",
+    )
+    p.add_argument(
+        "--kind",
+        type=_name_kind,
+        action="append",
+        default=[],
+        metavar="NAME=KIND",
+        help="what a bare state_dict's weight is (repeatable; NAME as in --input-shape): conv, "
+        "conv_transpose, depthwise or linear; without it a 3-D/4-D weight is a convolution "
+        "and a 2-D one a Linear",
     )
     p.add_argument(
         "--force", action="store_true", help="replace OUTDIR if it is empty or an earlier export"

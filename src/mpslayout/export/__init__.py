@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .plan import ExportError, Overrides, Plan
+from .plan import WEIGHT_KINDS, ExportError, Overrides, Plan
 from .progress import Progress
 from .targets.mps.writer import safe_stem, write_all
 
@@ -70,6 +70,23 @@ def _shape_table(table: Mapping[str, Sequence[int]] | None, what: str,
     return out
 
 
+def _kinds_table(table: Mapping[str, str] | None) -> dict[str, str]:
+    """``kinds`` checked: layer name -> a name of WEIGHT_KINDS."""
+    if table is None:
+        return {}
+    if not isinstance(table, Mapping):
+        raise TypeError(f"kinds must be a mapping of layer name to kind, got "
+                        f"{type(table).__name__}")
+    for name, kind in table.items():
+        if not isinstance(name, str) or not name or not isinstance(kind, str):
+            raise TypeError(f"kinds maps layer names (str) to kinds (str), got {name!r}: "
+                            f"{kind!r}")
+        if kind not in WEIGHT_KINDS:
+            raise ValueError(f"kinds[{name!r}] is {kind!r}; the kinds are "
+                             f"{', '.join(WEIGHT_KINDS)}")
+    return dict(table)
+
+
 def _dims_table(table: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
     """``input_dims`` checked: input name -> a non-empty tuple of positive ints."""
     if table is None:
@@ -118,6 +135,9 @@ def _refuse_mlx_file(path: str) -> None:
 
 
 def _read(path: str, fmt: str, fold_bn: bool, overrides: Overrides) -> Plan:
+    if overrides.kinds and fmt in ("onnx", "keras"):
+        raise ValueError(f"kinds says what a bare state_dict's weight is; {path} is a {fmt} "
+                         "file, whose graph says each layer's kind")
     if fmt == "onnx":
         from .sources.onnx import reader
 
@@ -189,6 +209,7 @@ def export(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     reshapes: Mapping[str, Sequence[int]] | None = None,
     input_dims: Mapping[str, Sequence[int]] | None = None,
+    kinds: Mapping[str, str] | None = None,
     progress: bool = True,
     force: bool = False,
     quantize: str = "linear",
@@ -224,7 +245,11 @@ def export(
     ``input_dims``: ``{input: (d0, d1, ...)}`` fixes an ONNX graph's input dims before shape
     inference, so that shapes the graph leaves symbolic (a Linear after a flatten, reshape
     targets, SAME padding, the manifest's image sizes) become known; without it the dims in
-    the model are used. The manifest's ``inputs`` records the dims used. ``progress``:
+    the model are used. The manifest's ``inputs`` records the dims used. ``kinds``:
+    ``{name: kind}`` for a bare state_dict (PyTorch .pt/.pth or safetensors), what a
+    module's weight is (:data:`~mpslayout.export.plan.WEIGHT_KINDS`: conv, conv_transpose,
+    depthwise, linear); without it a 3-D/4-D weight is a convolution and a 2-D one a
+    Linear, and the manifest's assumptions say so. ``progress``:
     a progress bar on stderr when it is a terminal. ``force``: replace an existing OUTDIR
     (only an empty folder or an earlier export).
 
@@ -275,7 +300,8 @@ def export(
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
     overrides = Overrides(_shape_table(input_shapes, "input_shapes"),
-                          _shape_table(reshapes, "reshapes"), _dims_table(input_dims))
+                          _shape_table(reshapes, "reshapes"), _dims_table(input_dims),
+                          _kinds_table(kinds))
     if target == "mlx":
         from .targets.mlx.writer import check_outfile
 
@@ -290,8 +316,9 @@ def export(
     plan = _read(path, fmt, fold_bn, overrides)
     unused = overrides.unused()
     if unused:
-        raise ValueError(f"{', '.join(unused)} name no layer that reads a flattened image or "
-                         "feeds a reshape")
+        raise ValueError(f"{', '.join(unused)} name no layer they apply to (input_shapes: one "
+                         "reading a flattened image; reshapes: one feeding a reshape; kinds: "
+                         "a module of the state_dict with a weight)")
     taken: set[str] = set()
     for layer in plan.layers:  # stems of the whole model, so that only= does not rename
         layer.file_stem = safe_stem(layer.name, taken)
@@ -316,6 +343,7 @@ def export(
             "input_shapes": {k: list(v) for k, v in overrides.input_shapes.items()},
             "reshapes": {k: list(v) for k, v in overrides.reshapes.items()},
             "input_dims": {k: list(v) for k, v in overrides.input_dims.items()},
+            "kinds": dict(overrides.kinds),
         },
         "inputs": plan.inputs,
         "skipped": plan.skipped,

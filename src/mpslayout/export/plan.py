@@ -25,6 +25,15 @@ KINDS = ("convolution", "depthwise", "transposed", "fully_connected", "subpixel"
 RULES = ("conv", "depthwise", "expand_depthwise", "transposed", "fc", "dense_reshape",
          "conv_subpixel", "batch_norm", "arithmetic", "tensor", "lstm", "gru", "rnn")
 BN_ROLES = ("gamma", "beta", "mean", "variance")
+# What ``--kind NAME=KIND`` (``kinds={NAME: KIND}``) may say a bare state_dict's weight is,
+# with the PyTorch layout it then has (a graph says each layer's kind itself). Without it,
+# a 3-D/4-D/5-D weight is a convolution and a 2-D one a Linear. Every target reads these.
+WEIGHT_KINDS = {
+    "conv": "Conv1d/Conv2d (O, I/groups, [kH,] kW), groups=1",
+    "conv_transpose": "ConvTranspose1d/2d (I, O, [kH,] kW), groups=1",
+    "depthwise": "a depthwise Conv1d/Conv2d (C, 1, [kH,] kW), groups=C",
+    "linear": "Linear (O, I)",
+}
 
 _F4 = np.dtype(np.float32)
 
@@ -251,17 +260,25 @@ def scaled(a: np.ndarray, scale: np.ndarray | None, axis: int | None = None,
 
 @dataclass
 class Overrides:
-    """What the user said the graph does not (``input_shapes``, ``reshapes``), by layer
-    name; remembers which names were used so that a typo is an error, not a no-op.
-    ``input_dims``: the graph inputs' dims, by input name (checked by the ONNX reader)."""
+    """What the user said the graph does not (``input_shapes``, ``reshapes``, ``kinds``:
+    a state_dict weight's :data:`WEIGHT_KINDS`), by layer name; remembers which names were
+    used so that a typo is an error, not a no-op. ``input_dims``: the graph inputs' dims,
+    by input name (checked by the ONNX reader)."""
 
     input_shapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     reshapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     input_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
     used: set[tuple[str, str]] = field(default_factory=set)
 
-    def get(self, what: str, names: Any) -> tuple[int, int, int] | None:
-        table = self.input_shapes if what == "input_shapes" else self.reshapes
+    def __post_init__(self) -> None:
+        for name, kind in self.kinds.items():
+            if kind not in WEIGHT_KINDS:
+                raise ValueError(f"kinds[{name!r}] is {kind!r}; the kinds are "
+                                 f"{', '.join(WEIGHT_KINDS)}")
+
+    def get(self, what: str, names: Any) -> Any:
+        table = getattr(self, what)
         for n in names:
             if n in table:
                 self.used.add((what, n))
@@ -269,7 +286,7 @@ class Overrides:
         return None
 
     def unused(self) -> list[str]:
-        return [f"{what}[{n!r}]" for what in ("input_shapes", "reshapes")
+        return [f"{what}[{n!r}]" for what in ("input_shapes", "reshapes", "kinds")
                 for n in getattr(self, what) if (what, n) not in self.used]
 
 

@@ -11,7 +11,6 @@ from .layer_steps import LayerSteps
 from .layers import LAYER_OPS
 from .op_steps import OpSteps
 from .report import Row
-from .values import as_val
 
 __all__ = ["Executor"]
 
@@ -21,7 +20,7 @@ class Executor(LayerSteps, OpSteps):
 
     def run(self, feeds: dict[str, np.ndarray]) -> None:
         for name, a in feeds.items():
-            self.vals[name] = as_val(a, self.storage)
+            self.vals[name] = self._oracle(name, a)
         for layer in self.unmapped:
             self.report.rows.append(Row(
                 len(self.report.rows) + 1, layer.name,

@@ -13,7 +13,7 @@ from .layers import Segment, TapCoverage, arithmetic_layer, run_layer, tap_cover
 from .meaning import channel_image
 from .quant_bounds import requantized, weight_error
 from .report import Row
-from .values import Val, as_image, as_val
+from .values import Val, as_image
 from .walk import Walk
 
 __all__ = ["LayerSteps"]
@@ -27,7 +27,7 @@ class LayerSteps(Walk):
         like = self.values.get(seg.end)
         if rs is not None and like is not None and like.ndim == 2:
             return str(rs.get("source_order", "CHW"))
-        return None
+        return self._ncw(seg.end)
 
     def _quant_term(self, seg: Segment, x: R.Image, dest: tuple[int, int] | None
                     ) -> np.ndarray | None:
@@ -98,7 +98,7 @@ class LayerSteps(Walk):
             try:
                 y, _, _ = self._layer(seg, self._input(img_in).image,  # type: ignore[arg-type]
                                       self._image_tensor(img_in))
-                self.vals[seg.end] = Val(y)
+                self.vals[seg.end] = Val(y, self._flat(seg))
                 self._unjudged(seg.nodes, f"layer {seg.layer.name!r}'s output {seg.end!r}")
                 return
             except (VerifyError, ValueError, KeyError):
@@ -130,7 +130,7 @@ class LayerSteps(Walk):
                 self._untested_taps(seg, row, cov)
             src_t = self._image_tensor(img_in)
             if src_t in self.values:  # isolated: the oracle's input, rounded to storage
-                x_iso = as_val(self.values[src_t], self.storage).image
+                x_iso = self._oracle(src_t).image
                 if x_iso is None:
                     raise VerifyError(f"the oracle's {src_t!r} is not an image")
                 y_iso, err, part = self._layer(seg, x_iso, src_t)
@@ -141,7 +141,7 @@ class LayerSteps(Walk):
         except (VerifyError, ValueError, KeyError) as e:
             row.error = str(e) if isinstance(e, VerifyError) else f"{type(e).__name__}: {e}"
             if seg.end in self.values:
-                self.vals[seg.end] = as_val(self.values[seg.end], self.storage)
+                self.vals[seg.end] = self._oracle(seg.end)
         if requantized(seg.layer):
             row.notes.append(self._quant_note(seg, row))
 

@@ -129,16 +129,27 @@ def _pads_from_node(g: Graph, i: int) -> list[int] | None:
         return [0, 0, 0, 0]
     if auto != "NOTSET":
         return None
-    return [int(v) for v in a.get("pads", [0, 0, 0, 0])]
+    p = [int(v) for v in a.get("pads", [0, 0, 0, 0])]
+    return [0, p[0], 0, p[1]] if len(p) == 2 else p  # a 1-D one: height 1, no padding
+
+
+def _node_xy(g: Graph, i: int, key: str) -> tuple[int, int] | None:
+    """A Conv node's strides or dilations as (x, y) (a 1-D one's are along x), or None."""
+    v = [int(x) for x in g.attrs(i).get(key, [])]
+    if len(v) == 1:
+        return v[0], 1
+    return (v[1], v[0]) if len(v) == 2 else None
 
 
 def geometry(g: Graph, seg: Segment) -> dict[str, Any]:
     """Strides, dilation, groups and offset (or kernel_offset) of a convolution layer,
     from the manifest, or from the node's pads when the manifest has none."""
     e = seg.layer.entry
-    geo: dict[str, Any] = {"strides": _xy(e, "strides", (1, 1)),
-                           "dilation": _xy(e, "dilations", (1, 1)),
-                           "groups": int(e.get("groups") or 1)}
+    # a state_dict's manifest has no strides or dilations: the node's
+    geo: dict[str, Any] = {
+        "strides": _xy(e, "strides", _node_xy(g, seg.nodes[0], "strides") or (1, 1)),
+        "dilation": _xy(e, "dilations", _node_xy(g, seg.nodes[0], "dilations") or (1, 1)),
+        "groups": int(e.get("groups") or 1)}
     key = "kernel_offset" if seg.layer.kind == "transposed" else "offset"
     geo[key] = _xy(e, key, None)
     if geo[key] is None:

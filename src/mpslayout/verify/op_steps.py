@@ -139,7 +139,7 @@ class OpSteps(MeaningSteps):
         inner = [self.g.nodes[j].output[0] for j in f.nodes if j != f.last]
         for t in inner:
             if t in self.values:
-                self.vals[t] = as_val(self.values[t], self.storage)
+                self.vals[t] = self._oracle(t)
         for j in f.nodes:
             if j in self.segments:
                 self._run_layer(self.segments[j])
@@ -292,9 +292,9 @@ class OpSteps(MeaningSteps):
         row = Row(len(self.report.rows) + 1, self.g.names[i], n.op_type, kernel.mps, False,
                   out, list(like.shape))
         try:
-            iso = [as_val(self.values[t], self.storage).image if t in self.values else None
+            iso = [self._oracle(t).image if t in self.values else None
                    for t in kernel.images]
-            flat = self._input(kernel.images[0]).flat if like.ndim == 2 else None
+            flat = self._input(kernel.images[0]).flat if like.ndim == 2 else self._ncw(out)
             if all(v is not None for v in iso):
                 y_iso, err = self._op_result(kernel, iso, i)  # type: ignore[arg-type]
                 row.isolated = self._check(Val(y_iso, flat), like, err)
@@ -306,7 +306,7 @@ class OpSteps(MeaningSteps):
                 self._borrow(i, str(e))
                 return
             row.error = str(e)
-            self.vals[out] = as_val(like, self.storage)
+            self.vals[out] = self._oracle(out, like)
         self.report.rows.append(row)
         self.report.operators_verified += 1
         self.done.add(i)

@@ -15,6 +15,7 @@ from .graph import Graph, NodeView
 from .layers import map_layers
 from .patterns import gelu_chains
 from .report import Check, Report
+from .sequences import ncw_tensors
 from .values import Val, as_image, as_oracle, as_val
 
 __all__ = ["PASS", "Walk"]
@@ -58,6 +59,7 @@ class Walk:
                                                   for d in vi.type.tensor_type.shape.dim)
             for vi in g.inputs)
         self.unmapped = unmapped
+        self.ncw = ncw_tensors(g, values)  # (N, C, L) tensors: images 1 pixel high
         self.fused = gelu_chains(g)  # node -> the chain of nodes one MPS kernel computes
         self.progress: Any = None  # called with a line of progress, or None
 
@@ -72,6 +74,16 @@ class Walk:
             return a
         return a.reshape(c.shape)
 
+    def _oracle(self, tensor: str, a: np.ndarray | None = None) -> Val:
+        """The oracle's value of ``tensor`` (or ``a`` in its place) as the executor holds
+        it, rounded to storage."""
+        return as_val(self.values[tensor] if a is None else a, self.storage,
+                      tensor in self.ncw)
+
+    def _ncw(self, tensor: str) -> str | None:
+        """"NCW" for a channel-first sequence (:mod:`.sequences`), else None."""
+        return "NCW" if tensor in self.ncw else None
+
     def _input(self, tensor: str) -> Val:
         return self.vals.get(tensor, Val(None))
 
@@ -79,7 +91,7 @@ class Walk:
         n = self.g.nodes[i]
         for o in n.output:
             if o in self.values:
-                self.vals[o] = as_val(self.values[o], self.storage)
+                self.vals[o] = self._oracle(o)
         if reason is None:
             self.report.shape_operators += 1
         else:
@@ -89,6 +101,8 @@ class Walk:
     def _dest(self, tensor: str) -> tuple[int, int] | None:
         a = self.values.get(tensor)
         shape = tuple(a.shape) if a is not None else self.g.shapes.get(tensor)
+        if shape is not None and len(shape) == 3 and tensor in self.ncw:
+            return int(shape[2]), 1  # (N, C, L): 1 pixel high, L wide
         if shape is None or len(shape) != 4:
             return None
         return int(shape[3]), int(shape[2])
@@ -109,7 +123,8 @@ class Walk:
     def _delta(self, img: R.Image, tensor: str) -> np.ndarray:
         """|img - the oracle's value of tensor|, NHWC (inf when the oracle has none)."""
         ref = self.values.get(tensor)
-        v = None if ref is None else as_val(ref.astype(np.float64), np.float32).image
+        v = None if ref is None else as_val(ref.astype(np.float64), np.float32,
+                                            tensor in self.ncw).image
         if v is None or v.shape != img.shape:
             return np.full(img.shape, np.inf)
         return np.abs(img.nhwc() - v.nhwc())

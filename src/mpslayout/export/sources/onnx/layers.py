@@ -20,6 +20,7 @@ import numpy as np
 from ... import geometry as mf
 from ...plan import Layer, SkipLayer, TensorRef, folded_bias, is_float
 from ...reshape import reshape_layer
+from . import axes
 from .fold import fold_chain
 from .graph import POINTWISE, Graph
 
@@ -40,21 +41,27 @@ def absmax(w: TensorRef, factor: float = 1.0) -> Callable[[], float]:
     return get
 
 
+CONV1D_NOTE = ("a 1-D convolution (3-D weight): exported as an MPS convolution of kernel "
+               "height 1 whose width axis is the sequence; run it on the (N, C, L) "
+               "activations as an image 1 pixel high and L wide (docs/layouts.md section 1)")
+
+
 def conv(g: Graph, node: Any) -> None:
     name = g.name(node)
     w5 = g.weight(node, 1, "weight")
     if w5 is not None and len(w5.shape) == 5:
         raise SkipLayer(f"Conv3d (weight {list(w5.shape)}): MPSCNN has no 3-D convolution",
                         unsupported=True)
-    w, a, stride, dil, grp = g.kernel(node)
+    one_d = axes.is_1d(g, node)
+    w, a, stride, dil, grp = axes.kernel(g, node)
     o, ig, kh, kw = w.shape
     if o % grp:
         raise ValueError(f"node {name!r}: group={grp} does not divide its {o} output channels")
     cin = ig * grp
     b = g.vector(node, 2, o, "bias")
-    in_hw = g.spatial(node.input[0])
-    pads = g.pads(node, a, in_hw, (kh, kw), stride, dil)
-    f = fold_chain(g, node.output[0], o, 4, 1, absmax(w))
+    in_hw = axes.spatial(g, node.input[0], one_d)
+    pads = axes.pads(g, node, a, in_hw, (kh, kw), stride, dil, one_d)
+    f = fold_chain(g, node.output[0], o, 3 if one_d else 4, 1, absmax(w))
     out, scale, shift = f.out, f.scale, f.shift
     end, nxt, through = g.follow(out)
     source = {"format": "onnx", "node": name, "op": "Conv", "weights": w.name,
@@ -62,12 +69,14 @@ def conv(g: Graph, node: Any) -> None:
               "output": end}
     geo = mf.conv_geometry(kh=kh, kw=kw, cin=cin, cout=o, groups=grp, stride=stride,
                            dilation=dil, pads=pads, in_hw=in_hw,
-                           out_hw=g.spatial(node.output[0]))
+                           out_hw=axes.spatial(g, node.output[0], one_d))
     bias = folded_bias(b, o, name, scale, shift)
     w_scale = None if scale is None else scale.reshape(o, 1, 1, 1)
     layer = Layer(name, "convolution", "conv", source, w, bias,
                   {"layout": "OIHW", "groups": grp}, geo, w_scale)
-    if nxt is not None and nxt.op_type == "DepthToSpace" and grp == 1:
+    if one_d:
+        layer.notes.append(CONV1D_NOTE)
+    if nxt is not None and nxt.op_type == "DepthToSpace" and grp == 1 and not one_d:
         da = g.attrs(nxt)
         r = da.int("blocksize", 0)
         mode = da.text("mode", "DCR")
@@ -107,16 +116,19 @@ def conv(g: Graph, node: Any) -> None:
 
 def conv_transpose(g: Graph, node: Any) -> None:
     name = g.name(node)
-    w, a, stride, dil, grp = g.kernel(node)
+    one_d = axes.is_1d(g, node)
+    w, a, stride, dil, grp = axes.kernel(g, node)
     cin, og, kh, kw = w.shape
     if cin % grp:
         raise ValueError(f"node {name!r}: group={grp} does not divide its {cin} input channels")
     o = og * grp
     b = g.vector(node, 2, o, "bias")
-    op = a.pair("output_padding", 0, minimum=0)
-    in_hw = g.spatial(node.input[0])
+    op = axes.output_padding(g, node, one_d)
+    in_hw = axes.spatial(g, node.input[0], one_d)
     auto = a.text("auto_pad", "NOTSET")
     out_shape = a.ints("output_shape")
+    if out_shape is not None and one_d:
+        out_shape = [1, *out_shape[-1:]]
     if out_shape is not None and len(out_shape) < 2:
         raise ValueError(f"node {name!r}: output_shape {out_shape} is not 2-D")
     if out_shape is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -137,21 +149,23 @@ def conv_transpose(g: Graph, node: Any) -> None:
             p.append((begin, total - begin))
         pads = (p[0][0], p[1][0], p[0][1], p[1][1])
     else:
-        pads = g.pads(node, a, in_hw, (kh, kw), stride, dil)
-    f = fold_chain(g, node.output[0], o, 4, 1, absmax(w))
+        pads = axes.pads(g, node, a, in_hw, (kh, kw), stride, dil, one_d)
+    f = fold_chain(g, node.output[0], o, 3 if one_d else 4, 1, absmax(w))
     out, scale, shift = f.out, f.scale, f.shift
     source = {"format": "onnx", "node": name, "op": "ConvTranspose", "weights": w.name,
               "bias": b.name if b is not None else None, "input": node.input[0],
               "output": out}
     geo = mf.transposed_geometry(kh=kh, kw=kw, cin=cin, cout=o, groups=grp, stride=stride,
                                  dilation=dil, pads=pads, output_padding=op, in_hw=in_hw,
-                                 out_hw=g.spatial(node.output[0]))
+                                 out_hw=axes.spatial(g, node.output[0], one_d))
     w_scale = None
     if scale is not None:  # output channel j*O/grp + o of Wt[j*I/grp + i][o]
         w_scale = np.repeat(scale.reshape(grp, og), cin // grp, axis=0)[:, :, None, None]
     layer = Layer(name, "transposed", "transposed", source, w,
                   folded_bias(b, o, name, scale, shift),
                   {"layout": "IOHW", "groups": grp}, geo, w_scale)
+    if one_d:
+        layer.notes.append(CONV1D_NOTE)
     if dil != (1, 1):
         layer.notes.append("kernel_offset with dilation uses (k/2)*d - (k-1)*d + pad, "
                            "extended from docs/layouts.md section 3, Transposed "

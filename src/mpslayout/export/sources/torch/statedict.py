@@ -12,16 +12,18 @@ from typing import Any
 import numpy as np
 
 from ... import geometry as mf
-from ...plan import Layer, Overrides, Plan, TensorRef, const_tensor, is_float
+from ...plan import WEIGHT_KINDS, Layer, Overrides, Plan, TensorRef, const_tensor, is_float
 from ...reshape import reshape_layer
 from . import rnn as statedict_rnn
 
 ASSUMPTIONS = [
     "tensor names follow PyTorch's state_dict convention (MODULE.weight, MODULE.bias, "
     "MODULE.running_mean, ...); a module's layer type is read from its weight's shape",
-    "a 4-D weight is a Conv2d in OIHW layout with groups=1: ConvTranspose2d, grouped and "
-    "depthwise convolutions cannot be told apart in a state_dict (export the ONNX graph "
-    "for those); a (C, 1, kH, kW) weight has the same bytes as a depthwise (C, kH, kW) one",
+    "a 4-D weight is a Conv2d in OIHW layout with groups=1, a 3-D one a Conv1d (O, I, K), "
+    "taken by MPS as kernel height 1 (O, 1, K, I): ConvTranspose and grouped convolutions "
+    "cannot be told apart in a state_dict; --kind NAME=conv_transpose or "
+    "NAME=depthwise says what one is (a (C, 1, kH, kW) weight has the same bytes as a "
+    "depthwise (C, kH, kW) one)",
     "strides, padding and dilation are not stored in a state_dict: no MPS offsets are given",
     "a 2-D weight is a Linear (OI) reading a plain vector, unless input_shapes gives the "
     "(C, H, W) image flattened before it (torch.flatten order C, H, W)",
@@ -112,23 +114,26 @@ def _module(p: Plan, name: str, leaves: dict[str, TensorRef], over: Overrides) -
     used = {"weight", "bias"} if b is not None else {"weight"}
     if _skip_dtype(p, [w] + ([b] if b is not None else [])):
         return used
-    if b is not None and (len(b.shape) != 1 or len(w.shape) not in (2, 4)
-                          or b.shape[0] != w.shape[0]):
+    rank = len(w.shape)
+    kind = over.get("kinds", [name, w.name])
+    if kind is not None:
+        p.assumptions.append(f"{name!r}: its weight {list(w.shape)} taken as {kind} "
+                             f"({WEIGHT_KINDS[kind]}), as kinds (--kind) says")
+        if (kind == "linear") != (rank == 2) or rank not in (2, 3, 4):
+            raise ValueError(f"kinds[{name!r}]={kind!r}, but its weight {w.name!r} is "
+                             f"{rank}-D {list(w.shape)}: {WEIGHT_KINDS[kind]}")
+    if rank == 5:
+        p.refuse(name, "Conv3d", "a 5-D weight (Conv3d): MPSCNN has no 3-D convolution",
+                 [w.name] + ([b.name] if b is not None else []))
+        return used
+    if rank in (3, 4):
+        return _conv(p, name, w, b, source, kind or "conv") or used
+    if rank != 2:  # not a layer rule's: the leaves become "tensor" layers
+        return set()
+    if b is not None and (len(b.shape) != 1 or b.shape[0] != w.shape[0]):
         p.skip(name, "module", f"bias shape {list(b.shape)} does not match weight shape "
                f"{list(w.shape)}", [w.name, b.name])
         return used
-    if len(w.shape) == 4:
-        o, i, kh, kw = w.shape
-        geo = mf.conv_geometry(kh=kh, kw=kw, cin=i, cout=o, groups=1, stride=(1, 1),
-                               dilation=(1, 1), pads=None)
-        geo["strides"] = geo["dilations"] = None
-        layer = Layer(name, "convolution", "conv", source, w, b, {"layout": "OIHW"}, geo)
-        layer.notes.append("read as Conv2d OIHW, groups=1; strides, padding and dilation "
-                           "unknown")
-        p.layers.append(layer)
-        return used
-    if len(w.shape) != 2:  # not a layer rule's: the leaves become "tensor" layers
-        return set()
     o, n = w.shape
     names = [name, w.name]
     given = over.get("input_shapes", names)
@@ -154,3 +159,59 @@ def _module(p: Plan, name: str, leaves: dict[str, TensorRef], over: Overrides) -
                          f"values but {w.name!r} has {o} outputs")
     p.layers.append(reshape_layer(name, source, w, b, params, geo, shape, "CHW"))
     return used
+
+
+def _view4(w: TensorRef) -> TensorRef:
+    """A Conv1d weight ``(A, B, K)`` as ``(A, B, 1, K)``: kernel height 1 (the same bytes)."""
+    if len(w.shape) == 4:
+        return w
+    a, b, k = w.shape
+    return TensorRef(w.name, (a, b, 1, k), w.dtype, lambda: w.load().reshape(a, b, 1, k))
+
+
+def _conv(p: Plan, name: str, w: TensorRef, b: TensorRef | None, source: dict[str, Any],
+          kind: str) -> set[str] | None:
+    """A Conv1d/2d, ConvTranspose1d/2d or depthwise module's layer; returns None (the
+    caller's ``used``) or, when the bias does not fit, lists the module and returns the
+    leaves it leaves behind (naming the kind the shapes suggest and the flag)."""
+    dims = "1d" if len(w.shape) == 3 else "2d"
+    out_axis = 1 if kind == "conv_transpose" else 0
+    if b is not None and (len(b.shape) != 1 or b.shape[0] != w.shape[out_axis]):
+        hint = ""
+        if kind == "conv" and len(b.shape) == 1 and b.shape[0] == w.shape[1]:
+            hint = (f"; it does as a ConvTranspose{dims} (I, O, ...): if it is one, pass "
+                    f"--kind {name}=conv_transpose (kinds={{{name!r}: 'conv_transpose'}})")
+        elif kind == "conv_transpose" and len(b.shape) == 1 and b.shape[0] == w.shape[0]:
+            hint = f"; it does as a Conv{dims}: drop --kind {name}=conv_transpose"
+        p.skip(name, "module", f"bias shape {list(b.shape)} does not match weight shape "
+               f"{list(w.shape)} read as {WEIGHT_KINDS[kind]}{hint}", [w.name, b.name])
+        return {"weight", "bias"}
+    w4 = _view4(w)
+    a0, a1, kh, kw = w4.shape
+    what = f"Conv{dims}" if kind == "conv" else (
+        f"ConvTranspose{dims}" if kind == "conv_transpose" else f"depthwise Conv{dims}")
+    note = (f"read as {what} ({WEIGHT_KINDS[kind]}); strides, padding and dilation unknown"
+            + ("; a Conv1d is an MPS convolution of kernel height 1, the sequence along the "
+               "width" if dims == "1d" else ""))
+    if kind == "conv_transpose":
+        geo = mf.transposed_geometry(kh=kh, kw=kw, cin=a0, cout=a1, groups=1, stride=(1, 1),
+                                     dilation=(1, 1), pads=None, output_padding=(0, 0))
+        geo["strides"] = geo["dilations"] = geo["output_padding"] = None
+        layer = Layer(name, "transposed", "transposed", source, w4, b, {"layout": "IOHW"}, geo)
+    elif kind == "depthwise":
+        if a1 != 1:
+            raise ValueError(f"kinds[{name!r}]='depthwise', but its weight {w.name!r} "
+                             f"{list(w.shape)} is not (C, 1, ...): one input channel per "
+                             "output channel")
+        geo = mf.conv_geometry(kh=kh, kw=kw, cin=a0, cout=a0, groups=a0, stride=(1, 1),
+                               dilation=(1, 1), pads=None)
+        geo["strides"] = geo["dilations"] = None
+        layer = Layer(name, "depthwise", "depthwise", source, w4, b, {"layout": "OIHW"}, geo)
+    else:
+        geo = mf.conv_geometry(kh=kh, kw=kw, cin=a1, cout=a0, groups=1, stride=(1, 1),
+                               dilation=(1, 1), pads=None)
+        geo["strides"] = geo["dilations"] = None
+        layer = Layer(name, "convolution", "conv", source, w4, b, {"layout": "OIHW"}, geo)
+    layer.notes.append(note)
+    p.layers.append(layer)
+    return None
