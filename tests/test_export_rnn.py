@@ -342,6 +342,61 @@ def test_state_dict_export_verifies_against_the_onnx_export(tmp_path: Path, bug:
         assert report.ok
 
 
+@pytest.mark.parametrize("bug", [None, "swap_gates"])
+def test_state_dict_cells_are_recurrent_layers(tmp_path: Path, bug: Any,
+                                               monkeypatch: Any) -> None:
+    """nn.LSTMCell / GRUCell / RNNCell (weight_ih, weight_hh, bias_ih, bias_hh, no _l0) are
+    one forward recurrent layer each: the bytes equal the documented loops, and the LSTM and
+    RNN cells run from the files over T steps equal the torch cell called T times. A
+    planted gate swap fails that comparison."""
+    torch.manual_seed(8)
+    cells = {"lstm_cell": torch.nn.LSTMCell(3, 5), "gru_cell": torch.nn.GRUCell(3, 4),
+             "rnn_cell": torch.nn.RNNCell(3, 6), "dec.cell": torch.nn.LSTMCell(5, 2,
+                                                                                  bias=False)}
+    sd = {f"{m}.{k}": v for m, c in cells.items() for k, v in c.state_dict().items()}
+    torch.save(sd, str(tmp_path / "m.pt"))
+    if bug == "swap_gates":
+        monkeypatch.setitem(rnn.LSTM_ORDER, "PyTorch", "fico")
+    doc = export(tmp_path / "m.pt", tmp_path / "out", progress=False, strict=True)
+    _validate(doc)
+    entries = {e["name"]: e for e in doc["layers"]}
+    assert {n: e["kind"] for n, e in entries.items()} == {
+        "lstm_cell": "lstm", "gru_cell": "gru", "rnn_cell": "rnn", "dec.cell": "lstm"}
+    assert not doc["skipped"]
+    assert all(e["recurrent"]["layerSequenceDirection"] == "forward"
+               and e["recurrent"]["bidirectional"] is None for e in entries.values())
+    npsd = {k: v.numpy() for k, v in sd.items()}
+    x = np.random.default_rng(9).standard_normal((4, 2, 3)).astype(np.float32)
+    for name, cell in cells.items():
+        e = entries[name]
+        if "bias_ih" in cell.state_dict():
+            b = np.stack([npsd[f"{name}.bias_ih"], npsd[f"{name}.bias_hh"]])
+        else:
+            b = None
+        if bug is None:
+            lbr = {"linear_before_reset": True} if e["kind"] == "gru" else {}
+            want = TWINS[e["kind"]](npsd[f"{name}.weight_ih"], npsd[f"{name}.weight_hh"], b,
+                                    layout="PyTorch", **lbr)
+            _check_bytes(tmp_path / "out", e, want)
+        if e["kind"] == "gru":  # PyTorch's GRU cell is not MPS's: files only
+            assert e["recurrent"]["exact"] is False
+            continue
+        xs = x if e["recurrent"]["input_size"] == 3 else np.random.default_rng(1) \
+            .standard_normal((4, 2, 5)).astype(np.float32)
+        h = torch.zeros(2, cell.hidden_size)
+        state: Any = (h, torch.zeros(2, cell.hidden_size)) if e["kind"] == "lstm" else h
+        ys = []
+        with torch.no_grad():
+            for t in range(xs.shape[0]):
+                state = cell(torch.from_numpy(xs[t]), state)
+                ys.append((state[0] if e["kind"] == "lstm" else state).numpy())
+        got = run_exported(e, _files(tmp_path / "out", e), xs)
+        if bug and e["kind"] == "lstm":
+            assert not np.allclose(got, np.stack(ys), rtol=1e-4, atol=1e-5)
+        else:
+            np.testing.assert_allclose(got, np.stack(ys), rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------ Keras
 
 
