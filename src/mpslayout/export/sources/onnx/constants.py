@@ -99,16 +99,36 @@ def tensor_layer(g: Graph, node: Any, ref: TensorRef, role: str, name: str,
 def tensors(g: Graph, node: Any, role: str | None, why: str,
             roles: dict[int, str] | None = None) -> None:
     """Every floating constant ``node`` reads as data, as "tensor" layers named
-    NODE.ROLE (NODE.ROLE2, ... when a role repeats)."""
+    NODE.ROLE (NODE.ROLE2, ... when a role repeats). For an Add/Sub/Mul/Div the layer says
+    which operand the constant is (``constant_operand``: primary is the first, as in
+    MPS's arithmetic): ``c - x`` and ``c / x`` are not a shift or scale of x, so their
+    constant's role is "operand"."""
     refs = g.data_constants(node)
     seen: dict[str, int] = {}
     for ref in refs:
-        pos = list(node.input).index(ref.name) if ref.name in node.input else -1
+        pos = _position(g, node, ref)
         r = (roles or {}).get(pos, role or "operand")
+        binary = node.op_type in ARITHMETIC and len(node.input) == 2 and pos in (0, 1)
+        if binary and pos == 0 and node.op_type in ("Sub", "Div"):
+            r = "operand"
         seen[r] = seen.get(r, 0) + 1
         name = f"{g.name(node)}.{r}" + (str(seen[r]) if seen[r] > 1 else "")
-        g.plan.layers.append(tensor_layer(g, node, ref, r, name,
-                                          f"{node.op_type} {r}: {why}"))
+        what = f"{node.op_type} {r}"
+        if binary:
+            what += f" (its {'first' if pos == 0 else 'second'} operand)"
+        layer = tensor_layer(g, node, ref, r, name, f"{what}: {why}")
+        if binary:
+            layer.geometry["constant_operand"] = "primary" if pos == 0 else "secondary"
+        g.plan.layers.append(layer)
+
+
+def _position(g: Graph, node: Any, ref: TensorRef) -> int:
+    """The input position at which ``node`` reads ``ref`` (through an Identity or a
+    DequantizeLinear, whose output is named otherwise), -1 if none."""
+    for pos, t in enumerate(node.input):
+        if t and (t == ref.name or g.const(t) is ref):
+            return pos
+    return -1
 
 
 def norm(g: Graph, node: Any) -> None:

@@ -6,6 +6,9 @@
   convolution / fully connected layer over float input whose weights are ``q - zp``, times
   the weight scale of the ONNX Runtime dynamic-quantization pattern when it is found
   (``Cast -> Mul(Mul(x_scale, w_scale))``), else in integer units (said in the notes).
+  A bias added in integer units before the Cast (``Add(int32 bias)``, the bias quantized in
+  the graph as ``Cast(int32, Floor/Round(Div(bias, Mul(x_scale, w_scale))))``) is the
+  layer's float bias: MPS adds it in float, without the rounding to whole steps.
   The layer's weight is a :class:`~mpslayout.export.plan.QuantRef`: a target may keep its
   bytes.
 """
@@ -16,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ...plan import SkipLayer, quant_ref
+from ...plan import SkipLayer, is_float, quant_ref
 from . import layers as ol
 from .dequantize import dequantized
 from .tensors import _onnx
@@ -36,11 +39,50 @@ def dynamic_quantize_node(g: Any, node: Any) -> None:
                 "read the float activations it quantizes")
 
 
-def _w_scale(g: Any, node: Any) -> tuple[np.ndarray | None, list[str], str | None]:
+_ROUNDING = ("Floor", "Round", "Ceil", "Identity")
+
+
+def _int_bias(g: Any, node: Any) -> tuple[Any, str, list[Any]] | None:
+    """``Add(integer output, int32 bias)`` after ``node``: (the float bias constant, the
+    Add's output, the nodes of the bias chain), the bias chain being
+    ``Cast(to int32) <- [Floor|Round|Ceil] <- Div(bias, scale)``; None when no Add
+    follows. An int32 bias of another origin is refused (SkipLayer)."""
+    add = g.sole_consumer(node.output[0])
+    if add is None or add.op_type != "Add" or len(add.input) != 2:
+        return None
+    other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+    chain = [add]
+    t = g.producer.get(other)
+    if t is not None and t.op_type == "Cast":
+        chain.append(t)
+        t = g.producer.get(t.input[0])
+    while t is not None and t.op_type in _ROUNDING:
+        chain.append(t)
+        t = g.producer.get(t.input[0])
+    bias = None
+    if t is not None and t.op_type == "Div":
+        b_t = t.input[0]
+        r = g.producer.get(b_t)
+        if r is not None and r.op_type == "Reshape" and g.const(b_t) is None:
+            b_t = r.input[0]  # ORT reshapes the bias to (1, C, 1, 1): the same values
+            if g.sole_consumer(r.output[0]) is t:
+                chain.append(r)
+        bias = g.const(b_t)
+    if bias is None or not is_float(bias.dtype):
+        raise SkipLayer(f"an integer bias {other!r} is added to its output before the "
+                        "rescaling, and it is not Cast(Div(float bias, scale)): its float "
+                        "value is not known")
+    chain.append(t)
+    return bias, add.output[0], chain
+
+
+def _w_scale(g: Any, node: Any, after: str | None = None
+             ) -> tuple[np.ndarray | None, list[str], str | None]:
     """The weight scale of ORT's dynamic-quantization pattern after an integer op:
     ``Cast(int32 -> float) -> Mul(., Mul(x_scale, w_scale))`` with w_scale constant (the
-    inner Mul is then consumed: its constant is in the layer's ranges)."""
-    cast = g.sole_consumer(node.output[0])
+    inner Mul is then consumed: its constant is in the layer's ranges). ``after``: the
+    tensor the Cast reads (an integer bias Add's output), else the op's output."""
+    cast = g.sole_consumer(after or node.output[0])
     if cast is None or cast.op_type != "Cast":
         return None, [], None
     mul = g.sole_consumer(cast.output[0])
@@ -69,7 +111,11 @@ def integer_node(g: Any, node: Any) -> None:
     zp_in = 3 if node.op_type in ("ConvInteger", "MatMulInteger") else None
     z = g.const(node.input[zp_in]) if zp_in and len(node.input) > zp_in and \
         node.input[zp_in] else None
-    scale, scale_parts, scaled = _w_scale(g, node)
+    int_bias = _int_bias(g, node) if node.op_type == "ConvInteger" else None
+    scale, scale_parts, scaled = _w_scale(g, node, int_bias[1] if int_bias else None)
+    if int_bias is not None and scaled is None:
+        raise SkipLayer("an integer bias is added to its output, but no constant weight scale "
+                        "follows: the bias cannot be given in float")
     notes = []
     if scale is None:
         scale = np.ones(1, np.float32)
@@ -98,6 +144,14 @@ def integer_node(g: Any, node: Any) -> None:
     if dql is not None and dql.op_type == "DynamicQuantizeLinear":
         x = dql.input[0]
     float_node.input.extend([x, ref.name])
+    if int_bias is not None:
+        bias, _, chain = int_bias
+        float_node.input.append(bias.name)
+        for n in chain:  # the bias in integer units: the float layer's bias instead
+            g.absorb(n)
+        notes.append(f"the int32 bias ({' -> '.join(n.op_type for n in reversed(chain))}) "
+                     f"exported as the float bias {bias.name!r}: MPS adds it without "
+                     "rounding it to whole quantization steps")
     if scaled is not None:  # the float layer's output is the rescaled one: folds follow it
         del float_node.output[:]
         float_node.output.append(scaled)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ...plan import Overrides, Plan
 from . import constants as oc
-from . import integer, rnn
+from . import integer, quant_rnn, rnn
 from . import layers as ol
 from .graph import STRUCTURAL, WEIGHTLESS, Graph
 from .tensors import _onnx, tensor_ref
@@ -53,7 +53,9 @@ def run(g: Graph) -> None:
         if id(node) in g.consumed:
             continue
         op, name = node.op_type, g.name(node)
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain == "com.microsoft" and op == "DynamicQuantizeLSTM":
+            quant_rnn.read_node(g, node)
+        elif node.domain not in ("", "ai.onnx"):
             g.plan.refuse(name, op, f"custom operator of domain {node.domain!r}")
             oc.leftover(g, node, f"read by the custom operator {name!r}")
         elif op in BUILDERS:

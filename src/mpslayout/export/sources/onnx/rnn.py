@@ -57,12 +57,16 @@ def _activations(attrs: Any, cell: str, dirs: int, where: str) -> list[list[Any]
     return [out[d * per:(d + 1) * per] for d in range(dirs)]
 
 
-def read_node(reader: Any, node: Any) -> None:
-    """Add the layers of one LSTM/GRU/RNN node to ``reader.plan``."""
-    cell = OPS[node.op_type]
+def read_node(reader: Any, node: Any,
+              wr: tuple[TensorRef, TensorRef, list[str]] | None = None) -> None:
+    """Add the layers of one LSTM/GRU/RNN node to ``reader.plan``; ``wr``: its W and R
+    in ONNX LSTM layout and the source tensors they stand for, when the node's own inputs
+    are not (com.microsoft DynamicQuantizeLSTM: :mod:`.quant_rnn`)."""
+    cell = OPS.get(node.op_type, "lstm")
     name = reader.name(node)
     attrs = reader.attrs(node)
-    w, r = reader.weight(node, 1, "W"), reader.weight(node, 2, "R")
+    w, r = (reader.weight(node, 1, "W"), reader.weight(node, 2, "R")) if wr is None \
+        else wr[:2]
     if w is None or r is None:
         raise SkipLayer("it has no W or R input", unsupported=True)
     b = reader.weight(node, 3, "B")
@@ -128,4 +132,6 @@ def read_node(reader: Any, node: Any) -> None:
             layer_name, cell, source, tensors, layout="ONNX", direction=d, index=index,
             hidden=hidden, inputs=n_in, neurons=gate_neurons(cell, acts[index]),
             notes=notes, pair=names if dirs == 2 else None, settings=dict(settings))
+        if wr is not None:
+            layer.carried.extend(wr[2])
         reader.plan.layers.append(layer)
