@@ -293,7 +293,7 @@ def test_bad_input_dims(onnx, tmp_path, dims, error, match):
 def test_input_dims_need_an_onnx_graph(tmp_path):
     path = tmp_path / "m.safetensors"
     write_safetensors(path, {"fc.weight": np.zeros((2, 3), np.float32)})
-    refused(path, tmp_path, "input_dims fixes the inputs of an ONNX graph",
+    refused(path, tmp_path, "input_dims fixes the inputs of an ONNX or Keras graph",
             input_dims={"x": (1, 3)})
     assert_nothing_written(tmp_path, "m.safetensors")
 

@@ -413,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=D0,D1,...",
-        help="fix an ONNX graph input's dims (repeatable), e.g. x=1,3,48,192: shape inference "
+        help="fix an ONNX graph input's dims (repeatable), e.g. x=1,3,48,192 (a Keras model's "
+        "input layer: NHWC, e.g. input_1=1,48,192,3): shape inference "
         "then gives what symbolic dims hide (a Linear after a flatten, SAME padding, image "
         "sizes); the manifest records them for verify",
     )

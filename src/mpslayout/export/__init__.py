@@ -142,9 +142,9 @@ def _read(path: str, fmt: str, fold_bn: bool, overrides: Overrides) -> Plan:
         from .sources.onnx import reader
 
         return reader.read(path, fold_bn=fold_bn, overrides=overrides)
-    if overrides.input_dims:
-        raise ValueError(f"input_dims fixes the inputs of an ONNX graph; {path} is a {fmt} "
-                         "file")
+    if overrides.input_dims and fmt != "keras":
+        raise ValueError(f"input_dims fixes the inputs of an ONNX or Keras graph; {path} is "
+                         f"a {fmt} file")
     if fmt == "keras":
         from .sources.keras import reader as keras_reader
 
@@ -243,7 +243,8 @@ def export(
     ``reshapes``: ``{name: (H, W, C)}``, a reshape after a fully
     connected layer (PyTorch ``view(-1, C, H, W)`` order for a state_dict).
     ``input_dims``: ``{input: (d0, d1, ...)}`` fixes an ONNX graph's input dims before shape
-    inference, so that shapes the graph leaves symbolic (a Linear after a flatten, reshape
+    inference (a Keras model's input layer's dims, NHWC, before its shapes are
+    propagated), so that shapes the graph leaves symbolic (a Linear after a flatten, reshape
     targets, SAME padding, the manifest's image sizes) become known; without it the dims in
     the model are used. The manifest's ``inputs`` records the dims used. ``kinds``:
     ``{name: kind}`` for a bare state_dict (PyTorch .pt/.pth or safetensors), what a

@@ -18,9 +18,10 @@ Pair = tuple[int, int]
 def same_pads(size: int | None, k: int, stride: int, dilation: int,
               upper: bool) -> Pair | None:
     """(begin, end) padding of ONNX SAME_UPPER/SAME_LOWER and TF "same": the output has
-    ceil(size / stride) pixels. None when it depends on an unknown ``size``."""
+    ceil(size / stride) pixels. None when it depends on an unknown ``size``. A 1-pixel
+    kernel (1x1, any stride) never pads: ``(ceil(n/s) - 1)*s + 1 <= n``."""
     eff = (k - 1) * dilation + 1
-    if stride == 1:
+    if stride == 1 or eff == 1:
         total = eff - 1
     elif size is None:
         return None

@@ -6,13 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from .base import OPSET, Tensor, Translation, Untranslatable, _dims, _is_layer
+from .convolutions import ConvolutionLayers
 from .pointwise import PointwiseLayers
 from .recurrent import RecurrentLayers
 from .spatial import SpatialLayers
 from .weighted import WeightedLayers
 
 
-class Translator(WeightedLayers, PointwiseLayers, SpatialLayers, RecurrentLayers):
+class Translator(WeightedLayers, ConvolutionLayers, PointwiseLayers, SpatialLayers,
+                 RecurrentLayers):
     """Every layer translation (``t_CLASS`` methods of the mixins) and the walk."""
 
     def run(self) -> Translation:

@@ -167,10 +167,17 @@ class OpSteps(MeaningSteps):
         """A Transpose that only changes the framework's view of an MPS image (tf2onnx's
         NHWC <-> NCHW pairs): (0, 2, 3, 1) of an image is the same image read in its own
         HWC order, which a following flatten reads as HWC rows; (0, 3, 1, 2) of a graph
-        input (or of such a view) is the image the app loads from NHWC data. No kernel
-        runs, so it counts as a shape operator."""
+        input (or of such a view) is the image the app loads from NHWC data. (0, 2, 1)
+        between a (N, L, C) sequence and a (N, C, L) one (a Conv1d's, :mod:`.sequences`) is
+        the same image 1 pixel high and L wide. No kernel runs, so it counts as a shape
+        operator."""
         n = self.g.nodes[i]
         perm = [int(p) for p in self.g.attrs(i).get("perm", [])]
+        if perm == [0, 2, 1] and v.image is not None and v.image.height == 1 and \
+                like.ndim == 3 and (n.input[0] in self.ncw) != (n.output[0] in self.ncw):
+            self.vals[n.output[0]] = Val(v.image, self._ncw(n.output[0]))
+            self.report.shape_operators += 1
+            return True
         if v.image is None or like.ndim != 4:
             return False
         if perm == [0, 2, 3, 1] and v.flat is None:

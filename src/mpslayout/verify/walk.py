@@ -101,8 +101,8 @@ class Walk:
     def _dest(self, tensor: str) -> tuple[int, int] | None:
         a = self.values.get(tensor)
         shape = tuple(a.shape) if a is not None else self.g.shapes.get(tensor)
-        if shape is not None and len(shape) == 3 and tensor in self.ncw:
-            return int(shape[2]), 1  # (N, C, L): 1 pixel high, L wide
+        if shape is not None and len(shape) == 3:  # 1 pixel high: (N, C, L) or (N, L, C)
+            return (int(shape[2]), 1) if tensor in self.ncw else (int(shape[1]), 1)
         if shape is None or len(shape) != 4:
             return None
         return int(shape[3]), int(shape[2])

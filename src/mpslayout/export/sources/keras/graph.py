@@ -142,8 +142,10 @@ def _out_shape(n: Node, shape: list[Any] | None) -> list[Any] | None:
         return None
     c, cls = n.cfg, n.cls
     fmt = c.get("data_format", "channels_last")
+    if cls in ("Conv1D", "SeparableConv1D"):
+        return _sequence_conv_shape(n, shape)
     if cls in ("Conv2D", "DepthwiseConv2D", "Conv2DTranspose", "MaxPooling2D",
-               "AveragePooling2D"):
+               "AveragePooling2D", "SeparableConv2D"):
         hwc = shape_hwc(shape, fmt)
         if hwc is None:
             return None
@@ -165,6 +167,7 @@ def _out_shape(n: Node, shape: list[Any] | None) -> list[Any] | None:
                 pads = conv_pads(c.get("padding", "valid"), size, k[i], s[i], d[i])
                 out.append(None if pads is None else mf.conv_out(size, k[i], s[i], d[i], pads))
         ch = {"Conv2D": c.get("filters"), "Conv2DTranspose": c.get("filters"),
+              "SeparableConv2D": c.get("filters"),
               "DepthwiseConv2D": None if hwc[2] is None else hwc[2] * as_int(
                   c.get("depth_multiplier", 1), f"layer {n.name!r}: depth_multiplier",
                   minimum=1)}.get(cls, hwc[2])
@@ -191,6 +194,24 @@ def _out_shape(n: Node, shape: list[Any] | None) -> list[Any] | None:
     if cls in ("LSTM", "GRU", "SimpleRNN", "Bidirectional"):
         return _recurrent_shape(c, shape)
     return None
+
+
+def _sequence_conv_shape(n: Node, shape: list[Any]) -> list[Any] | None:
+    """Output shape (N, L', filters) of a Keras Conv1D / SeparableConv1D on (N, L, C)."""
+    if len(shape) != 3:
+        return None
+
+    def one(key: str) -> int:
+        v = n.cfg.get(key, 1)
+        v = v[0] if isinstance(v, (list, tuple)) and len(v) == 1 else v
+        return as_int(v, f"layer {n.name!r}: {key}", minimum=1)
+
+    k, s, d = one("kernel_size"), one("strides"), one("dilation_rate")
+    length = shape[1] if isinstance(shape[1], int) else None
+    padding = n.cfg.get("padding", "valid")
+    pads = ((k - 1) * d, 0) if padding == "causal" else conv_pads(padding, length, k, s, d)
+    out = None if pads is None else mf.conv_out(length, k, s, d, pads)
+    return [shape[0], out, n.cfg.get("filters")]
 
 
 def _recurrent_shape(c: dict[str, Any], shape: list[Any]) -> list[Any] | None:
@@ -253,7 +274,25 @@ def _merged_shape(n: Node, shapes: list[list[Any] | None]) -> list[Any] | None:
 # ----------------------------------------------------------------------- the model
 
 
-def graph(config: dict[str, Any], plan: Plan) -> list[Node]:
+def _fix_dims(n: Node, dims: list[int], where: str) -> list[Any]:
+    """``dims`` checked against the input's recorded shape (its rank, its fixed dims)."""
+    have = n.in_shape
+    if isinstance(have, list) and have and not isinstance(have[0], list):
+        if len(have) != len(dims):
+            raise ValueError(f"input_dims[{where!r}] gives {len(dims)} dims {dims}, but input "
+                             f"{where!r} has rank {len(have)} {have}")
+        for i, (h, d) in enumerate(zip(have, dims)):
+            if isinstance(h, int) and h > 0 and h != d and i > 0:
+                raise ValueError(f"input_dims[{where!r}] dim {i} is {d}, but the model fixes "
+                                 f"it to {h}")
+    return list(dims)
+
+
+def graph(config: dict[str, Any], plan: Plan,
+          input_dims: dict[str, tuple[int, ...]] | None = None) -> list[Node]:
+    """The layers of a Keras model config in order, with their input and output shapes
+    propagated; ``input_dims`` (by input layer name, NHWC) replaces the recorded dims of
+    the model's inputs first."""
     top = config
     if "class_name" not in top and "config" not in top:
         raise ValueError("the Keras config names no model class")
@@ -294,9 +333,23 @@ def graph(config: dict[str, Any], plan: Plan) -> list[Node]:
     first = cfg.get("build_input_shape")
     if first is None and nodes:
         first = nodes[0].cfg.get("batch_input_shape")
+    dims = dict(input_dims or {})
+    inputs = [n.name for n in nodes if n.cls == "InputLayer"] or [nodes[0].name] if nodes \
+        else []
+    unknown = [k for k in dims if k not in inputs]
+    if unknown:
+        raise ValueError(f"input_dims names {unknown[0]!r}, which is not an input of the "
+                         f"model; its inputs are {', '.join(map(repr, inputs)) or 'none'}")
+    if nodes and nodes[0].cls != "InputLayer" and nodes[0].name in dims:
+        if nodes[0].in_shape is None:
+            nodes[0].in_shape = first
+        first = _fix_dims(nodes[0], list(dims[nodes[0].name]), nodes[0].name)
+        nodes[0].in_shape = first
     for n in nodes:
         if n.cls == "InputLayer":
             n.in_shape = n.cfg.get("batch_shape") or n.cfg.get("batch_input_shape")
+            if n.name in dims:
+                n.in_shape = _fix_dims(n, list(dims[n.name]), n.name)
             n.out_shape = n.in_shape
             continue
         srcs = [by_name[i] for i in n.inputs if i in by_name]

@@ -32,6 +32,7 @@ from ...plan import (
 )
 from ...reshape import reshape_layer
 from . import rnn as keras_rnn
+from . import spatial
 from .file import Source
 from .graph import (
     MODELS,
@@ -77,7 +78,7 @@ def _unread_reason(n: Node, paths: list[str]) -> str:
 class _Reader:
     def __init__(self, src: Source, fold_bn: bool, over: Overrides, plan: Plan) -> None:
         self.src, self.fold_bn, self.over, self.plan = src, fold_bn, over, plan
-        self.nodes = graph(src.config, plan)
+        self.nodes = graph(src.config, plan, over.input_dims)
         self.folded: set[str] = set()
 
     def vars(self, n: Node) -> dict[str, TensorRef]:
@@ -88,6 +89,8 @@ class _Reader:
                 roles = ((["gamma"] if n.cfg.get("scale", True) else [])
                          + (["beta"] if n.cfg.get("center", True) else [])
                          + ["moving_mean", "moving_variance"])
+            elif n.cls in ("SeparableConv1D", "SeparableConv2D"):
+                roles = ["kernel", "pointwise_kernel", "bias"]
             else:
                 roles = ["kernel", "bias"]
         else:  # legacy h5: names like conv2d/kernel:0, depthwise_conv2d/depthwise_kernel:0
@@ -106,7 +109,9 @@ class _Reader:
                 continue
             handler = {"Conv2D": self.conv, "DepthwiseConv2D": self.conv,
                        "Conv2DTranspose": self.transposed, "Dense": self.dense,
-                       "BatchNormalization": self.batch_norm}.get(n.cls)
+                       "BatchNormalization": self.batch_norm, "Conv1D": self.conv1d,
+                       "SeparableConv1D": self.separable,
+                       "SeparableConv2D": self.separable}.get(n.cls)
             if n.cls in keras_rnn.CLASSES or n.cls == "Bidirectional":
                 handler = lambda n: keras_rnn.read_layer(self, n)  # noqa: E731
             if handler is not None:
@@ -269,6 +274,12 @@ class _Reader:
                                    "multiplier 1 only, so this is an ordinary convolution "
                                    "whose weights are zero outside each channel")
         self.finish(layer, n, last)
+
+    def conv1d(self, n: Node) -> None:
+        spatial.conv1d(self, n)
+
+    def separable(self, n: Node) -> None:
+        spatial.separable(self, n)
 
     def transposed(self, n: Node) -> None:
         c = n.cfg
