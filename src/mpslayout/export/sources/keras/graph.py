@@ -274,6 +274,14 @@ def _merged_shape(n: Node, shapes: list[list[Any] | None]) -> list[Any] | None:
 # ----------------------------------------------------------------------- the model
 
 
+def _known(recorded: Any, propagated: Any) -> Any:
+    """``recorded`` with its None dims taken from ``propagated`` (of the same rank)."""
+    if not isinstance(recorded, list) or not isinstance(propagated, list) or \
+            len(recorded) != len(propagated) or any(isinstance(v, list) for v in recorded):
+        return recorded
+    return [p if r is None else r for r, p in zip(recorded, propagated)]
+
+
 def _fix_dims(n: Node, dims: list[int], where: str) -> list[Any]:
     """``dims`` checked against the input's recorded shape (its rank, its fixed dims)."""
     have = n.in_shape
@@ -363,5 +371,7 @@ def graph(config: dict[str, Any], plan: Plan,
                 n.in_shape = srcs[0].out_shape
             elif not srcs and n is nodes[0]:
                 n.in_shape = first
+        elif len(srcs) == 1:  # a recorded shape's unknown dims, from the propagated one
+            n.in_shape = _known(n.in_shape, srcs[0].out_shape)
         n.out_shape = _out_shape(n, n.in_shape)
     return nodes

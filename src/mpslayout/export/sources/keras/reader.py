@@ -243,7 +243,8 @@ class _Reader:
         px = conv_pads(c.get("padding", "valid"), size[1], kw, s[1], d[1])
         if py is None or px is None:
             raise SkipLayer(f"padding={c.get('padding')!r} with strides {list(s)} needs the input "
-                        "size, which the saved config does not give")
+                            "size, which the saved config does not give: pass --input-dims "
+                            "INPUT=N,H,W,C")
         if n.cls == "DepthwiseConv2D":
             cin, m = a, b
             o, groups = cin * m, cin
