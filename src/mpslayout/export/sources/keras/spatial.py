@@ -12,7 +12,7 @@ from typing import Any
 
 from ... import geometry as mf
 from ...attrs import as_int
-from ...plan import Layer, SkipLayer, TensorRef, folded_bias
+from ...plan import Layer, SkipLayer, folded_bias
 from .graph import Node, conv_pads, pair, shape_hwc
 
 __all__ = ["CLASSES", "ONE_D", "axes", "conv1d", "separable"]
@@ -66,13 +66,6 @@ def axes(n: Node, k: tuple[int, int]) -> dict[str, Any]:
     return {"stride": s, "dilation": d, "pads": pads, "in_hw": in_hw, "out_hw": out_hw}
 
 
-def _view(ref: TensorRef, shape: tuple[int, ...]) -> TensorRef:
-    """``ref`` with a leading axis of 1 (a 1-D kernel as kernel height 1): the same bytes."""
-    if ref.shape == shape:
-        return ref
-    return TensorRef(ref.name, shape, ref.dtype, lambda: ref.load().reshape(shape))
-
-
 _NOTE_1D = ("a Conv1D: an MPS convolution of kernel height 1, the sequence along the width "
             "(the (N, L, C) input as an image 1 pixel high and L wide)")
 
@@ -89,8 +82,8 @@ def conv1d(r: Any, n: Node) -> None:
     geo = mf.conv_geometry(kh=1, kw=k, cin=ig * groups, cout=o, groups=groups,
                            stride=a["stride"], dilation=a["dilation"], pads=a["pads"],
                            in_hw=a["in_hw"], out_hw=a["out_hw"])
-    w = _view(refs["kernel"], (1, k, ig, o))
-    w_scale = None if scale is None else scale.reshape(1, 1, 1, o)
+    w = refs["kernel"]  # (K, I, O) stays 3-D: the target reads it as kernel height 1
+    w_scale = None if scale is None else scale.reshape(1, 1, o)
     layer = Layer(n.name, "convolution", "conv", r.source(n, refs, last), w,
                   folded_bias(refs.get("bias"), o, n.name, scale, shift),
                   {"layout": "HWIO", "groups": groups}, geo, w_scale)
@@ -107,11 +100,9 @@ def separable(r: Any, n: Node) -> None:
     dw, pw = refs.get("kernel"), refs.get("pointwise_kernel")
     if dw is None or pw is None or len(dw.shape) != rank or len(pw.shape) != rank:
         raise SkipLayer(f"no {rank}-D depthwise and pointwise kernels found")
-    if one_d:
-        dw, pw = _view(dw, (1, *dw.shape)), _view(pw, (1, *pw.shape))
-    kh, kw, cin, m = dw.shape
-    o = pw.shape[3]
-    if pw.shape[:3] != (1, 1, cin * m):
+    kh, kw, cin, m = (1, *dw.shape) if one_d else dw.shape  # 1-D: kernel height 1
+    o = pw.shape[-1]
+    if tuple(pw.shape[:-1]) != (1,) * (rank - 2) + (cin * m,):
         raise SkipLayer(f"pointwise kernel {list(pw.shape)} does not read the {cin * m} "
                         "channels of the depthwise kernel")
     a = axes(n, (kh, kw))
@@ -119,7 +110,7 @@ def separable(r: Any, n: Node) -> None:
                            stride=a["stride"], dilation=a["dilation"], pads=a["pads"],
                            in_hw=a["in_hw"], out_hw=a["out_hw"])
     mid = f"{n.name}/depthwise"
-    src = {"format": "keras", "layer": n.name, "node": mid, "op": n.cls,
+    src = {"format": "keras", "layer": n.name, "node": mid, "part": "depthwise", "op": n.cls,
            "weights": dw.name, "bias": None, "activation": "linear", "output": mid}
     if m == 1:
         first = Layer(mid, "depthwise", "depthwise", src, dw, None, {"layout": "HWCM"}, geo)
@@ -139,8 +130,8 @@ def separable(r: Any, n: Node) -> None:
                             out_hw=a["out_hw"])
     psrc = r.source(n, {"kernel": pw, **({"bias": refs["bias"]} if "bias" in refs else {})},
                     last)
-    psrc["node"] = n.name
-    w_scale = None if scale is None else scale.reshape(1, 1, 1, o)
+    psrc["node"], psrc["part"] = n.name, "pointwise"
+    w_scale = None if scale is None else scale.reshape(*([1] * (rank - 1)), o)
     second = Layer(n.name, "convolution", "conv", psrc, pw,
                    folded_bias(refs.get("bias"), o, n.name, scale, shift),
                    {"layout": "HWIO", "groups": 1}, pgeo, w_scale)

@@ -1,9 +1,10 @@
 """A convolution's spatial axes as MPS sees them: a 2-D Conv/ConvTranspose as it is, a 1-D
 one (3-D weight, ``(N, C, L)`` activations) as a 2-D one of kernel height 1 whose width axis
-is the sequence (docs/layouts.md section 1, "Conv1d"). The weight is viewed as
-``(O, I, 1, K)`` (``(I, O, 1, K)`` transposed), strides, dilations and pads gain a height
-axis of stride 1 and no padding, and the sequence is an image 1 pixel high: the rest of the
-reader (geometry, folds, the MPS converter) then sees a 2-D convolution.
+is the sequence (docs/layouts.md section 1, "Conv1d"). The weight stays 3-D in the plan
+(a target decides its layout: the MPS one views it as ``(O, I, 1, K)``); its dims are read
+as ``(O, I, 1, K)`` (``(I, O, 1, K)`` transposed), strides, dilations and pads gain a height
+axis of stride 1 and no padding, and the sequence is an image 1 pixel high: the geometry
+is that of a 2-D convolution of kernel height 1.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from ...attrs import as_pair
 from ...plan import SkipLayer, TensorRef
 
 
-def _view4(w: TensorRef) -> TensorRef:
-    """A 3-D ``(A, B, K)`` weight as ``(A, B, 1, K)`` (the same bytes)."""
-    a, b, k = w.shape
-    shape = (a, b, 1, k)
-    return TensorRef(w.name, shape, w.dtype, lambda: w.load().reshape(shape), w.synthetic)
+def dims4(w: TensorRef) -> tuple[int, int, int, int]:
+    """A weight's dims as a 2-D convolution's: ``(A, B, K)`` is ``(A, B, 1, K)``."""
+    if len(w.shape) == 3:
+        a, b, k = w.shape
+        return a, b, 1, k
+    a, b, kh, kw = w.shape
+    return a, b, kh, kw
 
 
 def _pair_1d(g: Any, node: Any, key: str) -> tuple[int, int]:
@@ -37,14 +40,14 @@ def is_1d(g: Any, node: Any) -> bool:
 
 
 def kernel(g: Any, node: Any) -> tuple[TensorRef, Any, tuple[int, int], tuple[int, int], int]:
-    """(weight viewed 4-D, attributes, strides, dilations, group), 1-D or 2-D."""
+    """(weight, attributes, strides, dilations, group), 1-D or 2-D."""
     if not is_1d(g, node):
         return g.kernel(node)
     w = g.weight(node, 1, "weight")
     if w is None:
         raise SkipLayer("it has no weight input", unsupported=True)
     a = g.attrs(node)
-    return (_view4(w), a, _pair_1d(g, node, "strides"), _pair_1d(g, node, "dilations"),
+    return (w, a, _pair_1d(g, node, "strides"), _pair_1d(g, node, "dilations"),
             a.int("group", 1, minimum=1))
 
 

@@ -54,7 +54,7 @@ def conv(g: Graph, node: Any) -> None:
                         unsupported=True)
     one_d = axes.is_1d(g, node)
     w, a, stride, dil, grp = axes.kernel(g, node)
-    o, ig, kh, kw = w.shape
+    o, ig, kh, kw = axes.dims4(w)
     if o % grp:
         raise ValueError(f"node {name!r}: group={grp} does not divide its {o} output channels")
     cin = ig * grp
@@ -71,7 +71,7 @@ def conv(g: Graph, node: Any) -> None:
                            dilation=dil, pads=pads, in_hw=in_hw,
                            out_hw=axes.spatial(g, node.output[0], one_d))
     bias = folded_bias(b, o, name, scale, shift)
-    w_scale = None if scale is None else scale.reshape(o, 1, 1, 1)
+    w_scale = None if scale is None else scale.reshape(o, *([1] * (len(w.shape) - 1)))
     layer = Layer(name, "convolution", "conv", source, w, bias,
                   {"layout": "OIHW", "groups": grp}, geo, w_scale)
     if one_d:
@@ -118,7 +118,7 @@ def conv_transpose(g: Graph, node: Any) -> None:
     name = g.name(node)
     one_d = axes.is_1d(g, node)
     w, a, stride, dil, grp = axes.kernel(g, node)
-    cin, og, kh, kw = w.shape
+    cin, og, kh, kw = axes.dims4(w)
     if cin % grp:
         raise ValueError(f"node {name!r}: group={grp} does not divide its {cin} input channels")
     o = og * grp
@@ -160,7 +160,8 @@ def conv_transpose(g: Graph, node: Any) -> None:
                                  out_hw=axes.spatial(g, node.output[0], one_d))
     w_scale = None
     if scale is not None:  # output channel j*O/grp + o of Wt[j*I/grp + i][o]
-        w_scale = np.repeat(scale.reshape(grp, og), cin // grp, axis=0)[:, :, None, None]
+        w_scale = np.repeat(scale.reshape(grp, og), cin // grp, axis=0)
+        w_scale = w_scale.reshape(*w_scale.shape, *([1] * (len(w.shape) - 2)))
     layer = Layer(name, "transposed", "transposed", source, w,
                   folded_bias(b, o, name, scale, shift),
                   {"layout": "IOHW", "groups": grp}, geo, w_scale)

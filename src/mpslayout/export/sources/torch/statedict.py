@@ -161,14 +161,6 @@ def _module(p: Plan, name: str, leaves: dict[str, TensorRef], over: Overrides) -
     return used
 
 
-def _view4(w: TensorRef) -> TensorRef:
-    """A Conv1d weight ``(A, B, K)`` as ``(A, B, 1, K)``: kernel height 1 (the same bytes)."""
-    if len(w.shape) == 4:
-        return w
-    a, b, k = w.shape
-    return TensorRef(w.name, (a, b, 1, k), w.dtype, lambda: w.load().reshape(a, b, 1, k))
-
-
 def _conv(p: Plan, name: str, w: TensorRef, b: TensorRef | None, source: dict[str, Any],
           kind: str) -> set[str] | None:
     """A Conv1d/2d, ConvTranspose1d/2d or depthwise module's layer; returns None (the
@@ -186,8 +178,8 @@ def _conv(p: Plan, name: str, w: TensorRef, b: TensorRef | None, source: dict[st
         p.skip(name, "module", f"bias shape {list(b.shape)} does not match weight shape "
                f"{list(w.shape)} read as {WEIGHT_KINDS[kind]}{hint}", [w.name, b.name])
         return {"weight", "bias"}
-    w4 = _view4(w)
-    a0, a1, kh, kw = w4.shape
+    a0, a1, kh, kw = w.shape if len(w.shape) == 4 else (w.shape[0], w.shape[1], 1, w.shape[2])
+    w4 = w  # a Conv1d's (A, B, K) stays 3-D: the target reads it as kernel height 1
     what = f"Conv{dims}" if kind == "conv" else (
         f"ConvTranspose{dims}" if kind == "conv_transpose" else f"depthwise Conv{dims}")
     note = (f"read as {what} ({WEIGHT_KINDS[kind]}); strides, padding and dilation unknown"

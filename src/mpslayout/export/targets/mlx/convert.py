@@ -77,8 +77,9 @@ def _base(layer: Layer) -> str:
     """The module path a layer's parameters go under."""
     src = layer.source
     fmt = src.get("format")
-    if fmt == "keras":
-        return str(src.get("layer") or layer.name)
+    if fmt == "keras":  # a layer in two parts (SeparableConv2D): LAYER.depthwise, ...
+        base = str(src.get("layer") or layer.name)
+        return f"{base}.{src['part']}" if src.get("part") else base
     if fmt in ("pytorch", "safetensors") and src.get("module") not in (None, "(root)"):
         return str(src["module"])
     w = src.get("weights")

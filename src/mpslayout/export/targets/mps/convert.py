@@ -70,6 +70,21 @@ QUANTIZABLE = ("conv", "depthwise", "expand_depthwise", "transposed", "fc", "den
                "conv_subpixel")
 
 
+_KERNEL_RULES = ("conv", "depthwise", "expand_depthwise", "transposed")
+
+
+def kernel_2d(layer: Layer, a: np.ndarray | None) -> Any:
+    """A 1-D convolution's 3-D weight (or weight scale) as MPS's 2-D one of kernel height 1
+    (docs/layouts.md section 1, Conv1d): ``(A, B, K)`` -> ``(A, B, 1, K)`` (OIHW, IOHW),
+    ``(K, B, C)`` -> ``(1, K, B, C)`` (HWIO, HWOI, HWCM); the same bytes. Anything else
+    as it is."""
+    if a is None or a.ndim != 3 or layer.rule not in _KERNEL_RULES:
+        return a
+    if layer.params.get("layout") in ("OIHW", "IOHW"):
+        return a.reshape(a.shape[0], a.shape[1], 1, a.shape[2])
+    return a.reshape(1, *a.shape)
+
+
 def convert_layer(layer: Layer, dtype: np.dtype,
                   chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, np.ndarray, int]]:
     """:func:`convert_floats`, or for ``dtype`` uint8 its float32 result quantized
@@ -133,10 +148,11 @@ def convert_floats(layer: Layer, dtype: np.dtype,
     w_ref = layer.weight
     if w_ref is None:
         raise ValueError(f"layer {layer.name!r} has no weight tensor")
-    src = w_ref.load()
+    src = kernel_2d(layer, w_ref.load())
+    w_scale = kernel_2d(layer, layer.scale)
     p = layer.params
     if layer.rule in ("dense_reshape", "conv_subpixel"):
-        a = scaled(src, layer.scale, None, 0, 0)
+        a = scaled(src, w_scale, None, 0, 0)
         b = None if layer.bias is None else layer.bias.load()
         if layer.rule == "dense_reshape":
             layout, image = p["layout"], (1, 1, a.shape[1 if p["layout"] == "OI" else 0])
@@ -161,12 +177,13 @@ def convert_floats(layer: Layer, dtype: np.dtype,
         return
     fn, axis = _converter(layer)
     if getattr(w_ref, "q", None) is not None:  # 8-bit source weights: bytes kept
-        files = uint8_layer(layer, lambda u: fn(u, dtype=np.dtype(np.uint8)))
+        files = uint8_layer(layer, lambda u: fn(kernel_2d(layer, u),
+                                                dtype=np.dtype(np.uint8)))
         if files is not None:
             yield from files
             return
     if axis is None or src.size == 0:
-        yield "weights", _call(fn, scaled(src, layer.scale, None, 0, 0), dtype), w_ref.nbytes
+        yield "weights", _call(fn, scaled(src, w_scale, None, 0, 0), dtype), w_ref.nbytes
     else:
         n = src.shape[axis]
         per_index = max(1, src.size // n * dtype.itemsize)
@@ -175,7 +192,7 @@ def convert_floats(layer: Layer, dtype: np.dtype,
         for start in range(0, n, step):
             stop = min(n, start + step)
             idx[axis] = slice(start, stop)
-            chunk = scaled(src[tuple(idx)], layer.scale, axis, start, stop)
+            chunk = scaled(src[tuple(idx)], w_scale, axis, start, stop)
             yield "weights", _call(fn, chunk, dtype), w_ref.nbytes * (stop - start) // n
     del src
     if layer.bias is not None:
