@@ -197,6 +197,31 @@ def test_planted_conv1d_bug_fails_naming_the_layer(tmp_path: Path, kind: str, k:
     assert f"first divergence at layer {layer!r}" in capsys.readouterr().out
 
 
+def test_conv1d_with_1d_pools(tmp_path: Path) -> None:
+    """MaxPool1d and a global average pool between Conv1d layers run as MPS pools on the
+    1 x L image (nothing left unverified), and a bug after them still names its layer."""
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                      nn.Conv1d(8, 8, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                      nn.Linear(8, 3)).eval()
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.randn(1, 4, 32),), str(path), dynamo=False,
+                          input_names=["x"])
+    doc = _export(path, tmp_path / "out")
+    report = verify(tmp_path / "out", path)
+    assert report.ok, report.table()
+    assert not report.not_verified, report.not_verified
+    ops = {r.op for r in report.rows}
+    assert {"MaxPool", "GlobalAveragePool"} <= ops
+    second = [e["name"] for e in doc["layers"] if e["kind"] == "convolution"][1]
+    _rewrite(tmp_path / "out", second, _reverse)
+    report = verify(tmp_path / "out", path)
+    assert report.first_divergence is not None
+    assert report.first_divergence.name == second, report.table()
+
+
 # ----------------------------------------------------------------------- state_dicts
 
 

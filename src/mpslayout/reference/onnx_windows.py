@@ -42,8 +42,19 @@ def global_pool(node: NodeView, mode: str) -> Kernel:
     return _pool(node, mode)
 
 
+def _as_2d(v: list[int], one_d: bool, fill: int) -> list[int]:
+    """A 1-D pool's attribute (one value per axis, or begin/end pads) with the height
+    axis of a 1 x L image added (``fill``: its value)."""
+    if not one_d:
+        return v
+    return [fill, v[0], fill, v[1]] if len(v) == 2 else [fill, *v]
+
+
 def _pool(node: NodeView, mode: str | None = None) -> Kernel:
     src, out = node.shape(node.inputs[0]), node.shape(node.outputs[0])
+    one_d = src is not None and out is not None and len(src) == 3 and len(out) == 3
+    if one_d:  # (N, C, L): an image 1 pixel high and L wide (a Conv1d's, docs/verify.md)
+        src, out = (*src[:2], 1, src[2]), (*out[:2], 1, out[2])
     if src is None or out is None or len(src) != 4 or len(out) != 4:
         raise NotExpressible("pooling of a tensor that is not 4-D")
     glob = mode is not None or node.op.startswith("Global")
@@ -52,9 +63,11 @@ def _pool(node: NodeView, mode: str | None = None) -> Kernel:
     if glob:
         kh, kw, st, dl, pads, zero = h, w, (1, 1), (1, 1), [0, 0, 0, 0], (0, 0)
     else:
-        kh, kw = (int(v) for v in node.attrs["kernel_shape"])
-        sy, sx = (int(v) for v in attr(node, "strides", [1, 1]))
-        dy, dx = (int(v) for v in attr(node, "dilations", [1, 1]))
+        kh, kw = _as_2d([int(v) for v in node.attrs["kernel_shape"]], one_d, 1)
+        sy, sx = _as_2d([int(v) for v in attr(node, "strides", [1] * (1 if one_d else 2))],
+                        one_d, 1)
+        dy, dx = _as_2d([int(v) for v in attr(node, "dilations", [1] * (1 if one_d else 2))],
+                        one_d, 1)
         st, dl = (sx, sy), (dx, dy)
         auto = str(attr(node, "auto_pad", "NOTSET"))
         if auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -65,7 +78,8 @@ def _pool(node: NodeView, mode: str | None = None) -> Kernel:
         elif auto == "VALID":
             pads = [0, 0, 0, 0]
         else:
-            pads = [int(v) for v in attr(node, "pads", [0, 0, 0, 0])]
+            pads = _as_2d([int(v) for v in attr(node, "pads", [0] * (2 if one_d else 4))],
+                          one_d, 0)
         zero = (0, 0)
         if mode == "average" and int(attr(node, "count_include_pad", 0)):
             if pads[0] != pads[2] or pads[1] != pads[3]:
