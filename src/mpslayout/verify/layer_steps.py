@@ -89,7 +89,8 @@ class LayerSteps(Walk):
         like = self.values.get(seg.end)
         x_or = self.values.get(main.input[0])
         if seg.layer.kind == "batch_normalization" and like is not None and x_or is not None \
-                and like.ndim not in (2, 4) and x_or.shape == like.shape and not seg.post:
+                and like.ndim not in (2, 4) and x_or.shape == like.shape and not seg.post \
+                and seg.end not in self.ncw:  # an (N, C, L) sequence is an image already
             self._run_channel_layer(seg, x_or, like)
             return
         img_in = next(t for k, t in enumerate(main.input[:2])
@@ -210,7 +211,7 @@ class LayerSteps(Walk):
                                    err.transpose(0, 3, 1, 2).reshape(like.shape))
         except (VerifyError, ValueError, KeyError) as e:
             row.error = str(e) if isinstance(e, VerifyError) else f"{type(e).__name__}: {e}"
-        self.vals[seg.end] = as_val(like, self.storage)
+        self.vals[seg.end] = self._oracle(seg.end, like)
 
     def _quant_note(self, seg: Segment, row: Row) -> str:
         """What the tolerance allowed for the requantized weights, and how much of it."""
