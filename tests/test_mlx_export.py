@@ -171,6 +171,28 @@ def test_half_weights_verify_and_still_catch_bugs(net, tmp_path, dtype):
     assert verify_mlx(bad, folder / "net.onnx").first_divergence.name == rec["name"]
 
 
+def test_state_dict_export_loads_into_an_mlx_port(net, tmp_path):
+    """The MLX port loads the file with nothing else, and computes what PyTorch does."""
+    m, folder, x = net
+    out = tmp_path / "net.safetensors"
+    doc = export(folder / "net.pt", out, target="mlx", progress=False,
+                 input_shapes={"fc": (4, 8, 8)}, kinds={"up": "conv_transpose"})
+    assert not doc["unsupported"], doc["unsupported"]
+    port = MlxNet()
+    port.load_weights(str(out), strict=True)
+    port.eval()
+    got = np.asarray(port(mx.array(x.numpy().transpose(0, 2, 3, 1))))
+    want = m(x).detach().numpy()  # (T, B, H): the port's is (B, T, H)
+    np.testing.assert_allclose(got, want.transpose(1, 0, 2), rtol=1e-4, atol=1e-5)
+    import mpslayout.mlx as mm
+
+    again = mm.sanitize(port, str(out), source="torch")  # marked MLX: converted nothing
+    written = files.load(out)
+    assert set(again) == set(written)
+    for k, v in written.items():
+        np.testing.assert_array_equal(np.asarray(again[k]), np.asarray(v))
+
+
 def test_without_mlx_verify_names_the_extra(net, onnx_export, monkeypatch):
     _, folder, _ = net
     monkeypatch.setitem(sys.modules, "mlx", None)
