@@ -108,3 +108,27 @@ def test_keras_json_written_by_keras_does_not_block_verify(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() in ("torch", "jax")
+
+
+def test_keras_conv1d_layers_are_checked(folder, tmp_path):
+    """A Keras Conv1D / SeparableConv1D: the translation holds (N, C, L) between Transposes
+    and Keras gives only the (N, L, C) side; every convolution is still run and checked."""
+    L = keras.layers
+    keras.utils.set_random_seed(1)
+    m = keras.Sequential([keras.Input((16, 3)), L.Conv1D(5, 3, padding="same", name="c1"),
+                          L.SeparableConv1D(4, 3, name="sep")])
+    path = folder / "conv1d.keras"
+    m.save(path)
+    out = tmp_path / "c1.safetensors"
+    export(path, out, target="mlx", progress=False)
+    report = verify_mlx(out, path)
+    assert report.ok, report.table()
+    assert {r.name for r in report.rows} == {"c1", "sep/depthwise", "sep"}
+    w = files.load(out)
+    rec = next(x for x in w.facts["layers"] if x["name"] == "c1")
+    arrays = {k: np.array(v) for k, v in w.items()}
+    arrays[rec["tensors"]["weight"]] = np.ascontiguousarray(
+        arrays[rec["tensors"]["weight"]][:, ::-1])  # the kernel reversed along the sequence
+    bad = tmp_path / "bad.safetensors"
+    files.save(bad, arrays, w.facts, tensors=w.tensors)
+    assert verify_mlx(bad, path).first_divergence.name == "c1"
