@@ -119,6 +119,36 @@ def requantize(layer: Layer, weights: np.ndarray, mode: str
     yield ("ranges" if mode == "linear" else "lut"), table, 0
 
 
+def _ungrouped(layer: Layer, w: np.ndarray) -> np.ndarray:
+    """A grouped convolution whose channels per group are not multiples of 4 (what
+    MPSCNNConvolution's groups need, docs/layouts.md section 1) as the equivalent full
+    convolution: group j's weights in the block of its inputs and outputs, zeros elsewhere
+    (``w`` in the source layout, 4-D); the layer's geometry then says groups 1."""
+    g = int(layer.params.get("groups", 1))
+    if g == 1:
+        return w
+    oihw = layer.params["layout"] == "OIHW"
+    o, ig = (w.shape[0], w.shape[1]) if oihw else (w.shape[3], w.shape[2])
+    og = o // g
+    if ig % 4 == 0 and og % 4 == 0:
+        return w
+    dense = np.zeros((o, ig * g, *w.shape[2:]) if oihw else (*w.shape[:2], ig * g, o), w.dtype)
+    for j in range(g):
+        rows, cols = slice(j * og, (j + 1) * og), slice(j * ig, (j + 1) * ig)
+        if oihw:
+            dense[rows, cols] = w[rows]
+        else:
+            dense[:, :, cols, rows] = w[..., rows]
+    layer.params["groups"] = 1
+    layer.geometry["groups"] = 1
+    layer.geometry["input_channels"] = ig * g
+    layer.notes.append(
+        f"groups={g} with {ig} input and {og} output channels per group (MPS's grouped "
+        "convolution needs multiples of 4): written as the equivalent full convolution, "
+        "each group's weights in its own block, zeros elsewhere")
+    return dense
+
+
 def convert_floats(layer: Layer, dtype: np.dtype,
                    chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, np.ndarray, int]]:
     """Yield ``(role, array, source_bytes)``: the weights, possibly in several chunks whose
@@ -175,6 +205,8 @@ def convert_floats(layer: Layer, dtype: np.dtype,
         if b_out is not None:
             yield "bias", b_out, 0 if layer.bias is None else layer.bias.nbytes
         return
+    if layer.rule == "conv" and getattr(w_ref, "q", None) is None:
+        src = _ungrouped(layer, src)
     fn, axis = _converter(layer)
     if getattr(w_ref, "q", None) is not None:  # 8-bit source weights: bytes kept
         files = uint8_layer(layer, lambda u: fn(kernel_2d(layer, u),
