@@ -16,10 +16,11 @@ import numpy as np
 
 from ... import geometry as mf
 from ...attrs import as_float, as_int, as_pair, as_text
-from ...plan import Layer, Overrides, Plan, SkipLayer, TensorRef, is_float
+from ...plan import ComputedRef, Layer, Overrides, Plan, SkipLayer, TensorRef, is_float
+from .const_eval import ConstEval
 from .dequantize import dequantized
 from .fold import record
-from .tensors import _EXTERNAL, _onnx, tensor_ref
+from .tensors import tensor_ref
 
 # ops with one data input that act element by element: a channel permutation commutes
 # with them, and a layer's output may pass through them on its way to a Reshape
@@ -144,6 +145,8 @@ class Graph:
         self.names: dict[int, str] = {}
         for i, node in enumerate(self.nodes):
             self.names[id(node)] = node.name or f"{node.op_type}_{i}"
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.ev = ConstEval(self.producer, self._leaf, self.shape, int(opset))
 
     # -- lookups
 
@@ -210,43 +213,12 @@ class Graph:
                 tt.shape.dim.add().dim_value = int(v)
 
     def infer_shapes(self) -> None:
-        """Shape inference over a copy of the model with ``input_dims`` written into its
-        inputs: strict mode first (an inconsistent graph is then said in the assumptions),
-        falling back to the permissive mode. Records the inputs' dims in ``plan.inputs``."""
-        onnx = _onnx()
-        model = onnx.ModelProto()
-        model.CopyFrom(self.model)
-        self.fix_input_dims(model, self.over.input_dims)
-        # shape constants (Reshape targets) stored externally: inline them in the copy, since
-        # inference does not read external data
-        for t in model.graph.initializer:
-            ref = self.refs[t.name]
-            if t.data_location == _EXTERNAL and ref.dtype.kind in "iu" and ref.nbytes <= 4096:
-                t.CopyFrom(onnx.numpy_helper.from_array(np.array(ref.load()), t.name))
-        inferred = model
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True,
-                                                         data_prop=True)
-        except Exception as strict_error:  # inference is a help, not a requirement
-            try:
-                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False,
-                                                             data_prop=True)
-                self.plan.assumptions.append(
-                    f"strict ONNX shape inference failed ({strict_error}); shapes come from "
-                    "the permissive mode")
-            except Exception as e:
-                self.plan.assumptions.append(f"ONNX shape inference failed ({e}); layers "
-                                             "that need shapes were skipped")
-        g = inferred.graph
-        for vi in [*g.input, *g.value_info, *g.output]:
-            tt = vi.type.tensor_type
-            if tt.HasField("shape"):
-                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value")
-                                        and d.dim_value > 0 else None for d in tt.shape.dim]
-        for t in self.model.graph.initializer:
-            self.shapes[t.name] = list(t.dims)
-        for name in self.graph_inputs():
-            self.plan.inputs[name] = self.shapes.get(name)
+        """Shapes with ``input_dims`` written into the inputs, constant propagation of the
+        shape subgraphs and, where needed and possible, one ONNX Runtime run (:mod:`.shapes`).
+        Records the inputs' dims in ``plan.inputs``."""
+        from .shapes import infer
+
+        infer(self)
 
     def name(self, node: Any) -> str:
         return self.names[id(node)]
@@ -261,17 +233,62 @@ class Graph:
     def attrs(self, node: Any) -> _Attrs:
         return _Attrs(node, self.name(node))
 
+    def _leaf(self, name: str) -> np.ndarray | None:
+        """An initializer's or Constant node's array (the evaluator's leaves)."""
+        if name not in self.protos:
+            return None
+        if name not in self.refs:  # a Constant node's tensor is named by the node's output
+            self.refs[name] = replace(tensor_ref(self.protos[name], self.dir), name=name)
+        return self.refs[name].load()
+
     def const(self, name: str) -> TensorRef | None:
-        """The constant tensor behind ``name`` (through Identity nodes), else None."""
-        seen = 0
+        """The constant tensor behind ``name`` (through Identity nodes, a DequantizeLinear
+        of constants, or any computation from constants alone: :meth:`computed`), else
+        None."""
+        seen, start = 0, name
         while name not in self.protos:
             node = self.producer.get(name)
             if node is None or node.op_type != "Identity" or seen > 64:
-                return dequantized(self, name)  # 8-bit weights, or None
+                return dequantized(self, name) or self.computed(start)
             name, seen = node.input[0], seen + 1
         if name not in self.refs:  # a Constant node's tensor is named by the node's output
             self.refs[name] = replace(tensor_ref(self.protos[name], self.dir), name=name)
         return self.refs[name]
+
+    def computed(self, name: str) -> ComputedRef | None:
+        """``name`` as a :class:`ComputedRef` when the graph computes it from initializers
+        and Constant nodes alone (:mod:`.const_eval`; not from a graph tensor's shape)."""
+        known = self.refs.get(name)
+        if isinstance(known, ComputedRef):
+            return known
+        if name not in self.producer:
+            return None
+        c = self.ev.get(name)
+        if c is None or c.from_shapes:
+            return None
+        v = c.value
+        shape, dtype = tuple(v.shape), v.dtype
+
+        def opener() -> np.ndarray:
+            again = self.ev.get(name)
+            if again is None:
+                raise ValueError(f"tensor {name!r} could not be computed again: "
+                                 f"{self.ev.why.get(name)}")
+            return np.asarray(again.value)
+
+        ref = ComputedRef(name, shape, dtype, opener, parts=list(c.parts),
+                          origin=" -> ".join(c.ops))
+        self.refs[name] = ref
+        return ref
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The value of a shape, axes or index operand: a constant, or what the graph
+        computes from constants and known shapes; else None."""
+        ref = self.const(name)
+        if ref is not None:
+            return ref.load()
+        c = self.ev.get(name)
+        return None if c is None else c.value
 
     def shape(self, name: str) -> list[int | None] | None:
         return self.shapes.get(name)
@@ -357,6 +374,23 @@ class Graph:
                 out.append(ref)
         return out
 
+    def learned(self, node: Any) -> list[str]:
+        """The names of the learned tensors ``node`` reads (:meth:`data_constants`), a
+        computed one followed by the floating initializers it is computed from."""
+        out: list[str] = []
+        for ref in self.data_constants(node):
+            out.append(ref.name)
+            out.extend(p for p in getattr(ref, "parts", ())
+                       if p in self.refs and is_float(self.refs[p].dtype))
+        return list(dict.fromkeys(out))
+
+    def in_constant_subgraph(self, node: Any) -> bool:
+        """Whether ``node`` only computes a constant (a weight's preprocessing): the layer
+        that reads its result carries what it reads."""
+        outs = [o for o in node.output if o]
+        return bool(outs) and node.op_type not in ("Constant",) and \
+            all(o not in self.graph_outputs and self.computed(o) is not None for o in outs)
+
     def pads(self, node: Any, attrs: _Attrs, in_hw: tuple[int | None, ...],
              k: tuple[int, int], stride: tuple[int, int],
              dilation: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -391,7 +425,7 @@ class Graph:
 
     def list_node(self, node: Any, reason: str, *, unsupported: bool = True) -> None:
         """List ``node`` as not exported, naming its learned tensors."""
-        tensors = [r.name for r in self.data_constants(node)]
+        tensors = self.learned(node)
         if unsupported:
             self.plan.refuse(self.name(node), node.op_type, reason, tensors)
         else:
@@ -416,4 +450,6 @@ def flat(ref: TensorRef, n: int) -> TensorRef:
     """``ref`` viewed as a length-``n`` vector."""
     if ref.shape == (n,):
         return ref
+    if isinstance(ref, ComputedRef):  # keeps what it is computed from
+        return replace(ref, shape=(n,), opener=lambda: ref.load().reshape(n))
     return TensorRef(ref.name, (n,), ref.dtype, lambda: ref.load().reshape(n))

@@ -50,8 +50,8 @@ def run(g: Graph) -> None:
     """Every node not folded into an earlier layer, through its builder; then a sweep that
     lists any learned tensor no rule claimed (nothing is dropped silently)."""
     for node in g.nodes:
-        if id(node) in g.consumed:
-            continue
+        if id(node) in g.consumed or g.in_constant_subgraph(node):
+            continue  # folded into a layer, or a weight's preprocessing (read as its result)
         op, name = node.op_type, g.name(node)
         if node.domain == "com.microsoft" and op == "DynamicQuantizeLSTM":
             quant_rnn.read_node(g, node)
@@ -71,8 +71,9 @@ def run(g: Graph) -> None:
     carried = {t for layer in g.plan.layers for t in layer.source_tensors()}
     listed = {t for e in g.plan.skipped + g.plan.unsupported for t in e.get("tensors", [])}
     for node in g.nodes:
-        missing = [r.name for r in g.data_constants(node)
-                   if r.name not in carried and r.name not in listed]
+        if g.in_constant_subgraph(node):
+            continue  # the learned tensors it reads are those of the result's reader
+        missing = [t for t in g.learned(node) if t not in carried and t not in listed]
         if missing:
             g.plan.skip(g.name(node), node.op_type, "a learned tensor no export rule claimed",
                         missing)
