@@ -35,6 +35,10 @@ class _NotConstant(Exception):
     pass
 
 
+class _TooDeep(_NotConstant):
+    """Not remembered: the same tensor may be within reach from a nearer start."""
+
+
 @dataclass
 class Computed:
     """A tensor's value and what it came from: ``parts`` the initializers (and Constant
@@ -79,16 +83,21 @@ class ConstEval:
         self.producer, self.leaf, self.shape, self.opset = producer, leaf, shape, opset
         self.why: dict[str, str] = {}
         self._small: dict[str, Computed] = {}  # results kept: small ones and views
+        self._bad: dict[str, str] = {}  # tensors found not constant, and why
 
     def reset(self) -> None:
         """Forget cached results (the known shapes changed)."""
         self._small.clear()
+        self._bad.clear()
         self.why.clear()
 
     def get(self, name: str) -> Computed | None:
         """``name``'s value when computed from constants (and known shapes) only."""
         if name in self._small:
             return self._small[name]
+        if name in self._bad:
+            self.why[name] = self._bad[name]
+            return None
         try:
             c = self._eval(name, {}, 0)
         except _NotConstant as e:
@@ -114,11 +123,25 @@ class ConstEval:
             c = Computed(np.asarray(a), (name,), (), False)
             memo[name] = c
             return c
+        if name in self._bad:
+            raise _NotConstant(self._bad[name])
         node = self.producer.get(name)
         if node is None:
             raise _NotConstant(f"{name!r} is a graph input")
+        try:
+            return self._node(node, name, memo, depth)
+        except _TooDeep:
+            raise
+        except _NotConstant as e:
+            for out in node.output:  # remembered: a deep graph is walked once, not n times
+                if out and out not in memo:
+                    self._bad[out] = str(e)
+            raise
+
+    def _node(self, node: Any, name: str, memo: dict[str, Computed], depth: int
+              ) -> Computed:
         if depth > _MAX_DEPTH:
-            raise _NotConstant(f"{name!r}: constant subgraph deeper than {_MAX_DEPTH}")
+            raise _TooDeep(f"{name!r}: constant subgraph deeper than {_MAX_DEPTH}")
         if node.domain not in ("", "ai.onnx") or node.op_type not in OPS:
             raise _NotConstant(f"{name!r} is computed by {node.op_type}, which is not "
                                "evaluated")

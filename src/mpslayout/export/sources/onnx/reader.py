@@ -21,6 +21,7 @@ from . import constants as oc
 from . import integer, quant_rnn, rnn
 from . import layers as ol
 from .graph import STRUCTURAL, WEIGHTLESS, Graph
+from .subgraphs import has_bodies, refuse_with_bodies
 from .tensors import _onnx, tensor_ref
 
 __all__ = ["BUILDERS", "read", "tensor_ref"]
@@ -58,6 +59,9 @@ def run(g: Graph) -> None:
         elif node.domain not in ("", "ai.onnx"):
             g.plan.refuse(name, op, f"custom operator of domain {node.domain!r}")
             oc.leftover(g, node, f"read by the custom operator {name!r}")
+        elif has_bodies(node):  # If/Loop/Scan: what its bodies read is listed under it
+            refuse_with_bodies(g, node)
+            oc.leftover(g, node, f"read by {op}, which has no MPS layer")
         elif op in BUILDERS:
             g.guard(node, BUILDERS[op])
         elif op == "DepthToSpace":
