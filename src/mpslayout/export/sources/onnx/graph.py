@@ -56,6 +56,9 @@ NOT_DATA: dict[str, tuple[int, ...]] = {
     "Identity": (0,),  # an alias: its readers see the constant through it
 }
 
+# ONNX elem types of floating tensors: FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_FLOAT_TYPES = frozenset((1, 10, 11, 16))
+
 # operators that compute a parameter (a Resize scale, a shape) from constants
 _PARAM_ARITHMETIC = frozenset(("Concat", "Cast", "Mul", "Div", "Add", "Sub", "Floor",
                                "Ceil", "Identity"))
@@ -141,6 +144,8 @@ class Graph:
                         self.protos[node.output[0]] = a.t
         self.refs: dict[str, TensorRef] = {}
         self.shapes: dict[str, list[int | None]] = {}
+        self.dtypes: dict[str, int] = {}  # ONNX elem types shape inference gave
+        self._derived: dict[str, bool] = {}
         self.consumed: set[int] = set()
         self.names: dict[int, str] = {}
         for i, node in enumerate(self.nodes):
@@ -376,13 +381,68 @@ class Graph:
 
     def learned(self, node: Any) -> list[str]:
         """The names of the learned tensors ``node`` reads (:meth:`data_constants`), a
-        computed one followed by the floating initializers it is computed from."""
+        computed one followed by the floating initializers it is computed from; and a
+        floating operand computed from constants alone that the evaluator does not compute
+        (an operator it does not know, a size it refuses), with its initializers."""
         out: list[str] = []
         for ref in self.data_constants(node):
             out.append(ref.name)
             out.extend(p for p in getattr(ref, "parts", ())
                        if p in self.refs and is_float(self.refs[p].dtype))
+        skip = NOT_DATA.get(node.op_type, ())
+        if not self.only_parameters(node):
+            for pos, t in enumerate(node.input):
+                if t and pos not in skip and self.const(t) is None and \
+                        self.constant_only(t) and self.dtypes.get(t, 1) in _FLOAT_TYPES:
+                    out.append(t)
+                    out.extend(self._leaves(t))
         return list(dict.fromkeys(out))
+
+    def constant_only(self, name: str) -> bool:
+        """Whether ``name`` is computed from initializers and Constant nodes alone (no
+        graph input, no shape of one), whether or not the evaluator computes it."""
+        stack = [name]
+        memo = self._derived
+        while stack:
+            t = stack[-1]
+            if t in memo:
+                stack.pop()
+                continue
+            node = self.producer.get(t)
+            if t in self.protos:
+                memo[t] = True
+            elif node is None or node.op_type in ("Shape", "Size") or not node.input or \
+                    any(a.type in (5, 10) for a in node.attribute):  # graph attributes
+                memo[t] = False
+            else:
+                todo = [u for u in node.input if u and u not in memo]
+                if todo:
+                    stack.extend(todo)
+                    continue
+                memo[t] = all(memo[u] for u in node.input if u)
+            stack.pop()
+        return memo[name]
+
+    def _leaves(self, name: str) -> list[str]:
+        """The floating initializers a constant-only tensor is computed from."""
+        out, stack, seen = [], [name], set()
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in self.protos:
+                if t in self.refs and is_float(self.refs[t].dtype):
+                    out.append(t)
+            elif t in self.producer:
+                stack.extend(u for u in self.producer[t].input if u)
+        return sorted(out)
+
+    def constant_node(self, node: Any) -> bool:
+        """Whether every output of ``node`` is computed from constants alone."""
+        outs = [o for o in node.output if o]
+        return bool(outs) and all(o not in self.graph_outputs and self.constant_only(o)
+                                  for o in outs)
 
     def in_constant_subgraph(self, node: Any) -> bool:
         """Whether ``node`` only computes a constant (a weight's preprocessing): the layer

@@ -75,8 +75,8 @@ def run(g: Graph) -> None:
     carried = {t for layer in g.plan.layers for t in layer.source_tensors()}
     listed = {t for e in g.plan.skipped + g.plan.unsupported for t in e.get("tensors", [])}
     for node in g.nodes:
-        if g.in_constant_subgraph(node):
-            continue  # the learned tensors it reads are those of the result's reader
+        if g.constant_node(node):
+            continue  # the learned tensors it reads are listed with the result's reader
         missing = [t for t in g.learned(node) if t not in carried and t not in listed]
         if missing:
             g.plan.skip(g.name(node), node.op_type, "a learned tensor no export rule claimed",

@@ -44,6 +44,8 @@ def _record(g: Any, inferred: Any) -> None:
     gr = inferred.graph
     for vi in [*gr.input, *gr.value_info, *gr.output]:
         tt = vi.type.tensor_type
+        if tt.elem_type:
+            g.dtypes[vi.name] = tt.elem_type
         if tt.HasField("shape"):
             g.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
                                  else None for d in tt.shape.dim]
