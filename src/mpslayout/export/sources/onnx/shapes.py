@@ -8,6 +8,7 @@ can prove (said in the plan's assumptions)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,10 @@ def _fold_round(g: Any, onnx: Any, model: Any, folded: set[str]) -> int:
         outs = [o for o in node.output if o]
         if not outs or any(o in folded for o in outs):
             continue
+        known = [g.shapes.get(o) for o in outs]
+        if any(s is not None and None not in s and math.prod(s) > _FOLD_MAX  # type: ignore
+               for s in known):
+            continue  # a weight, not a shape: not computed again each round
         vals = [g.ev.get(o) for o in outs]
         if any(v is None or v.value.size > _FOLD_MAX for v in vals):
             continue
