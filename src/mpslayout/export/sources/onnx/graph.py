@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from ... import geometry as mf
-from ...attrs import as_float, as_int, as_pair, as_text
+from ...attrs import as_text
 from ...plan import ComputedRef, Layer, Overrides, Plan, SkipLayer, TensorRef, is_float
+from .attributes import Attrs as _Attrs
 from .const_eval import ConstEval
 from .dequantize import dequantized
 from .fold import record
@@ -66,55 +67,10 @@ _PARAM_ARITHMETIC = frozenset(("Concat", "Cast", "Mul", "Div", "Add", "Sub", "Fl
 # ----------------------------------------------------------------------- the graph
 
 
-# AttributeProto.AttributeType values this reader reads, and their names for messages
-_FLOAT, _INT, _STRING, _INTS = 1, 2, 3, 7
-_TYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "INT", 3: "STRING", 4: "TENSOR", 5: "GRAPH",
-               6: "FLOATS", 7: "INTS", 8: "STRINGS"}
-
 # inputs each op this reader looks into must have (it reads them by position)
 _MIN_INPUTS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "MatMul": 2,
                "BatchNormalization": 5, "Flatten": 1, "Reshape": 2, "DepthToSpace": 1,
                "Transpose": 1, "Gather": 1, **{op: 1 for op in POINTWISE}}
-
-
-class _Attrs:
-    """A node's attributes, each read with the type ONNX defines for it; a file that stores
-    another type (or none) is refused, naming the node and the attribute."""
-
-    def __init__(self, node: Any, name: str) -> None:
-        self.where = f"node {name!r}"
-        self.raw = {a.name: a for a in node.attribute}
-
-    def _get(self, key: str, kind: int) -> Any:
-        a = self.raw.get(key)
-        if a is None:
-            return None
-        if a.type != kind:
-            raise ValueError(f"{self.where}: attribute {key!r} has type "
-                             f"{_TYPE_NAMES.get(a.type, a.type)}, ONNX defines it as "
-                             f"{_TYPE_NAMES[kind]} (a malformed model)")
-        return {_FLOAT: a.f, _INT: a.i, _STRING: a.s, _INTS: list(a.ints)}[kind]
-
-    def int(self, key: str, default: int, *, minimum: int | None = None) -> int:
-        v = self._get(key, _INT)
-        return default if v is None else as_int(v, f"{self.where}: {key}", minimum=minimum)
-
-    def ints(self, key: str) -> list[int] | None:
-        return self._get(key, _INTS)
-
-    def pair(self, key: str, default: int, *, minimum: int | None = None) -> tuple[int, int]:
-        v = self._get(key, _INTS)
-        if v is None:
-            return default, default
-        return as_pair(v, f"{self.where}: {key}", minimum=minimum)
-
-    def float(self, key: str, default: float) -> float:
-        v = self._get(key, _FLOAT)
-        return default if v is None else as_float(v, f"{self.where}: {key}")
-
-    def text(self, key: str, default: str) -> str:
-        v = self._get(key, _STRING)
-        return default if v is None else as_text(v, f"{self.where}: {key}")
 
 
 class Graph:
