@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from ...plan import Overrides, Plan
+from ...plan import ComputedRef, Overrides, Plan, is_float
 from . import constants as oc
 from . import integer, quant_rnn, rnn
 from . import layers as ol
@@ -77,11 +77,20 @@ def run(g: Graph) -> None:
     for node in g.nodes:
         if g.constant_node(node):
             continue  # the learned tensors it reads are listed with the result's reader
-        missing = [t for t in g.learned(node) if t not in carried and t not in listed]
+        missing = [t for t in g.learned(node) if t not in carried and t not in listed
+                   and not _sources_carried(g, t, carried)]
         if missing:
             g.plan.skip(g.name(node), node.op_type, "a learned tensor no export rule claimed",
                         missing)
             listed.update(missing)
+
+
+def _sources_carried(g: Graph, name: str, carried: set[str]) -> bool:
+    """Whether ``name`` is a tensor computed from initializers (a Reshape of a bias...)
+    whose floating sources a layer carries: it is that layer's, seen through a view."""
+    ref = g.refs.get(name)
+    parts = [p for p in getattr(ref, "parts", ()) if p in g.refs and is_float(g.refs[p].dtype)]
+    return isinstance(ref, ComputedRef) and bool(parts) and all(p in carried for p in parts)
 
 
 def read(path: str, *, fold_bn: bool, overrides: Overrides) -> Plan:
