@@ -103,7 +103,8 @@ class ConstEval:
         except _NotConstant as e:
             self.why[name] = str(e)
             return None
-        except (ValueError, TypeError, IndexError, OverflowError, MemoryError) as e:
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
+                ZeroDivisionError, MemoryError) as e:
             self.why[name] = f"{type(e).__name__}: {e}"  # a malformed node: not constant
             return None
         v = c.value
