@@ -198,6 +198,15 @@ def _select(plan: Plan, only: list[str] | None) -> None:
     plan.layers = kept
 
 
+def _listed(plan: Plan, most: int = 8) -> str:
+    """Each node not exported, its op and why (the first ``most``)."""
+    entries = plan.unsupported + plan.skipped
+    out = [f"{e['name']} ({e['op']}): {e['reason']}" for e in entries[:most]]
+    if len(entries) > most:
+        out.append(f"... and {len(entries) - most} more")
+    return "; ".join(out)
+
+
 def export(
     model: str | os.PathLike[str],
     outdir: str | os.PathLike[str],
@@ -331,7 +340,8 @@ def export(
     if not plan.layers:
         raise ValueError(f"{path} has no layer mpslayout can export"
                          + (f" ({len(plan.unsupported)} unsupported, {len(plan.skipped)} "
-                            "skipped)" if plan.unsupported or plan.skipped else ""))
+                            "skipped): " + _listed(plan)
+                            if plan.unsupported or plan.skipped else ""))
     from .. import __version__
 
     fields = {

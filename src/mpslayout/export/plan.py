@@ -105,6 +105,16 @@ class QuantRef(TensorRef):
     origin: str = "DequantizeLinear"
 
 
+@dataclass
+class ComputedRef(TensorRef):
+    """A tensor the source file computes from others (a weight made by ``ConstantOfShape``,
+    ``Transpose(W)``, ``Mul(W, c)``): ``parts`` are the source tensors it is computed from,
+    ``origin`` the operators that compute it. Its values are the computation's."""
+
+    parts: list[str] = field(default_factory=list)
+    origin: str = ""
+
+
 def _float_values(q: TensorRef, scale: np.ndarray, zp: np.ndarray, axis: int | None
                   ) -> np.ndarray:
     """``(q - zp) * scale`` in float32, as DequantizeLinear computes it."""
@@ -176,7 +186,9 @@ class Layer:
                 names.append(v)
         names.extend(r.name for r in self.tensors.values() if not r.synthetic)
         names.extend(self.carried)
-        names.extend(getattr(self.weight, "parts", ()))  # an 8-bit weight's q, scale, zp
+        for ref in (self.weight, self.bias, *self.tensors.values()):
+            # an 8-bit weight's q, scale, zp; the initializers a computed tensor comes from
+            names.extend(getattr(ref, "parts", ()))
         names.extend(f["tensor"] for f in self.source.get("fused", []))
         return list(dict.fromkeys(names))
 

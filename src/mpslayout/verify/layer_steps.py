@@ -93,8 +93,8 @@ class LayerSteps(Walk):
                 and seg.end not in self.ncw:  # an (N, C, L) sequence is an image already
             self._run_channel_layer(seg, x_or, like)
             return
-        img_in = next(t for k, t in enumerate(main.input[:2])
-                      if seg.layer.kind != "arithmetic" or g.const(t) is None)
+        img_in = seg.reads or next(t for k, t in enumerate(main.input[:2])
+                                   if seg.layer.kind != "arithmetic" or g.const(t) is None)
         if like is None and self._input(img_in).image is not None:
             try:
                 y, _, _ = self._layer(seg, self._input(img_in).image,  # type: ignore[arg-type]
@@ -116,6 +116,8 @@ class LayerSteps(Walk):
         self.report.layers_checked += 1
         x_val = self._input(img_in)
         try:
+            if seg.problem:
+                raise VerifyError(seg.problem)
             if like is None:
                 raise VerifyError(f"the oracle did not give tensor {seg.end!r}")
             if x_val.image is None:
@@ -129,7 +131,7 @@ class LayerSteps(Walk):
                                   "give a larger --input")
             if cov is not None and not cov.complete:
                 self._untested_taps(seg, row, cov)
-            src_t = self._image_tensor(img_in)
+            src_t = seg.reads or self._image_tensor(img_in)
             if src_t in self.values:  # isolated: the oracle's input, rounded to storage
                 x_iso = self._oracle(src_t).image
                 if x_iso is None:

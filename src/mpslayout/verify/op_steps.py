@@ -94,8 +94,8 @@ class OpSteps(MeaningSteps):
             self._borrow(i, "a flatten the reference executor does not model")
             return
         if op in ("Shape", "Constant", "ConstantOfShape", "Cast") or all(
-                g.const(t) is not None for t in n.input if t):
-            self._borrow(i, None)  # computed from constants only
+                g.const(t) is not None or g.shape_derived(t) for t in n.input if t):
+            self._borrow(i, None)  # computed from constants (and shapes) only
             return
         if op == "Reshape" and like.ndim == 4:
             self._borrow(i, "a reshape to an image that no exported layer records: "

@@ -12,7 +12,7 @@ from ..reference.onnx_ops import Kernel, build
 from . import tolerance as T
 from .files import ExportedLayer, VerifyError
 from .graph import Graph, NodeView
-from .layers import map_layers
+from .layers import fc_chains, map_layers
 from .patterns import gelu_chains
 from .report import Check, Report
 from .sequences import ncw_tensors
@@ -53,6 +53,7 @@ class Walk:
                 self.exported[str(names[0])] = self._as_model(str(names[0]),
                                                               x.arrays["tensor"])
         self.segments, unmapped = map_layers(g, [x for x in layers if x.kind != "tensor"])
+        self.done.update(fc_chains(g, self.segments, values))  # run by their layer
         # every input dim fixed by the model itself: no larger input exists to test with
         self.fixed_size = all(
             vi.type.tensor_type.shape.dim and all(d.HasField("dim_value") and d.dim_value > 0

@@ -78,7 +78,7 @@ def arithmetic(g: Graph, node: Any) -> None:
     source = {"format": "onnx", "node": g.name(node), "op": op, "input": x,
               "output": node.output[0]}
     layer = Layer(g.name(node), "arithmetic", "arithmetic", source, image, geometry=geo,
-                  carried=[ref.name])
+                  carried=[ref.name, *getattr(ref, "parts", ())])
     layer.notes.append(f"MPSCNN{ARITHMETIC[op].capitalize()} with the constant {ref.name!r} "
                        f"as its {geo['constant_operand']} image")
     g.plan.layers.append(layer)

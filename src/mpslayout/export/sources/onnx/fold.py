@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ...plan import Layer, SkipLayer, TensorRef, batch_norm_fold, is_float
+from ...plan import ComputedRef, Layer, SkipLayer, TensorRef, batch_norm_fold, is_float
 
 FOLDABLE = ("Add", "Sub", "Mul", "Div")
 F32_MAX = float(np.finfo(np.float32).max)
@@ -75,6 +75,8 @@ def fold_chain(g: Any, out: str, n: int, rank: int, axis: int,
             _affine(f, k, sh)
             f.bn = nxt
             f.carried.extend(nxt.input[1:5])
+            for t in nxt.input[1:5]:  # what a computed BN parameter is computed from
+                f.carried.extend(getattr(g.const(t), "parts", ()) if t else ())
         elif nxt.op_type in FOLDABLE and len(nxt.input) == 2 and nxt.input[0] != nxt.input[1]:
             pos = 0 if nxt.input[0] == f.out else 1
             if pos == 1 and nxt.op_type in ("Sub", "Div"):
@@ -99,6 +101,7 @@ def fold_chain(g: Any, out: str, n: int, rank: int, axis: int,
                 f.scale, f.shift = before
                 return f
             f.fused.append({"node": g.name(nxt), "op": op, "tensor": ref.name})
+            f.carried.extend(getattr(ref, "parts", ()))  # a computed constant's sources
             if reshape is not None:  # its constant is now the layer's: no entry of its own
                 g.absorb(reshape)
                 f.fused[-1]["reshape"] = g.name(reshape)
@@ -112,14 +115,14 @@ def _operand(g: Any, name: str) -> tuple[TensorRef | None, Any | None]:
     """The constant behind ``name``, also through a ``Reshape`` of a constant by a constant
     shape read by nothing else (ONNX Runtime's quantize_dynamic writes a Conv's bias as
     ``Reshape(bias, [1, C, 1, 1])``); and that Reshape node, or None."""
-    ref = g.const(name)
     node = g.producer.get(name)
-    if ref is not None or node is None or node.op_type != "Reshape" or \
-            len(node.input) < 2 or g.sole_consumer(name) is None:
-        return ref, None
+    if node is None or node.op_type != "Reshape" or len(node.input) < 2 or \
+            g.sole_consumer(name) is None or node.input[0] in g.graph_outputs:
+        return g.const(name), None
     data, shape = g.const(node.input[0]), g.const(node.input[1])
-    if data is None or shape is None or shape.dtype.kind not in "iu":
-        return None, None
+    if data is None or shape is None or shape.dtype.kind not in "iu" or \
+            isinstance(data, ComputedRef):
+        return g.const(name), None  # computed from constants otherwise (const_eval)
     want = [int(d) for d in np.asarray(shape.load()).ravel()]
     if not g.attrs(node).int("allowzero", 0):  # 0 copies the input's dim
         want = [data.shape[i] if d == 0 and i < len(data.shape) else d
@@ -127,7 +130,7 @@ def _operand(g: Any, name: str) -> tuple[TensorRef | None, Any | None]:
     try:
         target = np.empty(data.shape, np.bool_).reshape(want).shape
     except ValueError:
-        return None, None
+        return g.const(name), None
     return TensorRef(data.name, tuple(target), data.dtype,
                      lambda: data.load().reshape(target)), node
 

@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 
 from ... import geometry as mf
-from ...attrs import as_float, as_int, as_pair, as_text
-from ...plan import Layer, Overrides, Plan, SkipLayer, TensorRef, is_float
+from ...attrs import as_text
+from ...plan import ComputedRef, Layer, Overrides, Plan, SkipLayer, TensorRef, is_float
+from .attributes import Attrs as _Attrs
+from .const_eval import ConstEval
 from .dequantize import dequantized
 from .fold import record
-from .tensors import _EXTERNAL, _onnx, tensor_ref
+from .tensors import tensor_ref
 
 # ops with one data input that act element by element: a channel permutation commutes
 # with them, and a layer's output may pass through them on its way to a Reshape
@@ -55,6 +57,9 @@ NOT_DATA: dict[str, tuple[int, ...]] = {
     "Identity": (0,),  # an alias: its readers see the constant through it
 }
 
+# ONNX elem types of floating tensors: FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_FLOAT_TYPES = frozenset((1, 10, 11, 16))
+
 # operators that compute a parameter (a Resize scale, a shape) from constants
 _PARAM_ARITHMETIC = frozenset(("Concat", "Cast", "Mul", "Div", "Add", "Sub", "Floor",
                                "Ceil", "Identity"))
@@ -62,55 +67,10 @@ _PARAM_ARITHMETIC = frozenset(("Concat", "Cast", "Mul", "Div", "Add", "Sub", "Fl
 # ----------------------------------------------------------------------- the graph
 
 
-# AttributeProto.AttributeType values this reader reads, and their names for messages
-_FLOAT, _INT, _STRING, _INTS = 1, 2, 3, 7
-_TYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "INT", 3: "STRING", 4: "TENSOR", 5: "GRAPH",
-               6: "FLOATS", 7: "INTS", 8: "STRINGS"}
-
 # inputs each op this reader looks into must have (it reads them by position)
 _MIN_INPUTS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "MatMul": 2,
                "BatchNormalization": 5, "Flatten": 1, "Reshape": 2, "DepthToSpace": 1,
                "Transpose": 1, "Gather": 1, **{op: 1 for op in POINTWISE}}
-
-
-class _Attrs:
-    """A node's attributes, each read with the type ONNX defines for it; a file that stores
-    another type (or none) is refused, naming the node and the attribute."""
-
-    def __init__(self, node: Any, name: str) -> None:
-        self.where = f"node {name!r}"
-        self.raw = {a.name: a for a in node.attribute}
-
-    def _get(self, key: str, kind: int) -> Any:
-        a = self.raw.get(key)
-        if a is None:
-            return None
-        if a.type != kind:
-            raise ValueError(f"{self.where}: attribute {key!r} has type "
-                             f"{_TYPE_NAMES.get(a.type, a.type)}, ONNX defines it as "
-                             f"{_TYPE_NAMES[kind]} (a malformed model)")
-        return {_FLOAT: a.f, _INT: a.i, _STRING: a.s, _INTS: list(a.ints)}[kind]
-
-    def int(self, key: str, default: int, *, minimum: int | None = None) -> int:
-        v = self._get(key, _INT)
-        return default if v is None else as_int(v, f"{self.where}: {key}", minimum=minimum)
-
-    def ints(self, key: str) -> list[int] | None:
-        return self._get(key, _INTS)
-
-    def pair(self, key: str, default: int, *, minimum: int | None = None) -> tuple[int, int]:
-        v = self._get(key, _INTS)
-        if v is None:
-            return default, default
-        return as_pair(v, f"{self.where}: {key}", minimum=minimum)
-
-    def float(self, key: str, default: float) -> float:
-        v = self._get(key, _FLOAT)
-        return default if v is None else as_float(v, f"{self.where}: {key}")
-
-    def text(self, key: str, default: str) -> str:
-        v = self._get(key, _STRING)
-        return default if v is None else as_text(v, f"{self.where}: {key}")
 
 
 class Graph:
@@ -140,10 +100,14 @@ class Graph:
                         self.protos[node.output[0]] = a.t
         self.refs: dict[str, TensorRef] = {}
         self.shapes: dict[str, list[int | None]] = {}
+        self.dtypes: dict[str, int] = {}  # ONNX elem types shape inference gave
+        self._derived: dict[str, bool] = {}
         self.consumed: set[int] = set()
         self.names: dict[int, str] = {}
         for i, node in enumerate(self.nodes):
             self.names[id(node)] = node.name or f"{node.op_type}_{i}"
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.ev = ConstEval(self.producer, self._leaf, self.shape, int(opset))
 
     # -- lookups
 
@@ -210,43 +174,12 @@ class Graph:
                 tt.shape.dim.add().dim_value = int(v)
 
     def infer_shapes(self) -> None:
-        """Shape inference over a copy of the model with ``input_dims`` written into its
-        inputs: strict mode first (an inconsistent graph is then said in the assumptions),
-        falling back to the permissive mode. Records the inputs' dims in ``plan.inputs``."""
-        onnx = _onnx()
-        model = onnx.ModelProto()
-        model.CopyFrom(self.model)
-        self.fix_input_dims(model, self.over.input_dims)
-        # shape constants (Reshape targets) stored externally: inline them in the copy, since
-        # inference does not read external data
-        for t in model.graph.initializer:
-            ref = self.refs[t.name]
-            if t.data_location == _EXTERNAL and ref.dtype.kind in "iu" and ref.nbytes <= 4096:
-                t.CopyFrom(onnx.numpy_helper.from_array(np.array(ref.load()), t.name))
-        inferred = model
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True,
-                                                         data_prop=True)
-        except Exception as strict_error:  # inference is a help, not a requirement
-            try:
-                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False,
-                                                             data_prop=True)
-                self.plan.assumptions.append(
-                    f"strict ONNX shape inference failed ({strict_error}); shapes come from "
-                    "the permissive mode")
-            except Exception as e:
-                self.plan.assumptions.append(f"ONNX shape inference failed ({e}); layers "
-                                             "that need shapes were skipped")
-        g = inferred.graph
-        for vi in [*g.input, *g.value_info, *g.output]:
-            tt = vi.type.tensor_type
-            if tt.HasField("shape"):
-                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value")
-                                        and d.dim_value > 0 else None for d in tt.shape.dim]
-        for t in self.model.graph.initializer:
-            self.shapes[t.name] = list(t.dims)
-        for name in self.graph_inputs():
-            self.plan.inputs[name] = self.shapes.get(name)
+        """Shapes with ``input_dims`` written into the inputs, constant propagation of the
+        shape subgraphs and, where needed and possible, one ONNX Runtime run (:mod:`.shapes`).
+        Records the inputs' dims in ``plan.inputs``."""
+        from .shapes import infer
+
+        infer(self)
 
     def name(self, node: Any) -> str:
         return self.names[id(node)]
@@ -261,17 +194,62 @@ class Graph:
     def attrs(self, node: Any) -> _Attrs:
         return _Attrs(node, self.name(node))
 
+    def _leaf(self, name: str) -> np.ndarray | None:
+        """An initializer's or Constant node's array (the evaluator's leaves)."""
+        if name not in self.protos:
+            return None
+        if name not in self.refs:  # a Constant node's tensor is named by the node's output
+            self.refs[name] = replace(tensor_ref(self.protos[name], self.dir), name=name)
+        return self.refs[name].load()
+
     def const(self, name: str) -> TensorRef | None:
-        """The constant tensor behind ``name`` (through Identity nodes), else None."""
-        seen = 0
+        """The constant tensor behind ``name`` (through Identity nodes, a DequantizeLinear
+        of constants, or any computation from constants alone: :meth:`computed`), else
+        None."""
+        seen, start = 0, name
         while name not in self.protos:
             node = self.producer.get(name)
             if node is None or node.op_type != "Identity" or seen > 64:
-                return dequantized(self, name)  # 8-bit weights, or None
+                return dequantized(self, name) or self.computed(start)
             name, seen = node.input[0], seen + 1
         if name not in self.refs:  # a Constant node's tensor is named by the node's output
             self.refs[name] = replace(tensor_ref(self.protos[name], self.dir), name=name)
         return self.refs[name]
+
+    def computed(self, name: str) -> ComputedRef | None:
+        """``name`` as a :class:`ComputedRef` when the graph computes it from initializers
+        and Constant nodes alone (:mod:`.const_eval`; not from a graph tensor's shape)."""
+        known = self.refs.get(name)
+        if isinstance(known, ComputedRef):
+            return known
+        if name not in self.producer:
+            return None
+        c = self.ev.get(name)
+        if c is None or c.from_shapes:
+            return None
+        v = c.value
+        shape, dtype = tuple(v.shape), v.dtype
+
+        def opener() -> np.ndarray:
+            again = self.ev.get(name)
+            if again is None:
+                raise ValueError(f"tensor {name!r} could not be computed again: "
+                                 f"{self.ev.why.get(name)}")
+            return np.asarray(again.value)
+
+        ref = ComputedRef(name, shape, dtype, opener, parts=list(c.parts),
+                          origin=" -> ".join(c.ops))
+        self.refs[name] = ref
+        return ref
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The value of a shape, axes or index operand: a constant, or what the graph
+        computes from constants and known shapes; else None."""
+        ref = self.const(name)
+        if ref is not None:
+            return ref.load()
+        c = self.ev.get(name)
+        return None if c is None else c.value
 
     def shape(self, name: str) -> list[int | None] | None:
         return self.shapes.get(name)
@@ -357,6 +335,78 @@ class Graph:
                 out.append(ref)
         return out
 
+    def learned(self, node: Any) -> list[str]:
+        """The names of the learned tensors ``node`` reads (:meth:`data_constants`), a
+        computed one followed by the floating initializers it is computed from; and a
+        floating operand computed from constants alone that the evaluator does not compute
+        (an operator it does not know, a size it refuses), with its initializers."""
+        out: list[str] = []
+        for ref in self.data_constants(node):
+            out.append(ref.name)
+            out.extend(p for p in getattr(ref, "parts", ())
+                       if p in self.refs and is_float(self.refs[p].dtype))
+        skip = NOT_DATA.get(node.op_type, ())
+        if not self.only_parameters(node):
+            for pos, t in enumerate(node.input):
+                if t and pos not in skip and self.const(t) is None and \
+                        self.constant_only(t) and self.dtypes.get(t, 1) in _FLOAT_TYPES:
+                    out.append(t)
+                    out.extend(self._leaves(t))
+        return list(dict.fromkeys(out))
+
+    def constant_only(self, name: str) -> bool:
+        """Whether ``name`` is computed from initializers and Constant nodes alone (no
+        graph input, no shape of one), whether or not the evaluator computes it."""
+        stack = [name]
+        memo = self._derived
+        while stack:
+            t = stack[-1]
+            if t in memo:
+                stack.pop()
+                continue
+            node = self.producer.get(t)
+            if t in self.protos:
+                memo[t] = True
+            elif node is None or node.op_type in ("Shape", "Size") or not node.input or \
+                    any(a.type in (5, 10) for a in node.attribute):  # graph attributes
+                memo[t] = False
+            else:
+                todo = [u for u in node.input if u and u not in memo]
+                if todo:
+                    stack.extend(todo)
+                    continue
+                memo[t] = all(memo[u] for u in node.input if u)
+            stack.pop()
+        return memo[name]
+
+    def _leaves(self, name: str) -> list[str]:
+        """The floating initializers a constant-only tensor is computed from."""
+        out, stack, seen = [], [name], set()
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in self.protos:
+                if t in self.refs and is_float(self.refs[t].dtype):
+                    out.append(t)
+            elif t in self.producer:
+                stack.extend(u for u in self.producer[t].input if u)
+        return sorted(out)
+
+    def constant_node(self, node: Any) -> bool:
+        """Whether every output of ``node`` is computed from constants alone."""
+        outs = [o for o in node.output if o]
+        return bool(outs) and all(o not in self.graph_outputs and self.constant_only(o)
+                                  for o in outs)
+
+    def in_constant_subgraph(self, node: Any) -> bool:
+        """Whether ``node`` only computes a constant (a weight's preprocessing): the layer
+        that reads its result carries what it reads."""
+        outs = [o for o in node.output if o]
+        return bool(outs) and node.op_type not in ("Constant",) and \
+            all(o not in self.graph_outputs and self.computed(o) is not None for o in outs)
+
     def pads(self, node: Any, attrs: _Attrs, in_hw: tuple[int | None, ...],
              k: tuple[int, int], stride: tuple[int, int],
              dilation: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -391,7 +441,7 @@ class Graph:
 
     def list_node(self, node: Any, reason: str, *, unsupported: bool = True) -> None:
         """List ``node`` as not exported, naming its learned tensors."""
-        tensors = [r.name for r in self.data_constants(node)]
+        tensors = self.learned(node)
         if unsupported:
             self.plan.refuse(self.name(node), node.op_type, reason, tensors)
         else:
@@ -416,4 +466,6 @@ def flat(ref: TensorRef, n: int) -> TensorRef:
     """``ref`` viewed as a length-``n`` vector."""
     if ref.shape == (n,):
         return ref
+    if isinstance(ref, ComputedRef):  # keeps what it is computed from
+        return replace(ref, shape=(n,), opener=lambda: ref.load().reshape(n))
     return TensorRef(ref.name, (n,), ref.dtype, lambda: ref.load().reshape(n))

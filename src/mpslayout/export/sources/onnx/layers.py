@@ -23,6 +23,7 @@ from ...reshape import reshape_layer
 from . import axes
 from .fold import fold_chain
 from .graph import POINTWISE, Graph
+from .permute import fold_columns, permuted_flatten
 
 
 def absmax(w: TensorRef, factor: float = 1.0) -> Callable[[], float]:
@@ -274,18 +275,30 @@ def dense(g: Graph, node: Any) -> None:
         s = g.shape(node.input[0])
         if s is not None and len(s) > 3:
             raise SkipLayer(f"MatMul on a {len(s)}-D tensor is not a fully connected layer")
-    src, hwc, order, status = flatten_source(g, node.input[0])
     given = g.over.get("input_shapes", [name, w.name])
+    permuted = None if given is not None else permuted_flatten(g, node.input[0])
+    if permuted is not None:  # a permute before the flatten: folded into the columns
+        src, hwc, order, status = permuted.image, permuted.hwc, "CHW", "image"
+        w = fold_columns(w, permuted, layout, name)
+        for n_ in permuted.nodes:
+            g.consumed.add(id(n_))
+    else:
+        src, hwc, order, status = flatten_source(g, node.input[0])
     if given is not None:
         c, h, ww = given
         hwc, status = (h, ww, c), "image"
     if status == "unknown":
         # the graph's symbolic dims hide what reaches it (an image flattened, or a sequence
         # merged into rows); fixing the graph input's dims settles either
-        raise SkipLayer(f"what reaches {node.input[0]!r} (an image flattened, or a sequence "
-                        "reshaped into rows) is not known from the graph's symbolic dims; pass "
-                        "--input-dims INPUT=D0,D1,... (or --input-shape "
-                        f"{name}=C,H,W for a flattened C x H x W image)")
+        what = f"what reaches {node.input[0]!r} (an image flattened, or a sequence reshaped " \
+               "into rows)"
+        shape_hint = f"--input-shape {name}=C,H,W for a flattened C x H x W image"
+        if g.over.input_dims:  # never the hint of a flag already given
+            raise SkipLayer(f"{what} is not known even with the given --input-dims (constant "
+                            "propagation of the shape subgraph, and ONNX Runtime where "
+                            f"installed, could not tell); pass {shape_hint}")
+        raise SkipLayer(f"{what} is not known from the graph's symbolic dims; pass "
+                        f"--input-dims INPUT=D0,D1,... (or {shape_hint})")
     if hwc is not None and math.prod(hwc) != n:
         raise SkipLayer(f"the image flattened into it is (H, W, C)={hwc}, "
                     f"{math.prod(hwc)} values, but the weight has {n} inputs")
@@ -312,6 +325,9 @@ def dense(g: Graph, node: Any) -> None:
     source = {"format": "onnx", "node": name, "op": op, "weights": w.name,
               "bias": b.name if b is not None else None, "input": src, "output": out}
     geo = mf.fc_geometry(n_in=n, n_out=o, source=hwc, flatten=order)
+    if permuted is not None:
+        geo["fully_connected"]["reads"] = permuted.image
+        geo["fully_connected"]["folded"] = permuted.record(g)
     params: dict[str, Any] = {"layout": layout}
     if hwc is not None:
         h, ww, c = hwc
@@ -319,6 +335,12 @@ def dense(g: Graph, node: Any) -> None:
         params["flatten"] = order
     if reshape is None:
         layer = Layer(name, "fully_connected", "fc", source, w, bias, params, geo, w_scale)
+        if permuted is not None:
+            layer.notes.append(
+                f"reads image {permuted.image!r} as MPS holds it: the "
+                + " -> ".join(f"{x['op']} {x['node']!r}" for x in permuted.record(g))
+                + " before the layer is folded into its weights' columns (no MPS kernel "
+                "produces the permuted tensor)")
         if alpha != 1.0 or beta != 1.0:
             layer.notes.append(f"Gemm alpha={alpha}, beta={beta} applied to the weights "
                                "and bias")
@@ -328,8 +350,10 @@ def dense(g: Graph, node: Any) -> None:
                                "the T positions (an image of T pixels, 1x1 kernel)")
         if nxt is not None and nxt.op_type == "Reshape":
             why = (f"it feeds Reshape {g.name(nxt)!r}, whose target shape is not known: its "
-                   f"rows are left in source order; pass --input-dims (or --reshape "
-                   f"{name}=H,W,C) if that Reshape makes an image")
+                   "rows are left in source order; pass "
+                   + ("" if g.over.input_dims else "--input-dims (or ")
+                   + f"--reshape {name}=H,W,C" + ("" if g.over.input_dims else ")")
+                   + " if that Reshape makes an image")
             layer.notes.append(why)
             g.plan.assumptions.append(f"layer {name!r}: {why}")
         g.add_layer(layer, f, [])

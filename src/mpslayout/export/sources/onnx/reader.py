@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from ...plan import Overrides, Plan
+from ...plan import ComputedRef, Overrides, Plan, is_float
 from . import constants as oc
 from . import integer, quant_rnn, rnn
 from . import layers as ol
 from .graph import STRUCTURAL, WEIGHTLESS, Graph
+from .subgraphs import has_bodies, refuse_with_bodies
 from .tensors import _onnx, tensor_ref
 
 __all__ = ["BUILDERS", "read", "tensor_ref"]
@@ -50,14 +51,17 @@ def run(g: Graph) -> None:
     """Every node not folded into an earlier layer, through its builder; then a sweep that
     lists any learned tensor no rule claimed (nothing is dropped silently)."""
     for node in g.nodes:
-        if id(node) in g.consumed:
-            continue
+        if id(node) in g.consumed or g.in_constant_subgraph(node):
+            continue  # folded into a layer, or a weight's preprocessing (read as its result)
         op, name = node.op_type, g.name(node)
         if node.domain == "com.microsoft" and op == "DynamicQuantizeLSTM":
             quant_rnn.read_node(g, node)
         elif node.domain not in ("", "ai.onnx"):
             g.plan.refuse(name, op, f"custom operator of domain {node.domain!r}")
             oc.leftover(g, node, f"read by the custom operator {name!r}")
+        elif has_bodies(node):  # If/Loop/Scan: what its bodies read is listed under it
+            refuse_with_bodies(g, node)
+            oc.leftover(g, node, f"read by {op}, which has no MPS layer")
         elif op in BUILDERS:
             g.guard(node, BUILDERS[op])
         elif op == "DepthToSpace":
@@ -71,12 +75,22 @@ def run(g: Graph) -> None:
     carried = {t for layer in g.plan.layers for t in layer.source_tensors()}
     listed = {t for e in g.plan.skipped + g.plan.unsupported for t in e.get("tensors", [])}
     for node in g.nodes:
-        missing = [r.name for r in g.data_constants(node)
-                   if r.name not in carried and r.name not in listed]
+        if g.constant_node(node):
+            continue  # the learned tensors it reads are listed with the result's reader
+        missing = [t for t in g.learned(node) if t not in carried and t not in listed
+                   and not _sources_carried(g, t, carried)]
         if missing:
             g.plan.skip(g.name(node), node.op_type, "a learned tensor no export rule claimed",
                         missing)
             listed.update(missing)
+
+
+def _sources_carried(g: Graph, name: str, carried: set[str]) -> bool:
+    """Whether ``name`` is a tensor computed from initializers (a Reshape of a bias...)
+    whose floating sources a layer carries: it is that layer's, seen through a view."""
+    ref = g.refs.get(name)
+    parts = [p for p in getattr(ref, "parts", ()) if p in g.refs and is_float(g.refs[p].dtype)]
+    return isinstance(ref, ComputedRef) and bool(parts) and all(p in carried for p in parts)
 
 
 def read(path: str, *, fold_bn: bool, overrides: Overrides) -> Plan:
