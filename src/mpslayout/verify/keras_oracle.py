@@ -255,6 +255,20 @@ def _explain_rows(report: Any, doc: dict[str, Any], tr: Any, bad: dict[str, str]
                          "export: this layer is not judged")
 
 
+def load_translated(keras: Any, path: str) -> tuple[Any, Any]:
+    """(the Keras model in ``path``, its ONNX translation), or a VerifyError saying why."""
+    from ..keras_onnx import Untranslatable, keras_as_onnx
+
+    try:
+        kmodel = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for a file it cannot read
+        raise VerifyError(f"Keras cannot load {path}: {type(e).__name__}: {e}") from None
+    try:
+        return kmodel, keras_as_onnx(kmodel)
+    except Untranslatable as e:
+        raise VerifyError(f"{path}: {e}") from None
+
+
 def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], *,
                  input: Any = None, input_dims: dict[str, Any] | None = None,
                  atol: float = 1e-4, rtol: float = 1e-4, storage: str | None = None,
@@ -264,21 +278,12 @@ def verify_keras(outdir: str | os.PathLike[str], model: str | os.PathLike[str], 
     :func:`mpslayout.verify.verify`). Raises :class:`KerasMissing`
     without keras, VerifyError when nothing can be compared."""
     keras = import_keras()  # first: without keras, say that and nothing else
-    from ..keras_onnx import Untranslatable, keras_as_onnx
-
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise VerifyError(f"model file not found: {path}")
     loaded = load_export(outdir)
     doc, exported = loaded
-    try:
-        kmodel = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # Keras raises many types for a file it cannot read
-        raise VerifyError(f"Keras cannot load {path}: {type(e).__name__}: {e}") from None
-    try:
-        tr = keras_as_onnx(kmodel)
-    except Untranslatable as e:
-        raise VerifyError(f"{path}: {e}") from None
+    kmodel, tr = load_translated(keras, path)
     x, what = input_array(kmodel, doc, input, seed, input_dims)
     values = keras_values(keras, kmodel, tr, x)
     feeds = {tr.inputs[0]: np.ascontiguousarray(tr.to_graph(tr.inputs[0], x))}

@@ -224,20 +224,12 @@ def _keras_oracle(mpath: str, facts: Mapping[str, Any], input: Any,
                   ) -> tuple[Any, dict[str, np.ndarray], str, str]:
     """The Keras model translated to ONNX (for its structure), Keras' value of every
     tensor (channels first, as the translation's), the input and the oracle's name."""
-    from ..keras_onnx import Untranslatable, keras_as_onnx
-    from .keras_oracle import import_keras, input_array, keras_values
+    from .keras_oracle import import_keras, input_array, keras_values, load_translated
 
     keras = import_keras()
     if not os.path.isfile(mpath):
         raise VerifyError(f"model file not found: {mpath}")
-    try:
-        kmodel = keras.saving.load_model(mpath, compile=False)
-    except Exception as e:  # Keras raises many types for a file it cannot read
-        raise VerifyError(f"Keras cannot load {mpath}: {type(e).__name__}: {e}") from None
-    try:
-        tr = keras_as_onnx(kmodel)
-    except Untranslatable as e:
-        raise VerifyError(f"{mpath}: {e}") from None
+    kmodel, tr = load_translated(keras, mpath)
     x, what = input_array(kmodel, facts, input, seed, dict(input_dims or {}))
     values = keras_values(keras, kmodel, tr, x)
     values[tr.inputs[0]] = np.ascontiguousarray(tr.to_graph(tr.inputs[0], x))
