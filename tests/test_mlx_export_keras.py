@@ -132,3 +132,31 @@ def test_keras_conv1d_layers_are_checked(folder, tmp_path):
     bad = tmp_path / "bad.safetensors"
     files.save(bad, arrays, w.facts, tensors=w.tensors)
     assert verify_mlx(bad, path).first_divergence.name == "c1"
+
+
+def test_keras_dense_after_a_flattened_conv1d(folder, tmp_path):
+    """Conv1D -> Flatten -> Dense: the Dense reads the (N, L, C) sequence flattened, as the
+    1 x L image MPS holds it (columns L-major, C-minor, Keras' own order); it exports for
+    both targets and verifies, and columns taken in C-major order fail on the Dense."""
+    from mpslayout.verify.keras_oracle import verify_keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(2)
+    m = keras.Sequential([keras.Input((16, 3)), L.Conv1D(5, 3, padding="same", name="c1"),
+                          L.Flatten(), L.Dense(6, name="d")])
+    path = folder / "conv1d_dense.keras"
+    m.save(path)
+    doc = export(path, tmp_path / "mps", progress=False)
+    assert [x["name"] for x in doc["layers"]] == ["c1", "d"]
+    assert verify_keras(tmp_path / "mps", path).ok
+    out = tmp_path / "c2.safetensors"
+    export(path, out, target="mlx", progress=False)
+    assert verify_mlx(out, path).ok
+    w = files.load(out)
+    arrays = {k: np.array(v) for k, v in w.items()}
+    k = "d.weight"
+    arrays[k] = np.ascontiguousarray(arrays[k].reshape(6, 16, 5).transpose(0, 2, 1)
+                                     .reshape(6, 80))
+    bad = tmp_path / "bad.safetensors"
+    files.save(bad, arrays, w.facts, tensors=w.tensors)
+    assert verify_mlx(bad, path).first_divergence.name == "d"

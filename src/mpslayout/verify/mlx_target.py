@@ -89,8 +89,17 @@ class _Walk:
             if k is None or self.g.nodes[k].op_type not in ("Flatten", "Reshape"):
                 break
             t = self.g.nodes[k].input[0]
-        return t if self.values.get(t) is not None and self.values[t].ndim > 2 \
-            else self.g.nodes[i].input[0]
+        if self.values.get(t) is None or self.values[t].ndim <= 2:
+            return self.g.nodes[i].input[0]
+        k = self.g.producer.get(t)  # a translation's move to channels last: before it
+        if k is not None and self.g.nodes[k].op_type == "Transpose":
+            perm = list(self.g.attrs(k).get("perm") or [])
+            src = self.g.nodes[k].input[0]
+            if perm == [0, *range(2, len(perm)), 1]:
+                if src not in self.values:  # the oracle gave its channels-last side only
+                    self.values[src] = np.ascontiguousarray(np.moveaxis(self.values[t], -1, 1))
+                return src
+        return t
 
     def value(self, t: str) -> np.ndarray | None:
         """The oracle's value of ``t``, or, where the oracle gives only its Transpose (a

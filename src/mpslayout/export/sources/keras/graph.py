@@ -105,7 +105,10 @@ def _inbound(spec: dict[str, Any]) -> tuple[list[tuple[str, list[Any] | None]], 
 
 
 def shape_hwc(shape: list[Any] | None, data_format: str) -> tuple[Any, Any, Any] | None:
-    """(H, W, C) of a batched 4-D shape, or None."""
+    """(H, W, C) of a batched 4-D shape, or of a channels-last (N, L, C) sequence as the
+    1 x L image MPS holds it (docs/layouts.md section 1, Conv1d); else None."""
+    if shape is not None and len(shape) == 3 and data_format != "channels_first":
+        return 1, shape[1], shape[2]
     if shape is None or len(shape) != 4:
         return None
     if data_format == "channels_first":
