@@ -60,10 +60,9 @@ def _load(path: str) -> tuple[Any, dict[str, Any]]:
 class _Walk:
     """The graph, the oracle's values and the report being filled."""
 
-    def __init__(self, proto: Any, values: dict[str, np.ndarray], arrays: Any,
+    def __init__(self, g: Graph, values: dict[str, np.ndarray], arrays: Any,
                  report: Report, u_w: float) -> None:
-        self.g = Graph(proto, {k: tuple(v.shape) for k, v in values.items()
-                               if k in {vi.name for vi in proto.graph.input}})
+        self.g = g
         self.values, self.arrays, self.report, self.u_w = values, arrays, report, u_w
         self.by_name = {n: i for i, n in enumerate(self.g.names)}
 
@@ -203,8 +202,9 @@ def _recurrent(w: _Walk, i: int, record: Mapping[str, Any], atol: float, rtol: f
 
 def _onnx_oracle(mpath: str, facts: Mapping[str, Any], input: Any,
                  input_dims: Mapping[str, Sequence[int]] | None, seed: int
-                 ) -> tuple[Any, dict[str, np.ndarray], str]:
-    """The ONNX model, ONNX Runtime's value of every tensor, and what the input was."""
+                 ) -> tuple[Graph, dict[str, np.ndarray], str]:
+    """The ONNX model's graph (shapes inferred for the input), ONNX Runtime's value of
+    every tensor, and what the input was."""
     onnx = onnx_module()
     onnxruntime_module()
     try:
@@ -225,14 +225,14 @@ def _onnx_oracle(mpath: str, facts: Mapping[str, Any], input: Any,
         + (f" ({how})" if how else "")
     g = Graph(proto, {k: tuple(v.shape) for k, v in feeds.items()})
     names = [o for n in g.nodes for o in n.output if o]
-    return proto, {**feeds, **onnx_runtime_oracle(proto)(names, feeds)}, label
+    return g, {**feeds, **onnx_runtime_oracle(proto)(names, feeds)}, label
 
 
 def _keras_oracle(mpath: str, facts: Mapping[str, Any], input: Any,
                   input_dims: Mapping[str, Sequence[int]] | None, seed: int
-                  ) -> tuple[Any, dict[str, np.ndarray], str, str]:
-    """The Keras model translated to ONNX (for its structure), Keras' value of every
-    tensor (channels first, as the translation's), the input and the oracle's name."""
+                  ) -> tuple[Graph, dict[str, np.ndarray], str, str]:
+    """The Keras model's ONNX translation as a graph (for its structure), Keras' value of
+    every tensor (channels first, as the translation's), the input and the oracle's name."""
     from .keras_oracle import import_keras, input_array, keras_values, load_translated
 
     keras = import_keras()
@@ -242,7 +242,8 @@ def _keras_oracle(mpath: str, facts: Mapping[str, Any], input: Any,
     x, what = input_array(kmodel, facts, input, seed, dict(input_dims or {}))
     values = keras_values(keras, kmodel, tr, x)
     values[tr.inputs[0]] = np.ascontiguousarray(tr.to_graph(tr.inputs[0], x))
-    return (tr.model, values, what,
+    g = Graph(tr.model, {n: tuple(values[n].shape) for n in tr.inputs if n in values})
+    return (g, values, what,
             f"Keras {keras.__version__} ({keras.backend.backend()} backend)")
 
 
@@ -250,9 +251,10 @@ def verify_mlx(path: str | os.PathLike[str], model: str | os.PathLike[str], *,
                input: Any = None, input_dims: Mapping[str, Sequence[int]] | None = None,
                atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> Report:
     """Check the MLX export ``path`` (a .safetensors written by ``mpslayout export --target
-    mlx``) against the ONNX ``model``, every layer run by MLX's own operators on ONNX
-    Runtime's input to it. ``input``: an array or .npy path for the model's only input,
-    else ``input_dims`` or the dims recorded at export with a seeded normal sample.
+    mlx``) against ``model`` (ONNX, run by ONNX Runtime, or Keras .keras/.h5, run by
+    Keras), every layer run by MLX's own operators on the oracle's input to it.
+    ``input``: an array or .npy path for the model's only input, else ``input_dims``
+    or the dims recorded at export with a seeded normal sample.
     Raises :class:`VerifyError` when nothing can be compared (no mlx, not an MLX export,
     an unreadable model); divergences are in the report."""
     _mlx()
@@ -261,14 +263,14 @@ def verify_mlx(path: str | os.PathLike[str], model: str | os.PathLike[str], *,
     fpath, mpath = os.fspath(path), os.fspath(model)
     weights, facts = _load(fpath)
     if is_keras_file(mpath):
-        proto, values, label, oracle = _keras_oracle(mpath, facts, input, input_dims, seed)
+        g, values, label, oracle = _keras_oracle(mpath, facts, input, input_dims, seed)
     else:
-        proto, values, label = _onnx_oracle(mpath, facts, input, input_dims, seed)
+        g, values, label = _onnx_oracle(mpath, facts, input, input_dims, seed)
         oracle = "ONNX Runtime"
     wdt = str(facts.get("weights_dtype", "float32"))
     report = Report(fpath, mpath, label, "float32", wdt, float(atol), float(rtol),
                     oracle=oracle)
-    w = _Walk(proto, values, weights, report, weight_unit(wdt))
+    w = _Walk(g, values, weights, report, weight_unit(wdt))
     for record in facts["layers"]:
         rule = record["rule"]
         i = w.node(record)

@@ -42,11 +42,16 @@ def check_outfile(path: str | os.PathLike[str], force: bool) -> str:
     return out
 
 
+def _module(layer: Layer) -> str:
+    """The source module (state_dict), layer (Keras) or node (ONNX) a layer comes from."""
+    src = layer.source
+    return str(src.get("module") or src.get("layer") or src.get("node"))
+
+
 def _stacked_modules(layers: Iterable[Layer]) -> set[str]:
     """Recurrent modules with several stacked layers (their parameters go under
     ``.layers.{k}``)."""
-    return {str(x.source.get("module") or x.source.get("layer") or x.source.get("node"))
-            for x in layers if x.rule in ("lstm", "gru", "rnn")
+    return {_module(x) for x in layers if x.rule in ("lstm", "gru", "rnn")
             and int(x.geometry.get("recurrent", {}).get("stack_index", 0)) > 0}
 
 
@@ -81,9 +86,7 @@ def write_mlx(path: str, plan: Plan, dtype: np.dtype | None, *, force: bool,
             for layer in plan.layers:
                 progress.start(layer.name)
                 try:
-                    module = str(layer.source.get("module") or layer.source.get("layer")
-                                 or layer.source.get("node"))
-                    conv = convert_layer(layer, dtype, stacked=module in stacked,
+                    conv = convert_layer(layer, dtype, stacked=_module(layer) in stacked,
                                          quantize=quantize)
                 except NotForMlx as e:
                     refused.append({"name": layer.name, "op": layer.source.get("op",
