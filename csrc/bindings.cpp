@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "fast_path.hpp"
 #include "layout/engine.hpp"
 #include "layout/kernels.hpp"
 
@@ -210,6 +211,10 @@ bool fast_cast(int from, int to, Cast& cast) {
   return true;
 }
 
+}  // namespace
+
+namespace mpslayout_py {
+
 // The common call of permute and the MPS converters in one step, for small tensors whose
 // time is mostly interpreter overhead: an exact ndarray of a plain native dtype, axes a
 // tuple or list of ints, dtype None, the input's own or a fused-cast target, out None or
@@ -217,8 +222,6 @@ bool fast_cast(int from, int to, Cast& cast) {
 // caller takes the full path, which checks and explains. `mode` bit 1: the MPS
 // converters' dtypes only, float64 becoming float32 when dtype is None; bit 2: axes may
 // leave out axes of extent 1 (squeezed away, as depthwise_weights does).
-constexpr long kMpsDtypes = 1, kSqueeze = 2;  // fast_permute's mode bits
-
 py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handle threads,
                         long mode, py::handle dtype) {
   const bool mps = mode & kMpsDtypes;
@@ -327,6 +330,11 @@ py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handl
   return result;
 }
 
+}  // namespace mpslayout_py
+
+namespace {
+using mpslayout_py::fast_permute;
+
 // fast_permute as a plain METH_FASTCALL function: its whole point is a short path from
 // Python, and pybind11's general dispatcher is a large share of a cold small call.
 PyObject* fast_permute_raw(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
@@ -383,6 +391,7 @@ PYBIND11_MODULE(_core, m) {
         "The forced kernel, or 'auto'.");
   m.add_object("fast_permute", py::reinterpret_steal<py::object>(
                                    PyCFunction_NewEx(&fast_permute_def, nullptr, m.attr("__name__").ptr())));
+  mpslayout_py::add_fast_path_type(m);
   m.def("set_default_threads", [](int n) { g_default_threads.store(n < 0 ? 0 : n); },
         py::arg("n"), "threads=None for fast_permute (0: unknown, fast path off).");
   m.def("isa", [] { return std::string(kernels().isa); }, "Instruction set in use.");

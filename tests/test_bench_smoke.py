@@ -80,9 +80,11 @@ def test_wrong_result_fails_loudly():
     case = bench.select_cases(CASE)[0]
 
     def wrong(x, out, dtype, threads):
-        mpslayout.depthwise_weights(x, dtype=dtype, out=out, threads=threads)
-        out.reshape(-1)[-1] += 1
-        return out
+        def run():
+            mpslayout.depthwise_weights(x, dtype=dtype, out=out, threads=threads)
+            out.reshape(-1)[-1] += 1
+            return out
+        return run
 
     bad = dataclasses.replace(case, mps=wrong)
     with pytest.raises(bench.BenchmarkError, match="mpslayout's result differs"):

@@ -4,7 +4,11 @@ path, which checks and explains. Both halves are checked here against numpy."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import pickle
+import pydoc
+import sys
 
 import numpy as np
 import pytest
@@ -206,3 +210,125 @@ def test_mps_calls_may_squeeze_unit_axes_only() -> None:
     assert _core.fast_permute(w, (0, 2, 2), None, 1, 3, None) is None  # repeated
     with pytest.raises(ValueError, match="expand_depthwise"):
         mpslayout.depthwise_weights(w2.reshape(12, 1, 3, 3), in_channels=6)
+
+
+# ---- FastPath: the public converters answer their common call without Python bytecode ----
+
+def _python_calls(fn, *args, **kwargs) -> list[str]:
+    """Names of the Python functions of mpslayout that run during fn(*args, **kwargs)."""
+    seen: list[str] = []
+
+    def profile(frame, event, arg):
+        if event == "call" and "mpslayout" in frame.f_code.co_filename:
+            seen.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        fn(*args, **kwargs)
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+CONV_W = _array((8, 4, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "kwargs", "want"),
+    [
+        (mpslayout.conv_weights, (CONV_W,), {}, CONV_W.transpose(0, 2, 3, 1)),
+        (mpslayout.conv_weights, (), {"w": CONV_W}, CONV_W.transpose(0, 2, 3, 1)),
+        (mpslayout.conv_weights, (CONV_W,), {"layout": "OIHW", "groups": 1, "threads": 2},
+         CONV_W.transpose(0, 2, 3, 1)),
+        (mpslayout.conv_weights, (CONV_W.transpose(2, 3, 1, 0),), {"layout": "HWIO"},
+         CONV_W.transpose(0, 2, 3, 1)),
+        (mpslayout.conv_weights, (CONV_W,), {"dtype": np.float16},
+         CONV_W.transpose(0, 2, 3, 1).astype(np.float16)),
+        (mpslayout.conv_weights, (CONV_W.astype(np.float64),), {},
+         CONV_W.transpose(0, 2, 3, 1)),
+        (mpslayout.depthwise_weights, (CONV_W[:, :1],), {}, CONV_W[:, 0]),
+        (mpslayout.depthwise_weights, (CONV_W[:, :1].transpose(2, 3, 0, 1),),
+         {"layout": "HWCM", "in_channels": None}, CONV_W[:, 0]),
+        (mpslayout.permute, (CONV_W, (3, 1, 0, 2)), {}, CONV_W.transpose(3, 1, 0, 2)),
+        (mpslayout.permute, (CONV_W,), {"axes": [1, 0, 3, 2], "dtype": "float16"},
+         CONV_W.transpose(1, 0, 3, 2).astype(np.float16)),
+        (mpslayout.permute, (), {"x": CONV_W, "axes": (0, 1, 2, 3), "out": None},
+         CONV_W),
+    ],
+)
+def test_common_calls_run_no_python_and_equal_numpy(fn, args, kwargs, want) -> None:
+    assert _python_calls(fn, *args, **kwargs) == []
+    got = fn(*args, **kwargs)
+    assert got.flags.c_contiguous
+    assert got.dtype == want.dtype
+    assert got.tobytes() == np.ascontiguousarray(want).tobytes()
+
+
+def test_common_call_fills_out() -> None:
+    out = np.full((8, 3, 3, 4), np.nan, np.float32)
+    assert _python_calls(mpslayout.conv_weights, CONV_W, out=out) == []
+    assert mpslayout.conv_weights(CONV_W, out=out) is out
+    np.testing.assert_array_equal(out, CONV_W.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "kwargs", "error"),
+    [
+        (mpslayout.conv_weights, (CONV_W,), {"bogus": 1}, "unexpected keyword"),
+        (mpslayout.conv_weights, (CONV_W,), {"x": CONV_W}, "unexpected keyword"),
+        (mpslayout.conv_weights, (CONV_W, "OIHW"), {}, "positional"),
+        (mpslayout.conv_weights, (), {}, "missing"),
+        (mpslayout.conv_weights, (CONV_W,), {"layout": "OHWI"}, "layout"),
+        (mpslayout.conv_weights, (CONV_W,), {"groups": 3}, "groups"),
+        (mpslayout.conv_weights, (CONV_W,), {"groups": 1.0}, "groups"),
+        (mpslayout.conv_weights, (CONV_W,), {"axes": (0, 1, 2, 3)}, "unexpected keyword"),
+        (mpslayout.depthwise_weights, (CONV_W,), {}, "depthwise"),
+        (mpslayout.depthwise_weights, (CONV_W[:, :1],), {"groups": 1}, "unexpected keyword"),
+        (mpslayout.permute, (CONV_W,), {}, "missing"),
+        (mpslayout.permute, (CONV_W, (0, 1, 2, 3)), {"w": CONV_W}, "unexpected keyword"),
+        (mpslayout.permute, (CONV_W, (0, 1, 2, 3)), {"layout": "x"}, "unexpected keyword"),
+        (mpslayout.permute, (CONV_W, (0, 1, 2, 3), None), {}, "positional"),
+        (mpslayout.permute, (CONV_W, (0, 1, 2, 3)), {"axes": (0, 1, 2, 3)}, "multiple values"),
+    ],
+)
+def test_other_calls_reach_the_python_function(fn, args, kwargs, error) -> None:
+    with pytest.raises((TypeError, ValueError), match=error):
+        fn(*args, **kwargs)
+    # the error comes from the Python function itself (its checks, or its signature)
+    with pytest.raises((TypeError, ValueError), match=error):
+        fn.__wrapped__(*args, **kwargs)
+
+
+def test_groups_warning_comes_from_the_full_path() -> None:
+    w = _array((6, 2, 3, 3), np.float32)
+    with pytest.warns(mpslayout.MPSLayoutWarning, match="groups=3"):
+        got = mpslayout.conv_weights(w, groups=3)
+    np.testing.assert_array_equal(got, w.transpose(0, 2, 3, 1))
+    with pytest.warns(mpslayout.MPSLayoutWarning, match="groups=2"):
+        assert "conv_weights" in _python_calls(mpslayout.conv_weights, w, groups=2)
+
+
+def test_looks_like_the_function_it_wraps() -> None:
+    for fn in (mpslayout.conv_weights, mpslayout.depthwise_weights, mpslayout.permute):
+        py = fn.__wrapped__
+        assert inspect.isfunction(py)
+        assert inspect.signature(fn) == inspect.signature(py)
+        assert fn.__doc__ == py.__doc__
+        assert fn.__doc__
+        assert (fn.__name__, fn.__qualname__, fn.__module__) == (
+            py.__name__, py.__qualname__, py.__module__)
+        assert inspect.isroutine(fn)
+        assert pickle.loads(pickle.dumps(fn)) is fn
+        assert py.__name__ in pydoc.render_doc(fn, renderer=pydoc.plaintext)
+
+    class Holder:
+        convert = mpslayout.conv_weights
+
+    np.testing.assert_array_equal(Holder().convert(CONV_W), CONV_W.transpose(0, 2, 3, 1))
+
+
+def test_fast_path_type_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        _core.FastPath(len, "transpose")
+    with pytest.raises(TypeError, match="callable"):
+        _core.FastPath(3, "conv")

@@ -1,4 +1,5 @@
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,14 @@ def plan(
 def fast_permute(
     x: object, axes: object, out: object, threads: object, mode: int, dtype: object
 ) -> np.ndarray | None: ...
+
+class FastPath:
+    """A public converter whose common call is answered in C++ (engine.fast_path)."""
+
+    __wrapped__: Callable[..., Any]
+    def __init__(self, full: Callable[..., Any], kind: str) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
 def set_default_threads(n: int) -> None: ...
 def isa() -> str: ...
 def available_isas() -> list[str]: ...

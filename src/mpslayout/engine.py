@@ -6,10 +6,11 @@ byte strides on both sides, blocked axes, cast) to the C++ engine.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,26 @@ _F2 = np.dtype(np.float16)
 _F4 = np.dtype(np.float32)
 _F8 = np.dtype(np.float64)
 _U1 = np.dtype(np.uint8)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def fast_path(kind: str) -> Callable[[_F], _F]:
+    """Decorator: the function, answered in C++ for its common call (``_core.FastPath``).
+
+    The common call (an ndarray of a plain native dtype, the default or a named layout, no
+    other options than ``dtype``, ``out`` and ``threads``) runs no Python bytecode, which
+    with cold caches costs more than copying a small weight. Every other call goes to the
+    decorated function unchanged. ``kind``: ``"permute"``, ``"conv"`` or ``"depthwise"``.
+    """
+
+    def wrap(fn: _F) -> _F:
+        fast = _core.FastPath(fn, kind)
+        functools.update_wrapper(fast, fn)
+        return fast  # type: ignore[no-any-return]
+
+    return wrap
+
 
 MPS_KEEP = _MPS_KEEP = frozenset((_F4, _F2, _U1))
 _lock = threading.Lock()
@@ -304,6 +325,7 @@ def normalize_axes(axes: Any, ndim: int, name: str = "axes") -> tuple[int, ...]:
     return tuple(result)
 
 
+@fast_path("permute")
 def permute(
     x: Any,
     axes: Sequence[int],
@@ -317,10 +339,6 @@ def permute(
     Equals ``np.ascontiguousarray(np.transpose(x, axes)).astype(dtype)``, bit for bit
     (casts round as numpy's ``astype``). ``axes`` is a permutation of ``range(x.ndim)``.
     """
-    # the common call in one C++ step; None: take the full path
-    result = _core.fast_permute(x, axes, out, threads, 0, dtype)
-    if result is not None:
-        return result
     a = as_input(x, "x")
     perm = normalize_axes(axes, a.ndim)
     a, out_dt, cast = resolve_dtype(a, dtype, "x", mps=False)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core, engine
+from . import engine
 
 __all__ = [
     "MPSLayoutWarning",
@@ -87,9 +87,7 @@ def _move(
     return result
 
 
-_CONV_AXES = {"OIHW": (0, 2, 3, 1), "HWIO": (3, 0, 1, 2)}
-
-
+@engine.fast_path("conv")
 def conv_weights(
     w: Any,
     *,
@@ -107,12 +105,6 @@ def conv_weights(
     ``groups`` only checks the shape: MPS wants I/g and O/g multiples of 4 (a
     :class:`MPSLayoutWarning` otherwise).
     """
-    if type(groups) is int and groups == 1 and type(layout) is str:
-        axes = _CONV_AXES.get(layout)
-        if axes is not None:  # the common call in one C++ step; None: take the full path
-            result = _core.fast_permute(w, axes, out, threads, 1, dtype)
-            if result is not None:
-                return result
     _choice(layout, ("OIHW", "HWIO"), "layout")
     a = _weights(w, 4, "w", layout)
     sh, st = a.shape, a.strides
@@ -126,6 +118,7 @@ def conv_weights(
     return _move(a, shape, strides, dtype, out, threads)
 
 
+@engine.fast_path("depthwise")
 def depthwise_weights(
     w: Any,
     *,
@@ -142,15 +135,6 @@ def depthwise_weights(
     ``np.ascontiguousarray(w[:, :, :, 0].transpose(2, 0, 1))``.
     A channel multiplier above 1 raises ValueError: use :func:`expand_depthwise`.
     """
-    if in_channels is None:
-        # the common call in one C++ step (None: take the full path)
-        result = None
-        if layout == "OIHW":  # axis 1 (extent 1, else None) is squeezed away
-            result = _core.fast_permute(w, (0, 2, 3), out, threads, 3, dtype)
-        elif layout == "HWCM":
-            result = _core.fast_permute(w, (2, 0, 1), out, threads, 3, dtype)
-        if result is not None:
-            return result
     _choice(layout, ("OIHW", "HWCM"), "layout")
     a = _weights(w, 4, "w", layout)
     if layout == "OIHW":

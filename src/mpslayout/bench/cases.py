@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -25,7 +26,8 @@ class Case:
     ``view(x)`` is a numpy view of ``x`` whose elements, in C order, are the result's;
     its shape may differ from ``out_shape`` (``out.reshape(view.shape)`` must be a view).
     ``torch_view(t)`` is the same view of a torch tensor. ``mps(x, out, dtype, threads)``
-    fills ``out`` and returns the result.
+    returns the call to time: a :func:`functools.partial` of the public function that fills
+    ``out`` (a C-level callable, so the timing holds no frame of the harness's own).
     """
 
     name: str
@@ -50,7 +52,7 @@ def _conv(name: str, o: int, i: int, kh: int, kw: int, what: str, quick: bool = 
         name=name,
         shape=(o, i, kh, kw),
         out_shape=(o, kh, kw, i),
-        mps=lambda x, out, dt, th: conv_weights(x, dtype=dt, out=out, threads=th),
+        mps=lambda x, out, dt, th: partial(conv_weights, x, dtype=dt, out=out, threads=th),
         view=lambda x: x.transpose(0, 2, 3, 1),
         torch_view=lambda t: t.permute(0, 2, 3, 1),
         description=f"{what}: conv_weights, OIHW -> OHWI",
@@ -63,8 +65,8 @@ def _fc_flatten(name: str, o: int, c: int, h: int, w: int, what: str) -> Case:
         name=name,
         shape=(o, c * h * w),
         out_shape=(o, h, w, c),
-        mps=lambda x, out, dt, th: fc_weights(
-            x, input_shape=(c, h, w), dtype=dt, out=out, threads=th
+        mps=lambda x, out, dt, th: partial(
+            fc_weights, x, input_shape=(c, h, w), dtype=dt, out=out, threads=th
         ),
         view=lambda x: x.reshape(o, c, h, w).transpose(0, 2, 3, 1),
         torch_view=lambda t: t.reshape(o, c, h, w).permute(0, 2, 3, 1),
@@ -78,7 +80,7 @@ def _fc_vector(name: str, o: int, n: int, what: str) -> Case:
         name=name,
         shape=(o, n),
         out_shape=(o, 1, 1, n),
-        mps=lambda x, out, dt, th: fc_weights(x, dtype=dt, out=out, threads=th),
+        mps=lambda x, out, dt, th: partial(fc_weights, x, dtype=dt, out=out, threads=th),
         view=lambda x: x.reshape(o, 1, 1, n),
         torch_view=lambda t: t.reshape(o, 1, 1, n),
         description=f"{what}: fc_weights on a plain vector, (O, N) -> (O, 1, 1, N), a copy",
@@ -90,9 +92,10 @@ def _dense_reshape(name: str, h: int, w: int, c: int, i: int, what: str, quick: 
         name=name,
         shape=(h * w * c, i),
         out_shape=(h * w * c, i),
-        mps=lambda x, out, dt, th: dense_reshape(
-            x, shape=(h, w, c), order="CHW", target="rows", dtype=dt, out=out, threads=th
-        )[0],
+        mps=lambda x, out, dt, th: partial(
+            dense_reshape, x, shape=(h, w, c), order="CHW", target="rows", dtype=dt, out=out,
+            threads=th,
+        ),
         view=lambda x: x.reshape(c, h, w, i).transpose(1, 2, 0, 3),
         torch_view=lambda t: t.reshape(c, h, w, i).permute(1, 2, 0, 3),
         description=f"{what}: dense_reshape(shape=({h},{w},{c}), order='CHW'), "
@@ -106,7 +109,7 @@ def _depthwise(name: str, c: int, kh: int, kw: int, what: str) -> Case:
         name=name,
         shape=(c, 1, kh, kw),
         out_shape=(c, kh, kw),
-        mps=lambda x, out, dt, th: depthwise_weights(x, dtype=dt, out=out, threads=th),
+        mps=lambda x, out, dt, th: partial(depthwise_weights, x, dtype=dt, out=out, threads=th),
         view=lambda x: x[:, 0],
         torch_view=lambda t: t[:, 0],
         description=f"{what}: depthwise_weights, (C, 1, kH, kW) -> (C, kH, kW), "
@@ -122,7 +125,7 @@ def _slices(name: str, n: int, c: int, h: int, w: int, what: str, quick: bool) -
         name=name,
         shape=(n, c, h, w),
         out_shape=(n * s, h, w, 4),
-        mps=lambda x, out, dt, th: image_slices(x, dtype=dt, out=out, threads=th),
+        mps=lambda x, out, dt, th: partial(image_slices, x, dtype=dt, out=out, threads=th),
         view=lambda x: x.reshape(n, s, 4, h, w).transpose(0, 1, 3, 4, 2),
         torch_view=lambda t: t.reshape(n, s, 4, h, w).permute(0, 1, 3, 4, 2),
         description=f"{what}: image_slices, NCHW -> (N*ceil(C/4), H, W, 4)",
