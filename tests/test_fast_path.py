@@ -231,6 +231,8 @@ def _python_calls(fn, *args, **kwargs) -> list[str]:
 
 
 CONV_W = _array((8, 4, 3, 3), np.float32)
+FC_W = _array((6, 60), np.float32)
+DENSE_W = _array((24, 5), np.float32)
 
 
 @pytest.mark.parametrize(
@@ -254,11 +256,33 @@ CONV_W = _array((8, 4, 3, 3), np.float32)
          CONV_W.transpose(1, 0, 3, 2).astype(np.float16)),
         (mpslayout.permute, (), {"x": CONV_W, "axes": (0, 1, 2, 3), "out": None},
          CONV_W),
+        (mpslayout.fc_weights, (FC_W,), {"input_shape": (4, 3, 5)},
+         FC_W.reshape(6, 4, 3, 5).transpose(0, 2, 3, 1)),
+        (mpslayout.fc_weights, (FC_W.T,), {"input_shape": [3, 5, 4], "layout": "IO",
+                                          "flatten": "HWC", "dtype": np.float16},
+         FC_W.reshape(6, 3, 5, 4).astype(np.float16)),
+        (mpslayout.fc_weights, (FC_W,), {"input_shape": None, "threads": 1},
+         FC_W.reshape(6, 1, 1, 60)),
+        (mpslayout.fc_weights, (FC_W[:, ::-1],), {"input_shape": (4, 3, 5), "flatten": "CHW"},
+         FC_W[:, ::-1].reshape(6, 4, 3, 5).transpose(0, 2, 3, 1)),
+        (mpslayout.dense_reshape, (DENSE_W,), {"shape": (2, 3, 4)},
+         (DENSE_W.reshape(4, 2, 3, 5).transpose(1, 2, 0, 3).reshape(24, 5), None)),
+        (mpslayout.dense_reshape, (DENSE_W, None), {"shape": [2, 3, 4], "order": "HWC",
+                                                   "target": "rows", "layout": "OI"},
+         (DENSE_W, None)),
+        (mpslayout.dense_reshape, (), {"w": DENSE_W.T, "shape": (2, 3, 4), "layout": "IO",
+                                      "dtype": "float16"},
+         (DENSE_W.reshape(4, 2, 3, 5).transpose(1, 2, 0, 3).reshape(24, 5).astype(np.float16),
+          None)),
     ],
 )
 def test_common_calls_run_no_python_and_equal_numpy(fn, args, kwargs, want) -> None:
     assert _python_calls(fn, *args, **kwargs) == []
     got = fn(*args, **kwargs)
+    if isinstance(want, tuple):  # dense_reshape: (weights, bias)
+        assert isinstance(got, tuple)
+        assert got[1] is None
+        got, want = got[0], want[0]
     assert got.flags.c_contiguous
     assert got.dtype == want.dtype
     assert got.tobytes() == np.ascontiguousarray(want).tobytes()
@@ -289,6 +313,18 @@ def test_common_call_fills_out() -> None:
         (mpslayout.permute, (CONV_W, (0, 1, 2, 3)), {"layout": "x"}, "unexpected keyword"),
         (mpslayout.permute, (CONV_W, (0, 1, 2, 3), None), {}, "positional"),
         (mpslayout.permute, (CONV_W, (0, 1, 2, 3)), {"axes": (0, 1, 2, 3)}, "multiple values"),
+        (mpslayout.fc_weights, (FC_W,), {"input_shape": (4, 3, 4)}, "holds 48 values"),
+        (mpslayout.fc_weights, (FC_W,), {"input_shape": (4, 3, 0)}, "positive"),
+        (mpslayout.fc_weights, (FC_W,), {"input_shape": (4, 15)}, "3 ints"),
+        (mpslayout.fc_weights, (FC_W,), {"flatten": "WHC"}, "flatten"),
+        (mpslayout.fc_weights, (FC_W, (4, 3, 5)), {}, "positional"),
+        (mpslayout.fc_weights, (CONV_W,), {}, "2-D"),
+        (mpslayout.dense_reshape, (DENSE_W,), {"shape": (2, 3, 5)}, "holds 30 neurons"),
+        (mpslayout.dense_reshape, (DENSE_W,), {"shape": (2, 3, 4), "target": "tiles"}, "target"),
+        (mpslayout.dense_reshape, (DENSE_W,), {"shape": (2, 3, 4), "target": "subpixel"},
+         "square"),
+        (mpslayout.dense_reshape, (DENSE_W,), {}, "shape"),
+        (mpslayout.dense_reshape, (DENSE_W, np.zeros(23)), {"shape": (2, 3, 4)}, "b must"),
     ],
 )
 def test_other_calls_reach_the_python_function(fn, args, kwargs, error) -> None:
@@ -297,6 +333,23 @@ def test_other_calls_reach_the_python_function(fn, args, kwargs, error) -> None:
     # the error comes from the Python function itself (its checks, or its signature)
     with pytest.raises((TypeError, ValueError), match=error):
         fn.__wrapped__(*args, **kwargs)
+
+
+def test_other_fc_and_dense_calls_take_the_full_path_and_equal_numpy() -> None:
+    want = FC_W.reshape(6, 4, 3, 5).transpose(0, 2, 3, 1)
+    shape = (np.int64(4), 3, 5)  # a numpy int: the Python function reads it
+    assert "fc_weights" in _python_calls(mpslayout.fc_weights, FC_W, input_shape=shape)
+    np.testing.assert_array_equal(mpslayout.fc_weights(FC_W, input_shape=shape), want)
+    np.testing.assert_array_equal(
+        mpslayout.fc_weights(FC_W.astype(">f4"), input_shape=(4, 3, 5)), want)
+    b = np.arange(24, dtype=np.float32)
+    rows, bias = mpslayout.dense_reshape(DENSE_W, b, shape=(2, 3, 4))
+    assert "dense_reshape" in _python_calls(mpslayout.dense_reshape, DENSE_W, b, shape=(2, 3, 4))
+    np.testing.assert_array_equal(
+        rows, DENSE_W.reshape(4, 2, 3, 5).transpose(1, 2, 0, 3).reshape(24, 5))
+    np.testing.assert_array_equal(bias, b.reshape(4, 2, 3).transpose(1, 2, 0).reshape(24))
+    sub, _ = mpslayout.dense_reshape(DENSE_W[:18], shape=(3, 3, 2), target="subpixel")
+    assert sub.shape == (18, 1, 1, 5)
 
 
 def test_groups_warning_comes_from_the_full_path() -> None:
@@ -309,7 +362,8 @@ def test_groups_warning_comes_from_the_full_path() -> None:
 
 
 def test_looks_like_the_function_it_wraps() -> None:
-    for fn in (mpslayout.conv_weights, mpslayout.depthwise_weights, mpslayout.permute):
+    for fn in (mpslayout.conv_weights, mpslayout.depthwise_weights, mpslayout.permute,
+               mpslayout.fc_weights, mpslayout.dense_reshape):
         py = fn.__wrapped__
         assert inspect.isfunction(py)
         assert inspect.signature(fn) == inspect.signature(py)

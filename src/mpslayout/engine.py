@@ -35,7 +35,8 @@ def fast_path(kind: str) -> Callable[[_F], _F]:
     The common call (an ndarray of a plain native dtype, the default or a named layout, no
     other options than ``dtype``, ``out`` and ``threads``) runs no Python bytecode, which
     with cold caches costs more than copying a small weight. Every other call goes to the
-    decorated function unchanged. ``kind``: ``"permute"``, ``"conv"`` or ``"depthwise"``.
+    decorated function unchanged. ``kind``: ``"permute"``, ``"conv"``, ``"depthwise"``,
+    ``"fc"`` or ``"dense_reshape"`` (``target="rows"`` without a bias).
     """
 
     def wrap(fn: _F) -> _F:

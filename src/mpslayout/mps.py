@@ -286,6 +286,7 @@ def _neuron_strides(s_n: int, h: int, w: int, c: int, order: str) -> tuple[int, 
     return w * c * s_n, c * s_n, s_n  # HWC: n = (y*W + x)*C + c
 
 
+@engine.fast_path("fc")
 def fc_weights(
     w: Any,
     *,
@@ -325,6 +326,7 @@ def fc_weights(
     return _move(a, (o, h, ww, c), [a.strides[o_ax], sy, sx, sc], dtype, out, threads)
 
 
+@engine.fast_path("dense_reshape")
 def dense_reshape(
     w: Any,
     b: Any = None,
