@@ -1,6 +1,6 @@
-// With fast_path.cpp (the converters' common calls), the only files that know Python:
-// arrays in, bounds checked against the arrays' own memory, GIL released, C++ errors
-// mapped to Python exceptions. Validation with friendly
+// The module: arrays in, bounds checked against the arrays' own memory, GIL released, C++
+// errors mapped to Python exceptions. With fast_call.cpp and fast_path.cpp (the
+// converters' common calls), the only files that know Python. Validation with friendly
 // messages lives in the Python layer; the checks here only keep memory safe.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -14,14 +14,16 @@
 #include <tuple>
 #include <vector>
 
-#include "fast_path.hpp"
+#include "python/arrays.hpp"
+#include "python/fast_call.hpp"
+#include "python/fast_path.hpp"
 #include "layout/engine.hpp"
 #include "layout/kernels.hpp"
 
 namespace py = pybind11;
 using namespace mpslayout;
 
-namespace mpslayout_py {
+namespace mpslayout_py MPSL_PY_HIDDEN {
 
 // Byte range [lo, hi) that an array's elements occupy, relative to its data pointer.
 Range array_range(const py::array& a) {
@@ -217,6 +219,7 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("name"), "Force a kernel (engine.hpp, TileKernel; tests and benchmarks; not thread-safe).");
   m.def("tile_kernel", [] { return std::string(tile_kernel_name(tile_kernel_override())); },
         "The forced kernel, or 'auto'.");
+  mpslayout_py::add_fast_call(m);
   mpslayout_py::add_fast_path(m);
   m.def("isa", [] { return std::string(kernels().isa); }, "Instruction set in use.");
   m.def("available_isas", [] {
