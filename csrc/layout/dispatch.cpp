@@ -42,7 +42,7 @@ void fill_scalar(KernelSet& ks) {
   MPSL_FILL(strided, scalar::strided)
 #undef MPSL_FILL
   for (int i = 0; i < kNumOps; ++i) ks.staged_tile[i] = ks.stream_tile[i] = ks.tile[i];
-  for (int i = 0; i < kNumOps; ++i) ks.copy_row[i] = ks.row[i];
+  for (int i = 0; i < kNumOps; ++i) ks.copy_row[i] = ks.stream_row[i] = ks.row[i];
 }
 
 #if defined(MPSLAYOUT_X86)

@@ -229,8 +229,11 @@ TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_byte
       else if (copy && p.nouter == 0 && dst_bytes < kCopyLoopMaxBytes)
         k = TileKernel::kCopyLoop;
     }
+    if (k == TileKernel::kAuto && copy && p.nouter == 0 && dst_bytes >= stream_bytes())
+      k = TileKernel::kStream;  // past the last-level cache, as libc's memcpy does
     if (k == TileKernel::kScatter && p.nouter > 0) return k;
     if (k == TileKernel::kCopyLoop && copy) return k;
+    if (k == TileKernel::kStream && copy) return k;
     return TileKernel::kDirect;
   }
   if (p.shape != Shape::Tile) return TileKernel::kDirect;
@@ -332,7 +335,9 @@ bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc
   const TileKernel kernel = kernel_for(p, op, esrc, edst, elements * edst);
   shape_plan_for(p, kernel);
   const TileFn tile = tile_fn(ks, op, kernel);
-  const RowFn row = kernel == TileKernel::kCopyLoop ? ks.copy_row[op] : ks.row[op];
+  const RowFn row = kernel == TileKernel::kCopyLoop                              ? ks.copy_row[op]
+                    : kernel == TileKernel::kStream && p.shape == Shape::Row ? ks.stream_row[op]
+                                                                              : ks.row[op];
   // non-temporal stores are weakly ordered: each thread fences its own before it reports
   const bool fence = kernel == TileKernel::kStream || kernel == TileKernel::kPanel;
   if (threads <= 1 || bytes < kParallelBytes || p.items == 1) {
@@ -381,9 +386,12 @@ bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int t
 
 void copy_in_order(const char* src, char* dst, int64_t bytes) {
   const TileKernel k = g_tile_kernel;
-  if (k == TileKernel::kCopyLoop || (k == TileKernel::kAuto && bytes < kCopyLoopMaxBytes))
+  if (k == TileKernel::kCopyLoop || (k == TileKernel::kAuto && bytes < kCopyLoopMaxBytes)) {
     kernels().copy_row[kCopy1](src, dst, bytes);
-  else if (bytes > 0)
+  } else if (k == TileKernel::kStream || (k == TileKernel::kAuto && bytes >= stream_bytes())) {
+    kernels().stream_row[kCopy1](src, dst, bytes);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  } else if (bytes > 0)
     std::memcpy(dst, src, static_cast<size_t>(bytes));
 }
 
@@ -415,7 +423,8 @@ const char* describe_plan(const Request& req) {
   if (p.items == 0) return "empty";
   const TileKernel k = kernel_for(p, op_for(req.cast, req.esrc), req.esrc, req.edst, elements * req.edst);
   switch (p.shape) {
-    case Shape::Row: return k == TileKernel::kScatter ? "scatter" : k == TileKernel::kCopyLoop ? "copy" : "row";
+    case Shape::Row:
+      return k == TileKernel::kScatter ? "scatter" : k == TileKernel::kCopyLoop ? "copy" : k == TileKernel::kStream ? "stream" : "row";
     case Shape::Tile:
       switch (k) {
         case TileKernel::kStaged: return "staged";

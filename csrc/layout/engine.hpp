@@ -68,9 +68,11 @@ bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc
 // (the Linear-after-flatten's 49x512 per output row, split in bands of 32 rows otherwise)
 // and streams it out. Row plans (contiguous rows): kScatter walks the rows in the source's
 // order and writes each where it goes (rows of a few hundred bytes that the destination's
-// order would gather from far apart: a Dense before a Reshape); kCopyLoop copies an in-order box with the ISA's own copy loop instead of libc's
-// memcpy. A kernel forced for the other kind of plan runs that plan's plain kernel
-// (direct tiles, memcpy rows). kAuto picks by shape and size (see engine.cpp);
+// order would gather from far apart: a Dense before a Reshape); kCopyLoop copies an
+// in-order box with the ISA's own copy loop instead of libc's memcpy; kStream copies one
+// with non-temporal stores (past the last-level cache, as libc's memcpy does). A kernel
+// forced for the other kind of plan runs that plan's plain kernel (direct tiles, memcpy
+// rows). kAuto picks by shape and size (see engine.cpp);
 // MPSLAYOUT_TILE=direct|staged|stream|panel|scatter|copy forces one (tests, benchmarks).
 enum class TileKernel { kAuto, kDirect, kStaged, kStream, kPanel, kScatter, kCopyLoop };
 TileKernel tile_kernel_override();
@@ -80,7 +82,8 @@ const char* tile_kernel_name(TileKernel k);
 bool parse_tile_kernel(const char* name, TileKernel* k);
 
 // A straight copy of `bytes` on the calling thread (the bindings' short path for in-order
-// boxes): the ISA's copy loop (kCopyLoop) where the planner would pick it, else memcpy.
+// boxes): the ISA's copy loop (kCopyLoop) where the planner would pick it, its streamed
+// copy (kStream, non-temporal stores, fenced) past stream_bytes(), else memcpy.
 void copy_in_order(const char* src, char* dst, int64_t bytes);
 
 // Describes the kernel the planner picks for a request's first box (for tests and bench).

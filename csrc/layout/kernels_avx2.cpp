@@ -464,6 +464,10 @@ void fill_avx2(KernelSet& ks) {
   ks.copy_row[kCopy2] = copy_row<2>;
   ks.copy_row[kCopy4] = copy_row<4>;
   ks.copy_row[kCopy8] = copy_row<8>;
+  ks.stream_row[kCopy1] = stream_row<1>;
+  ks.stream_row[kCopy2] = stream_row<2>;
+  ks.stream_row[kCopy4] = stream_row<4>;
+  ks.stream_row[kCopy8] = stream_row<8>;
 }
 
 }  // namespace mpslayout
