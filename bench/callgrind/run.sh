@@ -10,9 +10,11 @@ shape="${1:-64,64,3,3}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 gcc -O2 -shared -fPIC -o "$tmp/libmark.so" "$here/mark.c"
+# the interpreter itself, not a launcher script (pyenv's shims): valgrind follows no exec
+py="$(python -c 'import sys; print(sys.executable)')"
 for who in empty ours numpy memcpy; do
   valgrind --tool=callgrind --instr-atstart=no --cache-sim=yes \
-    --callgrind-out-file="$tmp/cg.$who" python "$here/cold_call.py" "$tmp/libmark.so" "$who" "$shape" \
+    --callgrind-out-file="$tmp/cg.$who" "$py" "$here/cold_call.py" "$tmp/libmark.so" "$who" "$shape" \
     >/dev/null 2>&1
   f="$(ls "$tmp"/cg."$who".* | tail -1)"  # the dump mark_stop wrote
   read -r ir dr dw i1 d1r d1w _ < <(grep '^totals:' "$f" | cut -d' ' -f2-)

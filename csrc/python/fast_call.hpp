@@ -18,7 +18,9 @@ constexpr long kMpsDtypes = 1, kSqueeze = 2;
 
 // The source of a fast call, checked: an exact ndarray, its dtype, the cast and threads.
 struct FastInput {
-  pybind11::array a;
+  // null until fast_input sets it (py::array's default constructor allocates an empty
+  // float64 array: 60 code lines of numpy on every cold call)
+  pybind11::array a = pybind11::reinterpret_borrow<pybind11::array>(pybind11::handle());
   int64_t esize = 0, edst = 0, threads = 1;
   mpslayout::Cast cast = mpslayout::Cast::None;
   pybind11::dtype out_dt;
