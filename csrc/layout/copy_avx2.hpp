@@ -68,7 +68,7 @@ inline void copy_bytes(char* d, const char* s, int64_t n) {
   if (i < n)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + n - 32), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + n - 32)));
 }
-template <int E> void copy_row(const char* src, char* dst, int64_t n) { copy_bytes(dst, src, n * E); }
+template <int E> MPSL_HOT void copy_row(const char* src, char* dst, int64_t n) { copy_bytes(dst, src, n * E); }
 template <int E> void stream_row(const char* src, char* dst, int64_t n) { stream_copy(dst, src, n * E); }
 
 }  // namespace

@@ -173,7 +173,7 @@ void init_once() {
 }
 }  // namespace
 
-const KernelSet& kernels() {
+MPSL_HOT const KernelSet& kernels() {
   std::call_once(g_once, init_once);
   return g_kernels;
 }

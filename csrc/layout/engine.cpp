@@ -107,7 +107,7 @@ struct Plan {
 };
 
 // Plans dims[0, n) (n <= kMaxAxes); dims is scratch, left canonicalized.
-void make_plan(Plan& p, Dim* dims, int n, const char* src, char* dst, int esrc, int edst) {
+MPSL_HOT void make_plan(Plan& p, Dim* dims, int n, const char* src, char* dst, int esrc, int edst) {
   p.src = src;
   p.dst = dst;
   if (!canonicalize(dims, n, p.src, p.dst)) {
@@ -154,7 +154,7 @@ void make_plan(Plan& p, Dim* dims, int n, const char* src, char* dst, int esrc, 
   p.items = p.outer_count * p.bands;
 }
 
-void run_items(const Plan& p, const KernelSet& ks, Op op, RowFn row, TileFn tile, int64_t begin,
+MPSL_HOT void run_items(const Plan& p, const KernelSet& ks, Op op, RowFn row, TileFn tile, int64_t begin,
                int64_t end) {
   // Where item `begin` starts: divisions once (a 64-bit divide costs ~40 cycles, per item a
   // few microseconds on a small conv weight's 64 channels), then an odometer.
@@ -218,7 +218,7 @@ const Dim& source_inner(const Plan& p) {
 
 // The kernel for a plan (see TileKernel); kAuto's thresholds were measured on the 2-core
 // EPYC VM (bench/README.md, "Kernels per shape").
-TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_bytes) {
+MPSL_HOT TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_bytes) {
   if (p.shape == Shape::Row) {
     const bool copy = op <= kCopy8;  // kCopy1..kCopy8 come first in Op
     TileKernel k = g_tile_kernel;
@@ -257,7 +257,7 @@ TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_byte
 // Applies a kernel's own walk to a plan: kScatter orders the outer axes by source stride
 // (rows read in address order, written where they go); kPanel makes each whole panel one
 // work item.
-void shape_plan_for(Plan& p, TileKernel k) {
+MPSL_HOT void shape_plan_for(Plan& p, TileKernel k) {
   if (k == TileKernel::kScatter) {  // stable insertion sort: nothing allocated on a call
     for (int i = 1; i < p.nouter; ++i) {
       const Dim x = p.outer[i];
@@ -273,7 +273,7 @@ void shape_plan_for(Plan& p, TileKernel k) {
   p.items = p.outer_count;
 }
 
-TileFn tile_fn(const KernelSet& ks, Op op, TileKernel k) {
+MPSL_HOT TileFn tile_fn(const KernelSet& ks, Op op, TileKernel k) {
   switch (k) {
     case TileKernel::kStaged: return ks.staged_tile[op];
     case TileKernel::kStream:
@@ -318,7 +318,7 @@ std::vector<Box> decompose(const Request& req) {
   return boxes;
 }
 
-bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc, int edst,
+MPSL_HOT bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc, int edst,
                  Cast cast, int threads, Cancel cancel) {
   Dim scratch[kMaxAxes];
   int64_t elements = 1;
@@ -384,7 +384,7 @@ bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int t
   return true;
 }
 
-void copy_in_order(const char* src, char* dst, int64_t bytes) {
+MPSL_HOT void copy_in_order(const char* src, char* dst, int64_t bytes) {
   const TileKernel k = g_tile_kernel;
   if (k == TileKernel::kCopyLoop || (k == TileKernel::kAuto && bytes < kCopyLoopMaxBytes)) {
     kernels().copy_row[kCopy1](src, dst, bytes);

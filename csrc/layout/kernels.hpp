@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include "cast.hpp"
+#include "hot.hpp"
 
 // The target architecture, from the compiler (not the build system), so that one source list
 // serves single-arch builds and macOS universal2 alike: each SIMD file compiles to nothing

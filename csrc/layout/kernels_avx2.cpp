@@ -136,7 +136,7 @@ template <> struct OpTraits<kF16F32> { using K = Convert<Cast::F16toF32>; };
 
 // Four source streams interleaved into packed rows of 4 (MPSImage slices, NC4HW4):
 // 8 rows of a per step, 4x8 transpose in registers, 4 full-width stores.
-template <Op OP> void interleave4(const char* src, int64_t ssd, char* dst, int64_t na) {
+template <Op OP> MPSL_HOT void interleave4(const char* src, int64_t ssd, char* dst, int64_t na) {
   using K = typename OpTraits<OP>::K;
   constexpr int64_t ed = sizeof(typename K::D);
   int64_t a = 0;
@@ -167,7 +167,7 @@ template <Op OP> void interleave4(const char* src, int64_t ssd, char* dst, int64
 
 // Three source streams interleaved into packed rows of 3 (RGB first-layer weights):
 // each output vector is three lane permutes blended together.
-template <Op OP> void interleave3(const char* src, int64_t ssd, char* dst, int64_t na) {
+template <Op OP> MPSL_HOT void interleave3(const char* src, int64_t ssd, char* dst, int64_t na) {
   using K = typename OpTraits<OP>::K;
   constexpr int64_t ed = sizeof(typename K::D);
   const __m256i ia = _mm256_setr_epi32(0, 0, 0, 1, 1, 1, 2, 2);
@@ -243,7 +243,7 @@ enum class Out {
 // non-temporal stores also skip the read-for-ownership of every destination line (the
 // caller fences once at the end, not per panel). Written in transposed order instead,
 // streaming stores run at half the speed of ordinary ones on the machines measured.
-template <Op OP, Out M> void tile8(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na, int64_t nd) {
+template <Op OP, Out M> MPSL_HOT void tile8(const char* src, int64_t ssd, char* dst, int64_t dsa, int64_t na, int64_t nd) {
   using K = typename OpTraits<OP>::K;
   constexpr int64_t es = sizeof(typename K::S), ed = sizeof(typename K::D);
   constexpr int64_t group = 64 / ed;  // destination elements per cache line

@@ -2,6 +2,8 @@
 // canonical form the planner works on (unit axes dropped, destination order, adjacent axes
 // merged).
 #pragma once
+
+#include "hot.hpp"
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
@@ -72,7 +74,7 @@ constexpr int kMaxAxes = 64;
 // is >= 0; the pointers move to the other end), orders axes by decreasing destination
 // stride, and merges neighbours that are one axis on both sides. Works in place on
 // dims[0, n) (n updated) and adjusts the pointers. Returns false if the box is empty.
-inline bool canonicalize(Dim* dims, int& n, const char*& src, char*& dst) {
+MPSL_HOT inline bool canonicalize(Dim* dims, int& n, const char*& src, char*& dst) {
   int kept = 0;
   for (int i = 0; i < n; ++i) {
     Dim d = dims[i];

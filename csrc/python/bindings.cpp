@@ -26,7 +26,7 @@ using namespace mpslayout;
 namespace mpslayout_py MPSL_PY_HIDDEN {
 
 // Byte range [lo, hi) that an array's elements occupy, relative to its data pointer.
-Range array_range(const py::array& a) {
+MPSL_HOT Range array_range(const py::array& a) {
   Dim dims[kMaxAxes];
   const int n = static_cast<int>(std::min<py::ssize_t>(a.ndim(), kMaxAxes));
   for (int i = 0; i < n; ++i) dims[i] = {a.shape(i), a.strides(i), a.strides(i)};
@@ -46,7 +46,7 @@ void check_inside(const std::vector<Dim>& dims, bool source, int64_t offset, int
 
 // True if the memory spans of two arrays overlap (what np.may_share_memory checks), given
 // their byte ranges from array_range.
-bool spans_overlap(const py::array& src, const Range& sr, const py::array& dst, const Range& dr) {
+MPSL_HOT bool spans_overlap(const py::array& src, const Range& sr, const py::array& dst, const Range& dr) {
   if (sr.hi <= sr.lo || dr.hi <= dr.lo) return false;
   const auto s0 = reinterpret_cast<uintptr_t>(src.data()), d0 = reinterpret_cast<uintptr_t>(dst.data());
   return s0 + sr.lo < d0 + dr.hi && d0 + dr.lo < s0 + sr.hi;
@@ -164,7 +164,7 @@ void run_boxes(const Request& req, const std::vector<Box>& boxes, int threads) {
 
 }  // namespace
 
-void mpslayout_py::run_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc, int edst,
+MPSL_HOT void mpslayout_py::run_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc, int edst,
                            Cast cast, int threads, int64_t bytes) {
   if (bytes < kKeepGilBytes) {
     execute_box(src, dst, dims, ndim, esrc, edst, cast, 1);

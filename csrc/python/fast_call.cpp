@@ -44,7 +44,7 @@ bool same_dtype(const py::dtype& a, PyObject* b) {
 
 }  // namespace
 
-bool fast_input(py::handle x, py::handle threads, long mode, py::handle dtype, FastInput& in) {
+MPSL_HOT bool fast_input(py::handle x, py::handle threads, long mode, py::handle dtype, FastInput& in) {
   const bool mps = mode & kMpsDtypes;
   auto& api = py::detail::npy_api::get();
   if (Py_TYPE(x.ptr()) != api.PyArray_Type_) return false;
@@ -87,7 +87,7 @@ bool fast_input(py::handle x, py::handle threads, long mode, py::handle dtype, F
   return true;
 }
 
-py::object fast_run(const FastInput& in, Dim* dims, int ndim, const py::ssize_t* shape, int nshape,
+MPSL_HOT py::object fast_run(const FastInput& in, Dim* dims, int ndim, const py::ssize_t* shape, int nshape,
                     py::handle out) {
   auto& api = py::detail::npy_api::get();
   py::object result;
@@ -131,7 +131,7 @@ py::object fast_run(const FastInput& in, Dim* dims, int ndim, const py::ssize_t*
   return result;
 }
 
-py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handle threads, long mode,
+MPSL_HOT py::object fast_permute(py::handle x, py::handle axes, py::handle out, py::handle threads, long mode,
                         py::handle dtype) {
   FastInput in;
   if (!fast_input(x, threads, mode, dtype, in)) return py::none();

@@ -147,7 +147,7 @@ py::object fast_dense(PyObject* const* v) {
 }
 
 // The fast path's answer: an object, None for "take the full path", or an error (thrown).
-py::object try_fast(const FastPathObject* self, PyObject* const* args, Py_ssize_t nargs,
+MPSL_HOT py::object try_fast(const FastPathObject* self, PyObject* const* args, Py_ssize_t nargs,
                     PyObject* kwnames) {
   const Signature& sig = kSignatures[self->kind];
   PyObject* v[kNames] = {};
@@ -191,7 +191,7 @@ py::object try_fast(const FastPathObject* self, PyObject* const* args, Py_ssize_
   }
 }
 
-PyObject* fast_path_call(PyObject* self_, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+MPSL_HOT PyObject* fast_path_call(PyObject* self_, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
   auto* self = reinterpret_cast<FastPathObject*>(self_);
   try {
     py::object r = try_fast(self, args, PyVectorcall_NARGS(nargsf), kwnames);
