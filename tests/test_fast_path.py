@@ -352,6 +352,17 @@ def test_other_fc_and_dense_calls_take_the_full_path_and_equal_numpy() -> None:
     assert sub.shape == (18, 1, 1, 5)
 
 
+def test_shapes_whose_product_wraps_around_are_refused() -> None:
+    # 1539092 * 1484310 * 48448661 == 24 + 6 * 2**64: in int64 arithmetic it equals the
+    # weight's 24 rows, and would describe a box 2**66 elements large
+    w = _array((24, 5), np.float32)
+    for shape in [(1539092, 1484310, 48448661), (2**40, 2**40, 2**40), (2**62, 4, 6)]:
+        with pytest.raises((ValueError, OverflowError)):
+            mpslayout.dense_reshape(w, shape=shape)
+        with pytest.raises((ValueError, OverflowError)):
+            mpslayout.fc_weights(w.T, input_shape=shape)
+
+
 def test_groups_warning_comes_from_the_full_path() -> None:
     w = _array((6, 2, 3, 3), np.float32)
     with pytest.warns(mpslayout.MPSLayoutWarning, match="groups=3"):

@@ -87,6 +87,12 @@ bool three_ints(PyObject* v, int64_t t[3]) {
   return true;
 }
 
+// a * b * c == n, without overflow (a, b, c >= 1): a crafted shape must not wrap around to
+// the array's size and describe a box far outside it.
+bool product_is(int64_t n, int64_t a, int64_t b, int64_t c) {
+  return n % a == 0 && (n / a) % b == 0 && n / a / b == c;
+}
+
 // Strides of (y, x, c) over a flat neuron axis of stride s_n, flattened in order CHW (0) or
 // HWC (1): mps.py's _neuron_strides.
 void neuron_strides(int64_t s_n, int64_t h, int64_t w, int64_t c, int order, int64_t out[3]) {
@@ -114,7 +120,7 @@ py::object fast_fc(PyObject* const* v) {
     if (!three_ints(v[kInputShape], t)) return py::none();
     if (flatten == 0) { c = t[0]; h = t[1]; w = t[2]; } else { h = t[0]; w = t[1]; c = t[2]; }
     order = flatten;
-    if (c * h * w != n) return py::none();
+    if (!product_is(n, c, h, w)) return py::none();
   }
   int64_t s[3];
   neuron_strides(in.a.strides(n_ax), h, w, c, static_cast<int>(order), s);
@@ -136,7 +142,7 @@ py::object fast_dense(PyObject* const* v) {
     return py::none();
   const int n_ax = layout, i_ax = 1 - layout;
   const int64_t n = in.a.shape(n_ax), i = in.a.shape(i_ax), h = t[0], w = t[1], c = t[2];
-  if (h * w * c != n) return py::none();
+  if (!product_is(n, h, w, c)) return py::none();
   int64_t s[3];
   neuron_strides(in.a.strides(n_ax), h, w, c, order, s);
   Dim dims[4] = {{h, s[0], 0}, {w, s[1], 0}, {c, s[2], 0}, {i, in.a.strides(i_ax), 0}};
