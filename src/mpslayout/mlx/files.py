@@ -1,40 +1,30 @@
 """MLX safetensors files written and read by this package ("never twice").
 
-:func:`save` writes the safetensors format itself (8-byte little-endian header length,
-the JSON header, the raw little-endian bytes) to a temporary file in the target folder and
-renames it into place; ``mx.load`` and ``nn.Module.load_weights`` read it. The metadata
-records, per tensor, its kind and source layout and that it is in MLX's layout
-(:mod:`mpslayout.mlx.schema`). :func:`load` reads any safetensors file into numpy
-(memory-mapped) and returns a :class:`~mpslayout.mlx.schema.Weights` carrying the record.
+:func:`save` writes the file through :func:`mpslayout.safetensors_io.write` (the format's
+one writer: a temporary file in the target folder renamed into place); ``mx.load`` and
+``nn.Module.load_weights`` read it. The metadata records, per tensor, its kind and source
+layout and that it is in MLX's layout (:mod:`mpslayout.mlx.schema`). :func:`load` reads
+any safetensors file into numpy (memory-mapped) and returns a
+:class:`~mpslayout.mlx.schema.Weights` carrying the record.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from .. import safetensors_io
+from ..safetensors_io import dtype_code, read_header
 from .arrays import to_numpy
 from .schema import Weights, from_metadata, to_metadata
 
-__all__ = ["load", "save"]
+__all__ = ["dtype_code", "load", "read_header", "save"]
 
-# safetensors dtype code <-> numpy dtype name (BF16 through ml_dtypes)
-_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-          "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint64": "U64",
-          "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL"}
-_NAMES = {v: k for k, v in _CODES.items()}
-
-
-def _numpy(x: Any, name: str) -> np.ndarray:
-    a = to_numpy(x, name)
-    if a.dtype.name not in _CODES:
-        raise TypeError(f"tensor {name!r} has dtype {a.dtype}, which safetensors cannot hold")
-    return a
+# safetensors dtype code -> numpy dtype name (BF16 through ml_dtypes)
+_NAMES = {v: k for k, v in safetensors_io.CODES.items()}
 
 
 def save(path: str | os.PathLike[str], weights: Mapping[str, Any],
@@ -52,37 +42,16 @@ def save(path: str | os.PathLike[str], weights: Mapping[str, Any],
     known = tensors if tensors is not None else getattr(weights, "tensors", {})
     facts = dict(getattr(weights, "facts", {}))
     facts.update(metadata or {})
-    header: dict[str, Any] = {}
-    arrays = []
-    offset = 0
+    entries = []
     for name, x in weights.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {name!r}")
-        a = _numpy(x, name)
-        a = a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
-        header[name] = {"dtype": _CODES[a.dtype.name], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-        arrays.append(a)
+        a = to_numpy(x, name)
+        entries.append((name, dtype_code(a.dtype, name), a.shape, a))
         entry = known.get(name) or {"kind": "tensor", "source_layout": "mlx"}
         record[name] = {"kind": str(entry["kind"]), "source_layout": str(entry["source_layout"]),
                         "layout": "mlx"}
-    header["__metadata__"] = to_metadata(record, facts)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mpslayout-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(raw).to_bytes(8, "little"))
-            f.write(raw)
-            for a in arrays:
-                f.write(np.ascontiguousarray(a).tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    safetensors_io.write(path, entries, to_metadata(record, facts))
 
 
 def _dtype(code: str, name: str) -> np.dtype:
@@ -96,25 +65,6 @@ def _dtype(code: str, name: str) -> np.dtype:
                             "package") from None
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(_NAMES[code]).newbyteorder("<")
-
-
-def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
-    """(header dict, byte offset of the data) of a safetensors file."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{os.fspath(path)!r} is not a safetensors file (too short)")
-        n = int.from_bytes(head, "little")
-        size = os.fstat(f.fileno()).st_size
-        if n > size - 8:
-            raise ValueError(f"{os.fspath(path)!r}: header length {n} exceeds the file")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise ValueError(f"{os.fspath(path)!r}: header is not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{os.fspath(path)!r}: header is not a JSON object")
-    return header, 8 + n
 
 
 def load(path: str | os.PathLike[str]) -> Weights:
@@ -143,10 +93,3 @@ def load(path: str | os.PathLike[str]) -> Weights:
     facts = {k: v for k, v in doc.items() if k not in ("format", "version", "tensors")}
     return Weights(out, tensors=doc["tensors"], facts=facts)
 
-
-def dtype_code(dt: np.dtype, name: str = "tensor") -> str:
-    """The safetensors dtype code of numpy dtype ``dt`` (``"F32"``, ``"BF16"``, ...)."""
-    code = _CODES.get(np.dtype(dt).name)
-    if code is None:
-        raise TypeError(f"tensor {name!r} has dtype {dt}, which safetensors cannot hold")
-    return code

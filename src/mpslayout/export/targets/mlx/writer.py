@@ -4,24 +4,21 @@ port with the same names reads, its ``__metadata__`` holding the mpslayout recor
 layout, so :func:`mpslayout.mlx.sanitize` never converts it twice) and the export's facts
 (source, options, the layers with their geometry, what was skipped or assumed).
 
-Layers are converted one at a time and their bytes streamed to a temporary data file, so
-peak memory stays near the largest layer; the header (which must come first and is known
-only at the end) is then written with the data copied after it into a second temporary
-file beside the target, renamed into place. A failure leaves no file behind.
+Layers are converted one at a time and their tensors streamed to
+:func:`mpslayout.safetensors_io.write` (the format's one writer), so peak memory stays near
+the largest layer; the metadata, known only at the end, is handed over as a function. The
+file is built beside the target and renamed into place: a failure leaves no file behind.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from ....mlx.files import dtype_code
+from .... import safetensors_io
 from ....mlx.schema import LAYOUT, to_metadata
 from ...plan import ExportError, Layer, Plan
 from ...progress import Progress
@@ -71,76 +68,57 @@ def write_mlx(path: str, plan: Plan, dtype: np.dtype | None, *, force: bool,
     ``quantize``: {"bits", "group_size"} of MLX's affine quantization of Linear and
     Embedding weights."""
     out = check_outfile(path, force)
-    folder = os.path.dirname(out)
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     stacked = _stacked_modules(plan.layers)
-    header: dict[str, Any] = {}
     record: dict[str, dict[str, str]] = {}
     layers: list[dict[str, Any]] = []
     refused: list[dict[str, Any]] = []
-    offset = 0
-    data_fd, data_path = tempfile.mkstemp(dir=folder, prefix=".mpslayout-", suffix=".data")
-    final_path = None
-    try:
-        with os.fdopen(data_fd, "wb") as data:
-            for layer in plan.layers:
-                progress.start(layer.name)
-                try:
-                    conv = convert_layer(layer, dtype, stacked=_module(layer) in stacked,
-                                         quantize=quantize)
-                except NotForMlx as e:
-                    refused.append({"name": layer.name, "op": layer.source.get("op",
-                                                                                layer.kind),
-                                    "reason": f"MLX: {e}", "tensors": layer.source_tensors()})
-                    progress.advance(layer.source_bytes)
-                    progress.finish_layer()
-                    continue
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as e:
-                    raise ExportError(f"layer {layer.name!r} ({layer.source.get('op', layer.kind)}"
-                                      f") failed: {type(e).__name__}: {e}", layer.name) from e
-                for name in list(conv.arrays):
-                    if name in header and conv.tensors[name]["kind"] == "tensor":
-                        # one initializer read by several nodes (ONNX operands): each
-                        # reading is its own tensor, named after its node
-                        name = conv.rename(name, _free(layer.name, header))
-                    if name in header:
-                        raise ExportError(f"layer {layer.name!r}: tensor name {name!r} is "
-                                          "already taken by another layer", layer.name)
-                    a = np.ascontiguousarray(conv.arrays[name])
-                    if a.dtype.byteorder == ">":
-                        a = a.astype(a.dtype.newbyteorder("<"))
-                    header[name] = {"dtype": dtype_code(a.dtype, name), "shape": list(a.shape),
-                                    "data_offsets": [offset, offset + a.nbytes]}
-                    data.write(memoryview(a.reshape(-1).view(np.uint8)))
-                    offset += a.nbytes
-                    record[name] = {**conv.tensors[name], "layout": LAYOUT}
-                conv.record["source"]["tensors"] = layer.source_tensors()
-                layers.append(conv.record)
+    doc = dict(facts)
+
+    def tensors() -> Iterator[tuple[str, str, tuple[int, ...], np.ndarray]]:
+        for layer in plan.layers:
+            progress.start(layer.name)
+            try:
+                conv = convert_layer(layer, dtype, stacked=_module(layer) in stacked,
+                                     quantize=quantize)
+            except NotForMlx as e:
+                refused.append({"name": layer.name, "op": layer.source.get("op", layer.kind),
+                                "reason": f"MLX: {e}", "tensors": layer.source_tensors()})
                 progress.advance(layer.source_bytes)
                 progress.finish_layer()
-        if not header:
+                continue
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:
+                raise ExportError(f"layer {layer.name!r} ({layer.source.get('op', layer.kind)}"
+                                  f") failed: {type(e).__name__}: {e}", layer.name) from e
+            for name in list(conv.arrays):
+                if name in record and conv.tensors[name]["kind"] == "tensor":
+                    # one initializer read by several nodes (ONNX operands): each
+                    # reading is its own tensor, named after its node
+                    name = conv.rename(name, _free(layer.name, record))
+                if name in record:
+                    raise ExportError(f"layer {layer.name!r}: tensor name {name!r} is "
+                                      "already taken by another layer", layer.name)
+                a = conv.arrays[name]
+                record[name] = {**conv.tensors[name], "layout": LAYOUT}
+                yield name, safetensors_io.dtype_code(a.dtype, name), a.shape, a
+            conv.record["source"]["tensors"] = layer.source_tensors()
+            layers.append(conv.record)
+            progress.advance(layer.source_bytes)
+            progress.finish_layer()
+
+    def metadata() -> dict[str, str]:
+        if not record:
             raise ValueError("no layer could be exported for MLX: "
                              + "; ".join(f"{r['name']} ({r['op']}): {r['reason']}"
                                          for r in refused))
-        doc = dict(facts)
         doc["layers"] = layers
         doc["unsupported"] = list(doc.get("unsupported", [])) + refused
-        header["__metadata__"] = to_metadata(record, doc)
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-        fd, final_path = tempfile.mkstemp(dir=folder, prefix=".mpslayout-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f, open(data_path, "rb") as data_in:
-            f.write(len(raw).to_bytes(8, "little"))
-            f.write(raw)
-            shutil.copyfileobj(data_in, f, 16 << 20)
-        os.chmod(final_path, 0o644)
-        os.replace(final_path, out)
-        final_path = None
+        return to_metadata(record, doc)
+
+    try:
+        safetensors_io.write(out, tensors(), metadata)
     finally:
-        os.unlink(data_path)
-        if final_path is not None and os.path.exists(final_path):
-            os.unlink(final_path)
         progress.close()
     return {"tensors": record, **doc}
