@@ -95,6 +95,12 @@ class LayerSteps(Walk):
             return
         img_in = seg.reads or next(t for k, t in enumerate(main.input[:2])
                                    if seg.layer.kind != "arithmetic" or g.const(t) is None)
+        if seg.pre and not seg.problem:
+            try:  # a relu between the permute and the flatten: run on the image first
+                for j in seg.pre:
+                    img_in = self._on_image(j, img_in)
+            except VerifyError as e:
+                seg.problem = str(e)
         if like is None and self._input(img_in).image is not None:
             try:
                 y, _, _ = self._layer(seg, self._input(img_in).image,  # type: ignore[arg-type]
@@ -131,7 +137,7 @@ class LayerSteps(Walk):
                                   "give a larger --input")
             if cov is not None and not cov.complete:
                 self._untested_taps(seg, row, cov)
-            src_t = seg.reads or self._image_tensor(img_in)
+            src_t = img_in if seg.reads else self._image_tensor(img_in)
             if src_t in self.values:  # isolated: the oracle's input, rounded to storage
                 x_iso = self._oracle(src_t).image
                 if x_iso is None:

@@ -46,6 +46,7 @@ class Segment:
     post: list[int]
     notes: list[str] = field(default_factory=list)
     reads: str | None = None    # a fully connected layer's image, a permute folded away
+    pre: list[int] = field(default_factory=list)  # per-element nodes run on that image first
     problem: str | None = None  # why the layer cannot be right, found before it runs
 
 
@@ -119,67 +120,6 @@ def map_layers(g: Graph, layers: list[ExportedLayer]
         else:
             segs[seg.nodes[0]] = seg
     return segs, unmapped
-
-
-_MOVES = frozenset(("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", *_PASS))
-
-
-def _movement_chain(g: Graph, tensor: str) -> tuple[str, list[int]]:
-    """From ``tensor`` back through ops that only move data: the first tensor not made by
-    one, and the nodes passed (nearest first)."""
-    chain: list[int] = []
-    for _ in range(17):
-        i = g.producer.get(tensor)
-        if i is None or g.nodes[i].op_type not in _MOVES:
-            break
-        chain.append(i)
-        tensor = g.nodes[i].input[0]
-    return tensor, chain
-
-
-def _dims(g: Graph, values: Mapping[str, np.ndarray], t: str) -> tuple[Any, ...] | None:
-    v = values.get(t)
-    return tuple(v.shape) if v is not None else g.shapes.get(t)
-
-
-def fc_chains(g: Graph, segments: Mapping[int, Segment],
-              values: Mapping[str, np.ndarray]) -> set[int]:
-    """Fully connected layers after a permute and a flatten: the layer must read the image
-    before the permute (the export folds it into the weights' columns and records the image
-    as ``fully_connected.reads``), since no MPS kernel produces the permuted tensor. Sets
-    each such segment's ``reads`` (and takes the folded nodes into it), or its ``problem``
-    when the export reads the permuted tensor; returns the folded nodes."""
-    folded: set[int] = set()
-    for seg in segments.values():
-        if seg.layer.kind != "fully_connected":
-            continue
-        main = g.nodes[seg.nodes[0]]
-        t0, chain = _movement_chain(g, main.input[0])
-        fc = seg.layer.entry.get("fully_connected") or {}
-        reads = fc.get("reads")
-        if reads is not None:
-            if reads != t0 or not chain:
-                seg.problem = (f"the manifest says it reads image {reads!r}, but the tensor "
-                               f"behind its input {main.input[0]!r} is {t0!r}")
-                continue
-            seg.reads = t0
-            seg.nodes.extend(chain)
-            folded.update(chain)
-            continue
-        transposes = [i for i in chain if g.nodes[i].op_type == "Transpose"]
-        nhwc = len(chain) == 2 and transposes == [chain[1]] and \
-            [int(p) for p in g.attrs(chain[1]).get("perm", [])] == [0, 2, 3, 1]
-        img, flat = _dims(g, values, t0), _dims(g, values, main.input[0])
-        if not transposes or nhwc or img is None or flat is None or len(img) != 4 or \
-                len(flat) != 2 or flat[0] != img[0]:
-            continue
-        last = transposes[-1]
-        perm = [int(p) for p in g.attrs(last).get("perm", [])]
-        seg.problem = (f"it reads {main.input[0]!r}, which Transpose {g.names[last]!r} "
-                       f"(perm {perm}) makes from image {t0!r}: no MPS kernel produces "
-                       "that tensor; the export must fold the permutation into the weights' "
-                       f"columns and read {t0!r} (fully_connected.reads)")
-    return folded
 
 
 def _pads_from_node(g: Graph, i: int) -> list[int] | None:

@@ -14,6 +14,7 @@ from ..reference.onnx_pointwise import (
     gelu_kernel,
 )
 from . import tolerance as T
+from .files import VerifyError
 from .meaning import MeaningSteps
 from .patterns import Fused
 from .report import Row
@@ -229,6 +230,56 @@ class OpSteps(MeaningSteps):
             else:
                 err = err + (T.U32 + u_c) * np.abs(y.nhwc())
         return y, np.where(np.isnan(err), np.inf, err)
+
+    def _on_image(self, i: int, src: str) -> str:
+        """Per-element node ``i`` of a permuted flatten folded into a fully connected layer,
+        run on image ``src`` as the app runs it, before the layer (it commutes with the
+        permutation). ONNX Runtime runs the node alone on the oracle's image to judge it,
+        on a row of its own; a node MPS has no kernel for passes the oracle's value on.
+        Returns the name the result is held under."""
+        from .rnn_cells import onnx_value  # ONNX Runtime: imported by the oracle already
+
+        g, n = self.g, self.g.nodes[i]
+        name = f"{src} -> {g.names[i]}"
+        if name not in self.values:
+            if src not in self.values:
+                raise VerifyError(f"the oracle gives no value for image {src!r}, which "
+                                  f"{n.op_type} {g.names[i]!r} is run on")
+            try:
+                self.values[name] = onnx_value(g, i, {n.input[0]: self.values[src]})
+            except Exception as e:  # any failure of the one-node model
+                raise VerifyError(f"ONNX Runtime could not run {n.op_type} {g.names[i]!r} "
+                                  f"on image {src!r}: {type(e).__name__}: {e}") from None
+        like, x = self.values[name], self._input(src)
+        try:
+            kernel = self._kernel(i)
+            why = None if kernel is not None else f"no MPSCNN kernel for ONNX {n.op_type}"
+        except NotExpressible as e:
+            kernel, why = None, str(e)
+        if kernel is None or x.image is None:
+            self.vals[name] = self._oracle(name)
+            self.report.not_verified.append({
+                "name": g.names[i], "op": n.op_type,
+                "reason": f"{why or 'its image is not one the executor holds'} (run on "
+                          f"image {src!r} before the fully connected layer): the oracle's "
+                          "value used"})
+            return name
+        row = Row(len(self.report.rows) + 1, g.names[i], n.op_type, kernel.mps, False, name,
+                  list(like.shape), notes=[f"run on image {src!r}, before the fully "
+                                           "connected layer the permutation is folded into"])
+        try:
+            iso = self._oracle(src).image
+            if iso is not None:
+                y_iso, err = self._op_result(kernel, [iso], i, [self._delta(iso, src)])
+                row.isolated = self._check(Val(y_iso), like, err)
+            y, err = self._op_result(kernel, [x.image], i, [self._delta(x.image, src)])
+            self.vals[name] = Val(y)
+            row.chained = self._check(self.vals[name], like, err)
+        except ValueError as e:
+            row.error = str(e)
+            self.vals[name] = self._oracle(name)
+        self.report.rows.append(row)
+        return name
 
     def _run_pointwise(self, i: int, kernel: Kernel, like: np.ndarray) -> bool:
         """A neuron (one input, elementwise) on a tensor that is not an image (YOLO's

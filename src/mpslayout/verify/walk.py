@@ -12,8 +12,9 @@ from ..reference.onnx_ops import Kernel, build
 from . import tolerance as T
 from .files import ExportedLayer, VerifyError
 from .graph import Graph, NodeView
-from .layers import fc_chains, map_layers
+from .layers import map_layers
 from .patterns import gelu_chains
+from .permuted import fc_chains
 from .report import Check, Report
 from .sequences import ncw_tensors
 from .values import Val, as_image, as_oracle, as_val
@@ -152,3 +153,7 @@ class Walk:
 
     def _kernel(self, i: int) -> Kernel | None:
         return build(NodeView(self.g, i, self.values, self.exported))
+
+    def _on_image(self, i: int, src: str) -> str:
+        """Per-element node ``i`` run on image ``src`` (:meth:`.OpSteps._on_image`)."""
+        raise NotImplementedError

@@ -341,6 +341,12 @@ def dense(g: Graph, node: Any) -> None:
                 + " -> ".join(f"{x['op']} {x['node']!r}" for x in permuted.record(g))
                 + " before the layer is folded into its weights' columns (no MPS kernel "
                 "produces the permuted tensor)")
+            if permuted.elementwise:
+                layer.notes.append(
+                    "apply " + ", ".join(f"{n.op_type} {g.name(n)!r}"
+                                         for n in permuted.elementwise)
+                    + f" to image {permuted.image!r} before the layer: per element, it "
+                    "commutes with the permutation folded into the weights")
         if alpha != 1.0 or beta != 1.0:
             layer.notes.append(f"Gemm alpha={alpha}, beta={beta} applied to the weights "
                                "and bias")

@@ -8,6 +8,14 @@ weight column reads, and the columns are put back in C, H, W order. The layer th
 the image itself (docs/layouts.md: a fully connected layer after a flatten), and its
 manifest records the image (``fully_connected.reads``) and the nodes folded
 (``fully_connected.folded``).
+
+Exporters often put an activation inside the chain (``x.permute(0, 2, 3, 1)``, then
+``relu``, then ``flatten``). An op that acts on each element alone, with no axis (Relu,
+Sigmoid, Tanh, LeakyRelu, Clip by constant scalars, Cast to float, ...), commutes with any
+movement of the elements, so the chain is looked through it when its output is read by
+the next node of the chain only: the layer then reads the image with that op applied to
+it first (it is recorded in ``folded`` with ``"elementwise": true``; the MPS app applies
+it to the image, an MLX port to its channels-last image, before the layer).
 """
 
 from __future__ import annotations
@@ -19,12 +27,19 @@ from typing import Any
 import numpy as np
 
 from ...plan import QuantRef, SkipLayer, TensorRef, quant_ref
-from .const_eval import OPS
+from .const_eval import OPS, ConstEval
 
 __all__ = ["Permuted", "fold_columns", "permuted_flatten"]
 
-_MOVES = frozenset(("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity",
-                    "Dropout"))
+_PASS = frozenset(("Identity", "Dropout"))  # Dropout in inference (training_mode false)
+_MOVES = frozenset(("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", *_PASS))
+# one data input, each output element from its input element alone, no axis attribute
+ELEMENTWISE = frozenset((
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus",
+    "Softsign", "HardSwish", "Mish", "Gelu", "Erf", "ThresholdedRelu", "Abs", "Neg", "Exp",
+    "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Clip", "Cast",
+))
+_FLOAT = 1  # TensorProto.FLOAT
 _MAX_CHAIN = 16
 
 
@@ -38,10 +53,19 @@ class Permuted:
     nodes: list[Any]
     columns: np.ndarray
 
+    @property
+    def elementwise(self) -> list[Any]:
+        """The chain's per-element ops (applied to the image before the layer)."""
+        return [n for n in self.nodes if n.op_type in ELEMENTWISE]
+
     def record(self, g: Any) -> list[dict[str, Any]]:
         out = []
         for n in self.nodes:
             r: dict[str, Any] = {"node": g.name(n), "op": n.op_type}
+            if n.op_type in ELEMENTWISE:
+                r["elementwise"] = True
+                out.append(r)
+                continue
             perm = g.attrs(n).ints("perm") if n.op_type == "Transpose" else None
             if perm is not None:
                 r["perm"] = [int(p) for p in perm]
@@ -53,20 +77,74 @@ class Permuted:
         return out
 
 
+def _elementwise(g: Any, node: Any) -> bool:
+    """Whether ``node`` acts on each element alone, so that it commutes with a permutation
+    of the elements: Clip only by constant scalar bounds, Cast only to float."""
+    if node.op_type not in ELEMENTWISE or any(o for o in node.output[1:]):
+        return False
+    if node.op_type == "Cast":
+        return g.attrs(node).int("to", 0) == _FLOAT
+    if node.op_type == "Clip":
+        for t in node.input[1:]:
+            v = g.value(t) if t else None
+            if t and (v is None or np.size(v) != 1):
+                return False  # a computed or per-element bound
+        return True
+    return len([t for t in node.input if t]) == 1
+
+
+def _inference(g: Any, node: Any) -> bool:
+    """Whether a Dropout passes its input on: ``training_mode`` absent or constant false,
+    and its mask read by nobody."""
+    mode = node.input[2] if len(node.input) > 2 else ""
+    v = g.value(mode) if mode else np.array(False)
+    return v is not None and not bool(np.asarray(v).any()) and \
+        not any(o and (g.consumers.get(o) or o in g.graph_outputs) for o in node.output[1:])
+
+
+def _read_once(g: Any, t: str) -> bool:
+    """Whether one node reads tensor ``t``'s values: a Shape or Size of it reads only its
+    dims (``reshape(x.shape[0], -1)``), and a graph output is read by the caller."""
+    users = [n for n in g.consumers.get(t, []) if n.op_type not in ("Shape", "Size")]
+    return len(users) == 1 and t not in g.graph_outputs
+
+
 def _chain(g: Any, a: str) -> tuple[str, list[Any]] | None:
-    """From tensor ``a`` back through movement ops, each output read only by the next:
-    (the first tensor not made by one, the nodes nearest-first)."""
+    """From tensor ``a`` back through movement ops and per-element ops, each output read
+    only by the next (a per-element op's also when it is ``a``): (the first tensor not made
+    by one, the nodes nearest-first). Per-element ops nearest the image stay out of it."""
     chain: list[Any] = []
     t = a
     while len(chain) <= _MAX_CHAIN:
         node = g.producer.get(t)
-        if node is None or node.op_type not in _MOVES or node.domain not in ("", "ai.onnx"):
-            return t, chain
-        if chain and g.sole_consumer(t) is None:
+        if node is None or node.domain not in ("", "ai.onnx"):
+            break
+        pointwise = _elementwise(g, node)
+        if node.op_type not in _MOVES and not pointwise:
+            break
+        if node.op_type == "Dropout" and not _inference(g, node):
+            break
+        if pointwise and not _read_once(g, t):
+            break  # read elsewhere too: the chain starts after it
+        if chain and not _read_once(g, t):
             return None  # a tensor of the chain is read elsewhere too
         chain.append(node)
         t = node.input[0]
-    return None
+    else:
+        return None
+    while chain and chain[-1].op_type in ELEMENTWISE:
+        # per-element ops on the image itself, before any movement, stay the image's own
+        t = chain.pop().output[0]
+    return t, chain
+
+
+def _operand(g: Any, ev: ConstEval, t: str) -> np.ndarray | None:
+    """A node's constant operand: from the graph, else computed with the chain's shapes."""
+    v = g.value(t)
+    if v is None:
+        c = ev.get(t)
+        v = None if c is None else c.value
+    return v
 
 
 def permuted_flatten(g: Any, a: str) -> Permuted | None:
@@ -86,20 +164,29 @@ def permuted_flatten(g: Any, a: str) -> Permuted | None:
     s = g.shape(t0)
     if s is None or len(s) != 4 or None in s[1:]:
         return None
-    n_batch = s[0] or 1
+    n_batch = s[0] or 2  # a symbolic batch: two samples, so that mixing them shows
     c, h, w = (int(d) for d in s[1:])  # type: ignore[arg-type]
     size = c * h * w
     if n_batch * size > 1 << 26:
         return None
     x = np.arange(n_batch * size, dtype=np.int64).reshape(n_batch, c, h, w)
+    # the chain's tensors' shapes at that batch, for a shape operand computed from them
+    # (``reshape(x.shape[0], -1)``: Shape -> Gather -> Concat of a symbolic batch)
+    known: dict[str, tuple[int, ...]] = {t0: x.shape}
+    ev = ConstEval(g.producer, g.ev.leaf,
+                   lambda t: list(known[t]) if t in known else g.shape(t), g.ev.opset)
     for node in reversed(chain):
-        vals = [x] + [g.value(t) if t else None for t in node.input[1:]]
+        if node.op_type in ELEMENTWISE or node.op_type in _PASS:  # they move nothing
+            known[node.output[0]] = x.shape
+            continue
+        vals = [x] + [_operand(g, ev, t) if t else None for t in node.input[1:]]
         if any(v is None for v, t in zip(vals[1:], node.input[1:]) if t):
             return None  # a shape operand not known
         try:
             x = OPS[node.op_type](g.ev, node, vals)[0]
         except Exception:  # the evaluator refuses (a shape that does not fit): no fold
             return None
+        known[node.output[0]] = x.shape
     if x.ndim != 2 or x.shape != (n_batch, size):
         return None
     cols = x[0]
