@@ -397,3 +397,84 @@ def test_fast_path_type_checks_its_arguments() -> None:
         _core.FastPath(len, "transpose")
     with pytest.raises(TypeError, match="callable"):
         _core.FastPath(3, "conv")
+
+
+def _outcome(fn, args, kwargs):
+    """(result bytes, dtype, shape) or the exception's type and message."""
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        try:
+            r = fn(*args, **kwargs)
+        except Exception as e:  # the type and text are what is compared
+            return ("error", type(e).__name__, str(e))
+    parts = r if isinstance(r, tuple) else (r,)
+    return tuple(None if p is None else (p.dtype.str, p.shape, p.tobytes()) for p in parts)
+
+
+_VALUES = {
+    "layout": ["OIHW", "HWIO", "HWCM", "OI", "IO", "NCHW", 3, None, b"OIHW"],
+    "groups": [1, 2, 0, -1, 1.0, True, np.int64(1), None],
+    "in_channels": [None, 4, 8, 0, "8"],
+    "input_shape": [None, (4, 3, 5), [4, 3, 5], (3, 5, 4), (4, 15), (0, 3, 5), (4.0, 3, 5),
+                    (np.int64(4), 3, 5), "435"],
+    "flatten": ["CHW", "HWC", "WHC", None],
+    "shape": [(2, 3, 4), [2, 3, 4], (4, 3, 2), (2, 3), (2, -3, -4), None],
+    "order": ["CHW", "HWC", "cHW", None],
+    "target": ["rows", "subpixel", "conv_transpose", "tiles", None],
+    "dtype": [None, np.float16, "float16", np.float32, "float64", np.int8, "bfloat16", "nope"],
+    "threads": [None, 1, 2, 0, -1, 1.5, True, 2**70],
+    "axes": [(3, 1, 0, 2), [0, 1, 2, 3], (0, 1, 2), (0, 0, 1, 2), (-1, 0, 1, 2), "0123", None],
+}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_calls_behave_as_the_python_function(seed) -> None:
+    """Every call, common or not, gives what the wrapped Python function gives: the same
+    bits, dtype and shape, or the same exception type and message."""
+    rng = np.random.default_rng(seed)
+    odd = [[[1.0, 2.0], [3.0, 4.0]], np.float32(3.0), _array((60, 6), ">f4"),
+           _array((24, 5), np.int32)]
+    inputs = {
+        mpslayout.permute: [_array((8, 4, 3, 3), np.float32), _array((8, 4, 3, 3), np.uint8)],
+        mpslayout.conv_weights: [_array((8, 4, 3, 3), np.float32),
+                                 _array((8, 4, 3, 3), np.float64)[:, :, ::-1]],
+        mpslayout.depthwise_weights: [_array((8, 1, 3, 3), np.float16),
+                                      _array((3, 3, 8, 1), np.float32)],
+        mpslayout.fc_weights: [_array((6, 60), np.float32), _array((60, 6), np.float32),
+                               _array((6, 60), np.float64)[::-1]],
+        mpslayout.dense_reshape: [_array((24, 5), np.float32), _array((5, 24), np.float16)],
+    }
+    options = {
+        mpslayout.permute: ["axes", "dtype", "threads"],
+        mpslayout.conv_weights: ["layout", "groups", "dtype", "threads"],
+        mpslayout.depthwise_weights: ["layout", "in_channels", "dtype", "threads"],
+        mpslayout.fc_weights: ["input_shape", "layout", "flatten", "dtype", "threads"],
+        mpslayout.dense_reshape: ["shape", "layout", "order", "target", "dtype", "threads"],
+    }
+    for _ in range(400):
+        fn = list(options)[rng.integers(len(options))]
+        pool = inputs[fn] + (odd if rng.random() < 0.15 else [])
+        x = pool[rng.integers(len(pool))]
+        kwargs = {}
+        for name in options[fn]:
+            if rng.random() < 0.7:
+                vals = _VALUES[name]
+                # the first values are the valid spellings: take them half the time
+                k = rng.integers(3) if rng.random() < 0.5 else rng.integers(len(vals))
+                kwargs[name] = vals[k]
+        if fn is mpslayout.permute:
+            args = (x, kwargs.pop("axes", (0, 1, 2, 3)))
+        else:
+            args = (x,)
+        if rng.random() < 0.3:  # out= of the right shape and dtype, when there is one
+            ref = _outcome(fn.__wrapped__, args, kwargs)
+            if ref[0] != "error":
+                dt, shape, _ = ref[0]
+                kwargs["out"] = np.empty(shape, dt)
+        want = _outcome(fn.__wrapped__, args, dict(kwargs))
+        if "out" in kwargs:
+            kwargs["out"] = np.empty_like(kwargs["out"])
+        got = _outcome(fn, args, kwargs)
+        assert got == want, (fn.__name__, args[1:], kwargs)
