@@ -216,6 +216,14 @@ const Dim& source_inner(const Plan& p) {
   return p.outer[best];
 }
 
+// How kAuto copies `bytes` in order: the ISA's copy loop below kCopyLoopMaxBytes,
+// non-temporal stores past the last-level cache (stream_bytes(), as libc's memcpy does),
+// memcpy (kDirect) between. kernel_for's row plans and copy_in_order both ask here.
+TileKernel in_order_kernel(int64_t bytes) {
+  if (bytes < kCopyLoopMaxBytes) return TileKernel::kCopyLoop;
+  return bytes >= stream_bytes() ? TileKernel::kStream : TileKernel::kDirect;
+}
+
 // The kernel for a plan (see TileKernel); kAuto's thresholds were measured on the 2-core
 // EPYC VM (bench/README.md, "Kernels per shape").
 MPSL_HOT TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t dst_bytes) {
@@ -226,11 +234,9 @@ MPSL_HOT TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t
       if (p.nouter > 0 && p.d.n * esrc <= kScatterMaxRowBytes && dst_bytes >= kScatterMinBytes &&
           source_inner(p).n < p.outer[p.nouter - 1].n)
         k = TileKernel::kScatter;
-      else if (copy && p.nouter == 0 && dst_bytes < kCopyLoopMaxBytes)
-        k = TileKernel::kCopyLoop;
+      else if (copy && p.nouter == 0)
+        k = in_order_kernel(dst_bytes);
     }
-    if (k == TileKernel::kAuto && copy && p.nouter == 0 && dst_bytes >= stream_bytes())
-      k = TileKernel::kStream;  // past the last-level cache, as libc's memcpy does
     if (k == TileKernel::kScatter && p.nouter > 0) return k;
     if (k == TileKernel::kCopyLoop && copy) return k;
     if (k == TileKernel::kStream && copy) return k;
@@ -385,10 +391,11 @@ bool execute(const std::vector<Box>& boxes, int esrc, int edst, Cast cast, int t
 }
 
 MPSL_HOT void copy_in_order(const char* src, char* dst, int64_t bytes) {
-  const TileKernel k = g_tile_kernel;
-  if (k == TileKernel::kCopyLoop || (k == TileKernel::kAuto && bytes < kCopyLoopMaxBytes)) {
+  TileKernel k = g_tile_kernel;
+  if (k == TileKernel::kAuto) k = in_order_kernel(bytes);
+  if (k == TileKernel::kCopyLoop) {
     kernels().copy_row[kCopy1](src, dst, bytes);
-  } else if (k == TileKernel::kStream || (k == TileKernel::kAuto && bytes >= stream_bytes())) {
+  } else if (k == TileKernel::kStream) {
     kernels().stream_row[kCopy1](src, dst, bytes);
     std::atomic_thread_fence(std::memory_order_seq_cst);
   } else if (bytes > 0)
