@@ -24,14 +24,15 @@ def dims4(w: TensorRef) -> tuple[int, int, int, int]:
     return a, b, kh, kw
 
 
-def _pair_1d(g: Any, node: Any, key: str) -> tuple[int, int]:
+def _pair_1d(g: Any, node: Any, key: str, unit: int = 1,
+             what: str = "1-D convolution (3-D weight)") -> tuple[int, int]:
+    """A 1-D attribute's one value as (height, width): (unit, value), (unit, unit) if absent."""
     v = g.attrs(node).ints(key)
     if v is None:
-        return 1, 1
+        return unit, unit
     if len(v) != 1:
-        raise ValueError(f"node {g.name(node)!r}: {key} {v} of a 1-D convolution (3-D "
-                         "weight) must hold one value")
-    return as_pair([1, v[0]], f"node {g.name(node)!r}: {key}", minimum=1)
+        raise ValueError(f"node {g.name(node)!r}: {key} {v} of a {what} must hold one value")
+    return as_pair([unit, v[0]], f"node {g.name(node)!r}: {key}", minimum=unit)
 
 
 def is_1d(g: Any, node: Any) -> bool:
@@ -75,10 +76,4 @@ def pads(g: Any, node: Any, attrs: Any, in_hw: tuple[int | None, int | None],
 def output_padding(g: Any, node: Any, one_d: bool) -> tuple[int, int]:
     if not one_d:
         return g.attrs(node).pair("output_padding", 0, minimum=0)
-    v = g.attrs(node).ints("output_padding")
-    if v is None:
-        return 0, 0
-    if len(v) != 1:
-        raise ValueError(f"node {g.name(node)!r}: output_padding {v} of a 1-D transposed "
-                         "convolution must hold one value")
-    return as_pair([0, v[0]], f"node {g.name(node)!r}: output_padding", minimum=0)
+    return _pair_1d(g, node, "output_padding", 0, "1-D transposed convolution")
