@@ -234,6 +234,17 @@ with np.errstate(all="ignore"):
                 got = mpslayout.dense_reshape(x, shape=(hh, ww, cc), order="CHW", dtype=dt,
                                               out=out, threads=1)[0]
                 check(("rows", hh, ww, cc, i, dt, offset), got, want)
+    # rows swapped the other way, long rows, rows of 256 bytes and under (streamed scatter
+    # from 256 bytes on AVX2, plain stores below), past the planner's 64 KiB
+    for shape, perms in [((3, 80, 70), [(1, 0, 2)]), ((2, 9, 1100), [(1, 0, 2)]),
+                         ((5, 60, 64), [(1, 0, 2)]), ((40, 7, 63), [(1, 0, 2)]),
+                         ((7, 40, 17), [(1, 0, 2)]), ((3, 4, 20, 70), [(2, 0, 1, 3), (1, 2, 0, 3)])]:
+        x = weights(shape)
+        for axes in perms:
+            want = slow.permute(x, axes)
+            for offset in (0, 4, 16):
+                got = mpslayout.permute(x, axes, out=out_at(want.shape, want.dtype, offset))
+                check(("swap", shape, axes, offset), got, want)
     for shape in [(256, 64, 1, 1), (17, 3, 1, 1), (5, 1, 1, 1), (512, 1, 3, 3), (33, 1, 5, 5)]:
         x = weights(shape)
         for dt in (None, np.float16):
@@ -305,9 +316,18 @@ def test_planner_picks_row_kernels_and_whole_panels() -> None:
     # (C, HW, I) -> (HW, C, I): the dcgan.dense_reshape case
     assert _core.plan(x, o, [16, 512, 100], [st[0], 16 * st[0], st[1]],
                       [512 * 100 * 4, 100 * 4, 4]) == "scatter"
-    # the other way round, (HW, C, I) -> (C, HW, I): the destination's order has fewer streams
+    # the other way round, (HW, C, I) -> (C, HW, I): walked in the source's order as well when
+    # the rows leave with non-temporal stores (AVX2's copies of rows of 256 bytes or more),
+    # else in the destination's, whose order has fewer streams
+    other = "scatter" if _core.isa() == "avx2" else "row"
     assert _core.plan(x, o, [512, 16, 100], [st[0], 512 * st[0], st[1]],
-                      [16 * 100 * 4, 100 * 4, 4]) == "row"
+                      [16 * 100 * 4, 100 * 4, 4]) == other
+    h = x.astype(np.float16)
+    assert _core.plan(h, h.copy(), [512, 16, 100], [h.strides[0], 512 * h.strides[0], 2],
+                      [16 * 100 * 2, 100 * 2, 2]) == "row"  # 200-byte rows: plain stores
+    x2 = np.zeros((64 * 16, 2048), np.float32)  # rows of 8 kB: scatter only when streamed
+    assert _core.plan(x2, x2.copy(), [16, 64, 2048], [x2.strides[0], 16 * x2.strides[0], 4],
+                      [64 * 8192, 8192, 4]) == other
     code = (
         "import numpy as np; from mpslayout import _core\n"
         "x = np.zeros((8, 512 * 49), np.float32); o = np.empty_like(x)\n"

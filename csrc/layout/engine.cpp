@@ -30,15 +30,19 @@ constexpr int64_t kCancelBytes = int64_t(4) << 20;  // bytes between two cancel 
 // measured faster streamed at every size (the prefetch makes the difference).
 constexpr int64_t kStreamPanelBytes = 192 * 1024;
 constexpr int64_t kStreamMinBytes = int64_t(64) << 10, kStreamMaxBytes = int64_t(8) << 20;
-// Row plans: kScatter for rows of up to kScatterMaxRowBytes (longer ones the hardware
-// prefetcher follows on its own) from kScatterMinBytes of output (below, the rows are in
-// cache or too few to matter), when the source's order steps along a shorter axis than the
-// destination's: the side walked out of order is then a few streams, each in order (the
-// DCGAN rows: 16 write streams instead of one read stride of 6.4 kB; measured both ways).
+// Row plans: kScatter (rows read in the source's order, each written where it goes) from
+// kScatterMinBytes of output (below, the rows are in cache or too few to matter). Rows of
+// kStreamRowMinBytes or more that the ISA copies with non-temporal stores take it in every
+// order and length: no destination line is read first, and the write streams thrash no
+// cache (the DCGAN rows 1.1-1.2x memcpy's time -> 0.8-0.87x). Shorter rows, casts and the
+// other ISAs (plain stores) take it for rows of up to kScatterMaxRowBytes (longer ones the
+// hardware prefetcher follows on its own) when the source's order steps along a shorter
+// axis than the destination's: the side walked out of order is then a few write streams,
+// each in order, rather than one read stride of 6.4 kB (measured both ways).
 // kCopyLoop for in-order copies below kCopyLoopMaxBytes (past it libc's memcpy switches to
 // non-temporal stores, which the loop has not).
 constexpr int64_t kScatterMinBytes = int64_t(64) << 10, kCopyLoopMaxBytes = int64_t(4) << 20;
-constexpr int64_t kScatterMaxRowBytes = 4096;
+constexpr int64_t kScatterMaxRowBytes = 4096, kStreamRowMinBytes = 256;
 // Destinations past the last-level cache get non-temporal stores. MPSLAYOUT_STREAM_BYTES
 // overrides the threshold (for benchmarking the two store paths against each other).
 int64_t stream_bytes() {
@@ -216,6 +220,18 @@ const Dim& source_inner(const Plan& p) {
   return p.outer[best];
 }
 
+// Whether the ISA's row copies for `op` leave with non-temporal stores (AVX2's plain
+// copies; casts and the other ISAs' rows use plain stores). Streamed, kScatter wins in
+// either order of the outer axes, cold or warm; with plain stores only when the source's
+// fastest outer axis is the shorter (bench/README.md, "Rows").
+bool streams_rows(Op op) {
+  const KernelSet& ks = kernels();
+  return op <= kCopy8 && ks.stream_row[op] != ks.row[op];
+}
+bool streamed_scatter(const Plan& p, Op op, int esrc) {
+  return p.d.n * esrc >= kStreamRowMinBytes && streams_rows(op);
+}
+
 // How kAuto copies `bytes` in order: the ISA's copy loop below kCopyLoopMaxBytes,
 // non-temporal stores past the last-level cache (stream_bytes(), as libc's memcpy does),
 // memcpy (kDirect) between. kernel_for's row plans and copy_in_order both ask here.
@@ -231,8 +247,9 @@ MPSL_HOT TileKernel kernel_for(const Plan& p, Op op, int esrc, int edst, int64_t
     const bool copy = op <= kCopy8;  // kCopy1..kCopy8 come first in Op
     TileKernel k = g_tile_kernel;
     if (k == TileKernel::kAuto) {
-      if (p.nouter > 0 && p.d.n * esrc <= kScatterMaxRowBytes && dst_bytes >= kScatterMinBytes &&
-          source_inner(p).n < p.outer[p.nouter - 1].n)
+      if (p.nouter > 0 && dst_bytes >= kScatterMinBytes &&
+          (streamed_scatter(p, op, esrc) ||
+           (p.d.n * esrc <= kScatterMaxRowBytes && source_inner(p).n < p.outer[p.nouter - 1].n)))
         k = TileKernel::kScatter;
       else if (copy && p.nouter == 0)
         k = in_order_kernel(dst_bytes);
@@ -341,11 +358,17 @@ MPSL_HOT bool execute_box(const char* src, char* dst, const Dim* dims, int ndim,
   const TileKernel kernel = kernel_for(p, op, esrc, edst, elements * edst);
   shape_plan_for(p, kernel);
   const TileFn tile = tile_fn(ks, op, kernel);
-  const RowFn row = kernel == TileKernel::kCopyLoop                              ? ks.copy_row[op]
-                    : kernel == TileKernel::kStream && p.shape == Shape::Row ? ks.stream_row[op]
-                                                                              : ks.row[op];
+  // kScatter's rows leave with non-temporal stores too (a plain copy's; casts keep plain
+  // ones): 16 write streams at one page offset thrash L1's sets with partial lines and
+  // read every destination line first (bench/README.md, "Rows").
+  const bool streamed_rows =
+      p.shape == Shape::Row && (kernel == TileKernel::kScatter ? streamed_scatter(p, op, esrc)
+                                : kernel == TileKernel::kStream && streams_rows(op));
+  const RowFn row = kernel == TileKernel::kCopyLoop ? ks.copy_row[op]
+                    : streamed_rows                 ? ks.stream_row[op]
+                                                    : ks.row[op];
   // non-temporal stores are weakly ordered: each thread fences its own before it reports
-  const bool fence = kernel == TileKernel::kStream || kernel == TileKernel::kPanel;
+  const bool fence = streamed_rows || kernel == TileKernel::kStream || kernel == TileKernel::kPanel;
   if (threads <= 1 || bytes < kParallelBytes || p.items == 1) {
     if (!cancel.poll || bytes < kCancelBytes) {  // the short path: one call, no chunks
       run_items(p, ks, op, row, tile, 0, p.items);
