@@ -111,14 +111,19 @@ template <Op OP> inline bool block8(const char* s, int64_t ssd, char* d, int64_t
 // path (a NaN lane in a fused cast).
 template <Op OP> inline bool row8(const char* s, int64_t ssd, char* d) {
   __m256 v;
+  // Built in registers: eight scalar stores to a stack array read back as one vector wait
+  // for the stores to retire (no store-to-load forwarding across them), ~20 cycles a row.
   if constexpr (OP == kF16F32) {
     uint16_t h[8];
     for (int k = 0; k < 8; ++k) std::memcpy(&h[k], s + k * ssd, 2);
-    v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+    v = _mm256_cvtph_ps(_mm_setr_epi16(static_cast<short>(h[0]), static_cast<short>(h[1]),
+                                       static_cast<short>(h[2]), static_cast<short>(h[3]),
+                                       static_cast<short>(h[4]), static_cast<short>(h[5]),
+                                       static_cast<short>(h[6]), static_cast<short>(h[7])));
   } else {
     float f[8];
     for (int k = 0; k < 8; ++k) std::memcpy(&f[k], s + k * ssd, 4);
-    v = _mm256_loadu_ps(f);
+    v = _mm256_setr_ps(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
   }
   if constexpr (OP != kCopy4) {
     const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
