@@ -238,7 +238,8 @@ with np.errstate(all="ignore"):
     # from 256 bytes on AVX2, plain stores below), past the planner's 64 KiB
     for shape, perms in [((3, 80, 70), [(1, 0, 2)]), ((2, 9, 1100), [(1, 0, 2)]),
                          ((5, 60, 64), [(1, 0, 2)]), ((40, 7, 63), [(1, 0, 2)]),
-                         ((7, 40, 17), [(1, 0, 2)]), ((3, 4, 20, 70), [(2, 0, 1, 3), (1, 2, 0, 3)])]:
+                         ((7, 40, 17), [(1, 0, 2)]),
+                         ((3, 4, 20, 70), [(2, 0, 1, 3), (1, 2, 0, 3)])]:
         x = weights(shape)
         for axes in perms:
             want = slow.permute(x, axes)
@@ -337,3 +338,21 @@ def test_planner_picks_row_kernels_and_whole_panels() -> None:
     env.pop("MPSLAYOUT_TILE", None)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.stdout.strip() == "panel", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_streamed_scatter_rows_split_between_threads(threads: int) -> None:
+    """Rows walked in source order and streamed, shared out to the pool (6.5 MB moved, past
+    the 4 MiB hand-off), with a destination 16 bytes past a line: every row's partial lines
+    are written by exactly one thread and equal numpy's, both directions of the swap."""
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((1024 * 16, 100), dtype=np.float32)
+    raw = np.empty(x.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + 16
+    out = raw[start:start + x.nbytes].view(np.float32).reshape(x.shape)
+    got = mpslayout.dense_reshape(x, shape=(4, 4, 1024), order="CHW", out=out, threads=threads)[0]
+    want = x.reshape(1024, 16, 100).transpose(1, 0, 2).reshape(x.shape)
+    assert got.tobytes() == want.tobytes()
+    y = x.reshape(16, 1024, 100)
+    got2 = mpslayout.permute(y, (1, 0, 2), threads=threads)
+    assert got2.tobytes() == np.ascontiguousarray(y.transpose(1, 0, 2)).tobytes()
