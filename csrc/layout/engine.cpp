@@ -34,7 +34,7 @@ constexpr int64_t kStreamMinBytes = int64_t(64) << 10, kStreamMaxBytes = int64_t
 // kScatterMinBytes of output (below, the rows are in cache or too few to matter). Rows of
 // kStreamRowMinBytes or more that the ISA copies with non-temporal stores take it in every
 // order and length: no destination line is read first, and the write streams thrash no
-// cache (the DCGAN rows 1.1-1.2x memcpy's time -> 0.8-0.87x). Shorter rows, casts and the
+// cache (the DCGAN rows 1.1-1.2x memcpy's time -> 0.75x, cold). Shorter rows, casts and the
 // other ISAs (plain stores) take it for rows of up to kScatterMaxRowBytes (longer ones the
 // hardware prefetcher follows on its own) when the source's order steps along a shorter
 // axis than the destination's: the side walked out of order is then a few write streams,
@@ -222,8 +222,9 @@ const Dim& source_inner(const Plan& p) {
 
 // Whether the ISA's row copies for `op` leave with non-temporal stores (AVX2's plain
 // copies; casts and the other ISAs' rows use plain stores). Streamed, kScatter wins in
-// either order of the outer axes, cold or warm; with plain stores only when the source's
-// fastest outer axis is the shorter (bench/README.md, "Rows").
+// either order of the outer axes on data from memory (warm it loses, as every
+// non-temporal store does); with plain stores only when the source's fastest outer axis
+// is the shorter (bench/README.md, "Rows").
 bool streams_rows(Op op) {
   const KernelSet& ks = kernels();
   return op <= kCopy8 && ks.stream_row[op] != ks.row[op];
