@@ -247,3 +247,26 @@ def test_processes_option_runs_fresh_processes(tmp_path):
     assert report["settings"]["mlx"] is False  # --no-mlx reaches every process
     assert all(len(c["times_s"]) == 2 for r in report["results"] for c in r["contenders"])
     assert bench.main(["--modes", "lukewarm"]) == 1
+
+
+def test_flusher_evicts_data_and_code() -> None:
+    """The cold flush reads and writes its whole buffer (data) and then compiles Python
+    source (code): the data pass alone leaves numpy's ufunc code in the instruction cache,
+    which numpy's contenders share."""
+    from mpslayout.bench.timing import Flusher
+
+    flush = Flusher(1 << 20)
+    assert flush.buf.nbytes == 1 << 20
+    calls: list[str] = []
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event == "c_call":
+            calls.append(getattr(arg, "__name__", ""))
+
+    sys.setprofile(profile)
+    try:
+        flush()
+    finally:
+        sys.setprofile(None)
+    assert (flush.buf == 2.0).all()
+    assert "compile" in calls
