@@ -59,7 +59,7 @@ def _l3_bytes() -> int:
                 with open(os.path.join(path, "size")) as f:
                     return _parse_size(f.read())
     except OSError:
-        compile(_CODE_FLUSH_SOURCE, "<flush>", "exec")
+        pass
     caches = _lscpu().get("L3 cache")
     if caches:
         try:
