@@ -116,7 +116,7 @@ def test_an_export_reading_the_transposed_tensor_fails(mode: str, tmp_path: Path
     path, _ = _model(tmp_path, mode)
     out = tmp_path / "old"
     with monkeypatch.context() as mp:
-        mp.setattr(onnx_layers, "permuted_flatten", lambda g, a: None)
+        mp.setattr(onnx_layers, "permuted_flatten", lambda g, a, *_: None)
         mpslayout.export(str(path), str(out), progress=False)
     rep = verify(out, path)
     assert not rep.ok

@@ -98,7 +98,7 @@ class LayerSteps(Walk):
         if seg.pre and not seg.problem:
             try:  # a relu between the permute and the flatten: run on the image first
                 for j in seg.pre:
-                    img_in = self._on_image(j, img_in)
+                    img_in = self._on_image(j, img_in, seg.pre_constants.get(j))
             except VerifyError as e:
                 seg.problem = str(e)
         if like is None and self._input(img_in).image is not None:

@@ -47,6 +47,8 @@ class Segment:
     notes: list[str] = field(default_factory=list)
     reads: str | None = None    # a fully connected layer's image, a permute folded away
     pre: list[int] = field(default_factory=list)  # per-element nodes run on that image first
+    # a BINARY node of ``pre``: (its constant on the image, verify's own; the manifest's record)
+    pre_constants: dict[int, tuple[Any, Any]] = field(default_factory=dict)
     problem: str | None = None  # why the layer cannot be right, found before it runs
 
 

@@ -42,6 +42,29 @@ def _mlx() -> Any:
     return mx
 
 
+_MX_OPS = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide",
+           "Pow": "power"}
+
+
+def _apply_constant(record: Mapping[str, Any], image: np.ndarray) -> np.ndarray:
+    """A folded op's ``record`` applied to NCHW ``image`` by MLX on its channels-last
+    view, as a port applies it: the constant a number or one per channel (the last axis),
+    at input ``constant_input``."""
+    mx = _mlx()
+    op = _MX_OPS.get(str(record.get("op")))
+    c = np.asarray(record.get("constant"), np.float32)
+    if op is None or record.get("constant_input") not in (0, 1) or c.ndim > 1 or \
+            (c.ndim == 1 and c.size != image.shape[1]):
+        raise VerifyError(f"the manifest folds {record.get('op')} {record.get('node')!r} with "
+                          f"constant {record.get('constant')!r} as input "
+                          f"{record.get('constant_input')!r}: not an op, a number or one "
+                          f"per channel of the image's {image.shape[1]}, and input 0 or 1")
+    x = mx.array(np.ascontiguousarray(np.moveaxis(image, 1, -1)))
+    a, b = (mx.array(c), x) if record["constant_input"] == 0 else (x, mx.array(c))
+    y = np.asarray(getattr(mx, op)(a, b))
+    return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+
 def _load(path: str) -> tuple[Any, dict[str, Any]]:
     from ..mlx import files
 
@@ -103,8 +126,10 @@ class _Walk:
     def elementwise(self, src: str, record: Mapping[str, Any]) -> str:
         """Image ``src`` after the per-element ops of a permuted flatten folded into the
         Linear (a relu between the permute and the flatten), which the port applies to its
-        image before the Linear: ONNX Runtime runs each node alone on the oracle's image.
-        Returns the name the result is held under."""
+        image before the Linear: ONNX Runtime runs each node alone on the oracle's image;
+        an op with a constant (``x * 0.5``, a per-channel scale) is applied by MLX with the
+        record's constant and operand order, as the port applies it (a wrong one then shows
+        in the Linear's output). Returns the name the result is held under."""
         fc = record.get("geometry", {}).get("fully_connected") or {}
         for f in fc.get("folded") or []:
             if not f.get("elementwise"):
@@ -114,7 +139,9 @@ class _Walk:
                 raise VerifyError(f"the manifest folds node {f.get('node')!r}, which the "
                                   "model does not have")
             name = f"{src} -> {f['node']}"
-            if name not in self.values:
+            if name not in self.values and "constant" in f:
+                self.values[name] = _apply_constant(f, self.values[src])
+            elif name not in self.values:
                 try:
                     self.values[name] = onnx_value(self.g, i, {
                         self.g.nodes[i].input[0]: self.values[src]})

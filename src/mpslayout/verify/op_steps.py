@@ -3,10 +3,12 @@ has none (then the oracle's value is used and the operator is listed as not veri
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import reference as R
-from ..reference.onnx_ops import Kernel, NotExpressible
+from ..reference.onnx_ops import Kernel, NotExpressible, build
 from ..reference.onnx_pointwise import (
     ARITHMETIC_OPS,
     arithmetic_kernel,
@@ -16,7 +18,9 @@ from ..reference.onnx_pointwise import (
 from . import tolerance as T
 from .files import VerifyError
 from .meaning import MeaningSteps
+from .ort import onnx_runtime_oracle as ort_oracle
 from .patterns import Fused
+from .permuted import ImageOp, constant_input, recorded_constant
 from .report import Row
 from .values import Val, as_val
 from .walk import PASS
@@ -231,28 +235,47 @@ class OpSteps(MeaningSteps):
                 err = err + (T.U32 + u_c) * np.abs(y.nhwc())
         return y, np.where(np.isnan(err), np.inf, err)
 
-    def _on_image(self, i: int, src: str) -> str:
+    def _on_image(self, i: int, src: str, constant: tuple[Any, Any] | None = None) -> str:
         """Per-element node ``i`` of a permuted flatten folded into a fully connected layer,
         run on image ``src`` as the app runs it, before the layer (it commutes with the
         permutation). ONNX Runtime runs the node alone on the oracle's image to judge it,
         on a row of its own; a node MPS has no kernel for passes the oracle's value on.
+        A BINARY node comes with ``constant``: (its constant on the image, verify's own,
+        and the manifest's record of it): ONNX Runtime applies verify's, MPS the
+        manifest's, which must equal it (:func:`.permuted.recorded_constant`).
         Returns the name the result is held under."""
-        from .rnn_cells import onnx_value  # ONNX Runtime: imported by the oracle already
+        from .rnn_cells import node_alone  # ONNX Runtime: imported by the oracle already
 
         g, n = self.g, self.g.nodes[i]
         name = f"{src} -> {g.names[i]}"
+        k = constant_input(g, i) if constant is not None else None
+        data = n.input[0] if k is None else n.input[1 - k]
         if name not in self.values:
             if src not in self.values:
                 raise VerifyError(f"the oracle gives no value for image {src!r}, which "
                                   f"{n.op_type} {g.names[i]!r} is run on")
+            feeds = {data: self.values[src]}
+            if k is not None and constant is not None:
+                c = g.const(n.input[k])
+                assert c is not None
+                feeds[n.input[k]] = np.ascontiguousarray(constant[0].astype(c.dtype))
             try:
-                self.values[name] = onnx_value(g, i, {n.input[0]: self.values[src]})
+                self.values[name] = ort_oracle(node_alone(g, i, False, feeds))(
+                    [n.output[0]], feeds)[n.output[0]]
             except Exception as e:  # any failure of the one-node model
                 raise VerifyError(f"ONNX Runtime could not run {n.op_type} {g.names[i]!r} "
                                   f"on image {src!r}: {type(e).__name__}: {e}") from None
         like, x = self.values[name], self._input(src)
         try:
-            kernel = self._kernel(i)
+            if constant is not None:
+                try:
+                    value = recorded_constant(g, i, constant[1], constant[0])
+                except ValueError as e:
+                    raise VerifyError(str(e)) from None
+                kernel = build(ImageOp(n.op_type, g.names[i], int(constant[1]["constant_input"]),
+                                       value, like.shape, g.opset))
+            else:
+                kernel = self._kernel(i)
             why = None if kernel is not None else f"no MPSCNN kernel for ONNX {n.op_type}"
         except NotExpressible as e:
             kernel, why = None, str(e)

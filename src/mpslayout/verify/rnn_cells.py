@@ -60,7 +60,8 @@ def _neuron(spec: Any) -> Any:
 
 def node_alone(graph: Any, i: int, f16: bool, feeds: dict[str, np.ndarray]) -> Any:
     """A model of node ``i`` alone: its constant inputs as initializers (rounded through
-    float16 when ``f16``), every other input a graph input."""
+    float16 when ``f16``), every other input (and a constant given in ``feeds`` in its
+    place) a graph input."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -72,7 +73,7 @@ def node_alone(graph: Any, i: int, f16: bool, feeds: dict[str, np.ndarray]) -> A
         if not name or name in seen:  # one tensor read twice (initial_h = initial_c)
             continue
         seen.add(name)
-        c = graph.const(name)
+        c = graph.const(name) if name not in feeds else None
         if c is not None:
             if f16 and c.dtype.kind == "f" and pos in _WEIGHT_INPUTS:
                 c = c.astype(np.float16).astype(c.dtype)

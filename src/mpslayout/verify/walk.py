@@ -154,6 +154,6 @@ class Walk:
     def _kernel(self, i: int) -> Kernel | None:
         return build(NodeView(self.g, i, self.values, self.exported))
 
-    def _on_image(self, i: int, src: str) -> str:
+    def _on_image(self, i: int, src: str, constant: Any = None) -> str:
         """Per-element node ``i`` run on image ``src`` (:meth:`.OpSteps._on_image`)."""
         raise NotImplementedError

@@ -23,7 +23,7 @@ from ...reshape import reshape_layer
 from . import axes
 from .fold import fold_chain
 from .graph import POINTWISE, Graph
-from .permute import fold_columns, permuted_flatten
+from .permute import absorb_constants, fold_columns, permuted_flatten
 
 
 def absmax(w: TensorRef, factor: float = 1.0) -> Callable[[], float]:
@@ -276,12 +276,17 @@ def dense(g: Graph, node: Any) -> None:
         if s is not None and len(s) > 3:
             raise SkipLayer(f"MatMul on a {len(s)}-D tensor is not a fully connected layer")
     given = g.over.get("input_shapes", [name, w.name])
-    permuted = None if given is not None else permuted_flatten(g, node.input[0])
+    unfolded: list[str] = []  # why a permute is not folded through a constant's op
+    absorbed: list[str] = []  # the source tensors of the constants folded through
+    permuted = None if given is not None else permuted_flatten(g, node.input[0], unfolded)
+    for why in unfolded:
+        g.plan.assumptions.append(f"layer {name!r}: {why}")
     if permuted is not None:  # a permute before the flatten: folded into the columns
         src, hwc, order, status = permuted.image, permuted.hwc, "CHW", "image"
         w = fold_columns(w, permuted, layout, name)
         for n_ in permuted.nodes:
             g.consumed.add(id(n_))
+        absorbed = absorb_constants(g, permuted)
     else:
         src, hwc, order, status = flatten_source(g, node.input[0])
     if given is not None:
@@ -343,10 +348,12 @@ def dense(g: Graph, node: Any) -> None:
                 "produces the permuted tensor)")
             if permuted.elementwise:
                 layer.notes.append(
-                    "apply " + ", ".join(f"{n.op_type} {g.name(n)!r}"
+                    "apply " + ", ".join(f"{n.op_type} {g.name(n)!r}" + _by(permuted, n)
                                          for n in permuted.elementwise)
                     + f" to image {permuted.image!r} before the layer: per element, it "
                     "commutes with the permutation folded into the weights")
+        layer.notes.extend(unfolded)
+        layer.carried.extend(absorbed)
         if alpha != 1.0 or beta != 1.0:
             layer.notes.append(f"Gemm alpha={alpha}, beta={beta} applied to the weights "
                                "and bias")
@@ -366,9 +373,21 @@ def dense(g: Graph, node: Any) -> None:
         return
     shape, rorder, rout = reshape
     source["output"] = rout
-    g.add_layer(reshape_layer(name, source, w, bias, params, geo, shape, rorder,
-                              g.name(nxt) if nxt is not None else None, w_scale),
-                f, through)
+    layer = reshape_layer(name, source, w, bias, params, geo, shape, rorder,
+                          g.name(nxt) if nxt is not None else None, w_scale)
+    layer.notes.extend(unfolded)
+    layer.carried.extend(absorbed)
+    g.add_layer(layer, f, through)
+
+
+def _by(permuted: Any, n: Any) -> str:
+    """How a folded op with a constant applies it: `` by 0.5``, `` by C per-channel
+    values`` (with which side, for ``2 - x``)."""
+    if id(n) not in permuted.constants:
+        return ""
+    k, v = permuted.constants[id(n)]
+    what = f"{v!r}" if not isinstance(v, list) else f"{len(v)} per-channel values"
+    return f" with {what} as its {'first' if k == 0 else 'second'} operand"
 
 
 def batch_norm(g: Graph, node: Any) -> None:
