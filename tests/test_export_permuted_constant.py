@@ -38,6 +38,7 @@ from mpslayout.verify import permuted as verify_permuted  # noqa: E402
 from mpslayout.verify import verify  # noqa: E402
 
 C, H, W, OUT = 6, 5, 4, 7
+SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "manifest.schema.json"
 
 
 class Net(torch.nn.Module):
@@ -229,6 +230,9 @@ def test_torch_export_folded_and_verified(kind: str, tmp_path: Path) -> None:
         np.testing.assert_array_equal(recs[1]["constant"], m.shift.detach().numpy())
         # the per-channel constants are the layer's source tensors: none is dropped
         assert {"scale", "shift"} <= set(fc["source"]["tensors"])
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(json.loads((out / "manifest.json").read_text()),
+                        json.loads(SCHEMA.read_text()), cls=jsonschema.Draft202012Validator)
     rep = verify(out, path)
     assert rep.ok, [(r.name, r.error) for r in rep.rows]
     for op in KINDS[kind]:  # each op judged on its own row, run on the conv's image
