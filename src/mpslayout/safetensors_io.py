@@ -6,6 +6,14 @@ str}}``, padded with spaces so the data starts 8-byte aligned), then the tensors
 little-endian bytes, back to back, at the offsets the header gives (relative to the end of
 the header).
 
+:func:`read` is the one reader: it checks the whole header against the file before
+anything is read (the length, JSON without a name given twice, every tensor's dtype, shape
+and ``data_offsets``, which must tile the data from its first byte to the file's end with
+no overlap or gap, as the safetensors library requires, and ``__metadata__`` str -> str),
+and names the file and the tensor in what it refuses. The PyTorch source
+(:mod:`mpslayout.export.sources.torch.safetensors`) and :func:`mpslayout.mlx.files.load`
+read through it.
+
 :func:`write` streams tensors into a temporary file in the destination's folder and
 renames it into place: a reader sees the old file or the complete new one, and a failure
 (an exception, ``KeyboardInterrupt``) leaves neither a new file nor a temporary one.
@@ -22,11 +30,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import IO, Any, Union
 
 import numpy as np
 
-__all__ = ["CODES", "ITEMSIZE", "MAX_HEADER", "dtype_code", "read_header", "write"]
+__all__ = ["CODES", "ITEMSIZE", "MAX_HEADER", "Entry", "Header", "dtype_code", "read",
+           "read_header", "write"]
 
 # numpy dtype name -> safetensors dtype code (bfloat16: ml_dtypes' dtype)
 CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
@@ -50,23 +60,129 @@ def dtype_code(dt: Any, name: str = "tensor") -> str:
     return code
 
 
-def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
-    """(header dict, byte offset of the data) of a safetensors file."""
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a file: its dtype code, shape, and bytes ``[offset, offset +
+    nbytes)`` of the file (``offset`` counted from the file's start)."""
+
+    name: str
+    code: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """A checked safetensors header: the JSON object as in the file (``__metadata__``
+    included), where the data starts, the tensors in header order, and the metadata."""
+
+    path: str
+    raw: dict[str, Any]
+    start: int
+    tensors: dict[str, Entry]
+    metadata: dict[str, str] | None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"the header names {k!r} twice")
+        out[k] = v
+    return out
+
+
+def _ints(v: Any, what: str, name: str, path: str) -> list[int]:
+    if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, int) or x < 0
+                                      for x in v):
+        raise ValueError(f"{path}: tensor {name!r}: {what} must be a list of non-negative "
+                         f"integers, got {v!r}")
+    return v
+
+
+def _tensor(path: str, name: str, info: Any, data_size: int, start: int) -> Entry:
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise ValueError(f"{path}: tensor {name!r} needs exactly dtype, shape and "
+                         f"data_offsets, got {info!r}")
+    code = info["dtype"]
+    if not isinstance(code, str) or code not in ITEMSIZE:
+        raise ValueError(f"{path}: tensor {name!r} has unknown safetensors dtype {code!r} "
+                         f"(known: {', '.join(ITEMSIZE)})")
+    shape = tuple(_ints(info["shape"], "shape", name, path))
+    offsets = _ints(info["data_offsets"], "data_offsets", name, path)
+    if len(offsets) != 2 or offsets[0] > offsets[1]:
+        raise ValueError(f"{path}: tensor {name!r} has data_offsets {offsets}, not "
+                         "[begin, end] with begin <= end")
+    begin, end = offsets
+    nbytes = math.prod(shape) * ITEMSIZE[code]
+    if end - begin != nbytes:
+        raise ValueError(f"{path}: tensor {name!r} declares {code}{list(shape)} ({nbytes} "
+                         f"bytes) but data_offsets {offsets} hold {end - begin} bytes")
+    if end > data_size:
+        raise ValueError(f"{path} is truncated or corrupted: tensor {name!r} ends at byte "
+                         f"{end} of the data, which has only {data_size} bytes")
+    return Entry(name, code, shape, start + begin, nbytes)
+
+
+def read(path: str | os.PathLike[str]) -> Header:
+    """The checked header of the safetensors file at ``path``; ValueError naming the file
+    (and the tensor) for anything the format does not allow, before any data is read."""
+    where = os.fspath(path)
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{os.fspath(path)!r} is not a safetensors file (too short)")
-        n = int.from_bytes(head, "little")
         size = os.fstat(f.fileno()).st_size
-        if n > size - 8:
-            raise ValueError(f"{os.fspath(path)!r}: header length {n} exceeds the file")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise ValueError(f"{os.fspath(path)!r}: header is not JSON ({e})") from None
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{where} is not a safetensors file: {size} bytes, shorter than "
+                             "the 8-byte header length")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER:
+            raise ValueError(f"{where}: safetensors header length {n} is absurd (over "
+                             f"{MAX_HEADER} bytes); not a safetensors file or corrupted")
+        if 8 + n > size:
+            raise ValueError(f"{where} is truncated: its header needs {n} bytes but the file "
+                             f"has {size - 8} after the length")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{where}: the safetensors header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{os.fspath(path)!r}: header is not a JSON object")
-    return header, 8 + n
+        raise ValueError(f"{where}: the safetensors header is not a JSON object")
+    start = 8 + n
+    data_size = size - start
+    metadata = header.get("__metadata__")
+    if metadata is not None and (not isinstance(metadata, dict) or not all(
+            isinstance(v, str) for v in metadata.values())):
+        raise ValueError(f"{where}: __metadata__ must map strings to strings, got "
+                         f"{_short(metadata)}")
+    tensors = {name: _tensor(where, name, info, data_size, start)
+               for name, info in header.items() if name != "__metadata__"}
+    at, last = 0, ""  # the tensors must tile the data: no overlap, no gap, nothing after
+    for e in sorted(tensors.values(), key=lambda e: (e.offset, e.nbytes)):
+        begin = e.offset - start
+        if begin < at:
+            raise ValueError(f"{where}: tensors {last!r} and {e.name!r} overlap")
+        if begin > at:
+            raise ValueError(f"{where}: tensor {e.name!r} starts at byte {begin} of the data, "
+                             f"leaving bytes {at}..{begin} that no tensor holds (a gap)")
+        at, last = begin + e.nbytes, e.name
+    if at != data_size:
+        raise ValueError(f"{where}: {data_size - at} bytes after the last tensor's data (at "
+                         f"byte {at} of {data_size}) that no tensor holds")
+    return Header(where, header, start, tensors, metadata)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
+    """(header dict, byte offset of the data) of a safetensors file, checked by
+    :func:`read`."""
+    h = read(path)
+    return h.raw, h.start
 
 
 def _entry(item: Any, taken: dict[str, Any], offset: int) -> tuple[str, int, Producer]:

@@ -70,23 +70,15 @@ def _dtype(code: str, name: str) -> np.dtype:
 def load(path: str | os.PathLike[str]) -> Weights:
     """All tensors of a safetensors file as read-only numpy arrays (memory-mapped), with
     the file's mpslayout record (``tensors``, ``facts``) when it has one."""
-    header, start = read_header(path)
-    meta = header.pop("__metadata__", None)
-    doc = from_metadata(meta)
-    size = os.path.getsize(path)
+    header = safetensors_io.read(path)  # checked against the file: offsets, sizes, dtypes
+    doc = from_metadata(header.metadata)
     out = {}
-    for name, info in header.items():
-        dt = _dtype(info["dtype"], name)
-        shape = tuple(int(v) for v in info["shape"])
-        b, e = (int(v) for v in info["data_offsets"])
-        count = int(np.prod(shape)) if shape else 1
-        if e - b != count * dt.itemsize or start + e > size or b < 0:
-            raise ValueError(f"tensor {name!r}: data_offsets {[b, e]} do not hold "
-                             f"{shape} {info['dtype']} inside the file")
-        if count == 0:
-            out[name] = np.zeros(shape, dt)
+    for name, e in header.tensors.items():
+        dt = _dtype(e.code, name)
+        if e.nbytes == 0:
+            out[name] = np.zeros(e.shape, dt)
             continue
-        mm = np.memmap(path, dtype=dt, mode="r", offset=start + b, shape=shape)
+        mm = np.memmap(path, dtype=dt, mode="r", offset=e.offset, shape=e.shape)
         out[name] = mm.view(np.ndarray)
     if doc is None:
         return Weights(out)
