@@ -270,3 +270,18 @@ def test_flusher_evicts_data_and_code() -> None:
         sys.setprofile(None)
     assert (flush.buf == 2.0).all()
     assert "compile" in calls
+
+
+def test_background_load_needs_a_long_enough_window() -> None:
+    """/proc's CPU times move in 10 ms ticks: over a few milliseconds the other processes'
+    share is noise (it read 20 cores once), so it is reported as unknown, not a number."""
+    from mpslayout.bench import timing
+
+    start = timing._cpu_seconds()
+    if start is None:
+        pytest.skip("no /proc/stat here")
+    assert timing._other_cpu(start, 0.004) is None
+    assert timing._other_cpu(start, timing.MIN_BG_SECONDS - 1e-3) is None
+    got = timing._other_cpu(start, timing.MIN_BG_SECONDS)
+    assert got is not None
+    assert got >= 0.0

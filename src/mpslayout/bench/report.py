@@ -96,7 +96,7 @@ def tiny_table(tiny: dict[str, Any]) -> str:
 
 
 def _fmt_bg(cores: float | None) -> str:
-    return "?" if cores is None else f"{cores:.2f}"
+    return "-" if cores is None else f"{cores:.2f}"
 
 
 def _fmt_cores(cores: float | None) -> str:
@@ -150,7 +150,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "flushes every cache before each run (code and data cold); `cold-data` cycles "
         "through distinct copies of the data, together twice the last-level cache, with "
         "the code warm. bg: CPU cores other processes used meanwhile (above ~0.1, the "
-        "timings of that row are disturbed).",
+        "timings of that row are disturbed; -: unknown, or the row ran under half a "
+        "second, too briefly for /proc's 10 ms ticks).",
         "",
         results_table(report),
         "",

@@ -40,10 +40,16 @@ def _cpu_seconds() -> tuple[float, float] | None:
     return busy / tick, own.user + own.system
 
 
+# /proc's CPU times move in ticks of 10 ms: two counters read twice over a shorter window
+# than this say nothing (a configuration of tiny calls measured "20 cores" once).
+MIN_BG_SECONDS = 0.5
+
+
 def _other_cpu(start: tuple[float, float] | None, wall: float) -> float | None:
-    """Cores used on average by other processes since ``start`` (wall seconds ago)."""
+    """Cores used on average by other processes since ``start`` (wall seconds ago); None
+    when unknown or when ``wall`` is under :data:`MIN_BG_SECONDS`."""
     end = _cpu_seconds()
-    if start is None or end is None or wall <= 0:
+    if start is None or end is None or wall < MIN_BG_SECONDS:
         return None
     return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / wall)
 
