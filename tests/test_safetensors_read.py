@@ -13,6 +13,7 @@ library reads to the same bytes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -235,18 +236,30 @@ from hypothesis import strategies as s  # noqa: E402
 _CODES = [*sio.ITEMSIZE, "Q4", "", "f32"]
 
 
+HAVE_ML_DTYPES = importlib.util.find_spec("ml_dtypes") is not None
+
+
 def _read_all(path: Path) -> sio.Header | None:
     """Every reader on ``path``: all accept it (the header), or all refuse it with a
-    ValueError; nothing else escapes."""
-    outcomes = []
+    ValueError; nothing else escapes (but mlx.files.load's TypeError for a bfloat16 tensor
+    without ml_dtypes installed, which names the package)."""
+    outcomes: list[Any] = []
     for read in (lambda: sio.read(path), lambda: torch_reader.read_header(str(path)),
                  lambda: files.load(path)):
         try:
             outcomes.append(read())
         except ValueError as e:
             outcomes.append(e)
-    refused = [isinstance(o, ValueError) for o in outcomes]
+        except TypeError as e:
+            if HAVE_ML_DTYPES or "ml_dtypes" not in str(e):
+                raise
+            outcomes.append(e)
     h = outcomes[0]
+    if isinstance(outcomes[2], TypeError):
+        assert isinstance(h, sio.Header)
+        assert any(e.code == "BF16" for e in h.tensors.values())
+        return h  # a valid file mlx.files.load cannot hold without ml_dtypes: said
+    refused = [isinstance(o, ValueError) for o in outcomes]
     if isinstance(h, sio.Header):
         if any(e.code.startswith("F8") for e in h.tensors.values()):
             return h  # mlx.files.load does not hold float8 in numpy: said, not a crash
