@@ -68,7 +68,8 @@ bool execute_box(const char* src, char* dst, const Dim* dims, int ndim, int esrc
 // (the Linear-after-flatten's 49x512 per output row, split in bands of 32 rows otherwise)
 // and streams it out. Row plans (contiguous rows): kScatter walks the rows in the source's
 // order and writes each where it goes (rows of a few hundred bytes that the destination's
-// order would gather from far apart: a Dense before a Reshape); kCopyLoop copies an
+// order would gather from far apart: a Dense before a Reshape), a copy's rows of 256 bytes
+// or more leaving with non-temporal stores where the ISA has them; kCopyLoop copies an
 // in-order box with the ISA's own copy loop instead of libc's memcpy; kStream copies one
 // with non-temporal stores (past the last-level cache, as libc's memcpy does). A kernel
 // forced for the other kind of plan runs that plan's plain kernel (direct tiles, memcpy
