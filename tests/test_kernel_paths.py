@@ -326,6 +326,11 @@ def test_planner_picks_row_kernels_and_whole_panels() -> None:
     h = x.astype(np.float16)
     assert _core.plan(h, h.copy(), [512, 16, 100], [h.strides[0], 512 * h.strides[0], 2],
                       [16 * 100 * 2, 100 * 2, 2]) == "row"  # 200-byte rows: plain stores
+    # a cast's rows keep plain stores at any length: the other way round stays "row"
+    c = np.zeros((512 * 16, 400), np.float32)
+    c16 = np.empty(c.shape, np.float16)
+    assert _core.plan(c, c16, [512, 16, 400], [c.strides[0], 512 * c.strides[0], 4],
+                      [16 * 400 * 2, 400 * 2, 2], cast=_core.CAST_F32_F16) == "row"
     x2 = np.zeros((64 * 16, 2048), np.float32)  # rows of 8 kB: scatter only when streamed
     assert _core.plan(x2, x2.copy(), [16, 64, 2048], [x2.strides[0], 16 * x2.strides[0], 4],
                       [64 * 8192, 8192, 4]) == other

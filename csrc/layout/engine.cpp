@@ -227,7 +227,7 @@ const Dim& source_inner(const Plan& p) {
 // is the shorter (bench/README.md, "Rows").
 bool streams_rows(Op op) {
   const KernelSet& ks = kernels();
-  return op <= kCopy8 && ks.stream_row[op] != ks.row[op];
+  return ks.stream_row[op] != ks.row[op];
 }
 bool streamed_scatter(const Plan& p, Op op, int esrc) {
   return p.d.n * esrc >= kStreamRowMinBytes && streams_rows(op);

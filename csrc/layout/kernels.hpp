@@ -35,7 +35,7 @@ struct KernelSet {
   TileFn staged_tile[kNumOps];  // tile variant building each panel in a buffer, copied out
   TileFn stream_tile[kNumOps];  // the same leaving with non-temporal stores (the caller fences)
   RowFn copy_row[kNumOps];      // copies (kCopy1..8): the ISA's own copy loop; others: row
-  RowFn stream_row[kNumOps];    // copies leaving with non-temporal stores (the caller fences)
+  RowFn stream_row[kNumOps];    // copies leaving with non-temporal stores (the caller fences); others: row
 };
 
 inline namespace MPSLAYOUT_ISA_NS {  // see cast.hpp

@@ -464,7 +464,7 @@ void fill_avx2(KernelSet& ks) {
   ks.row[kF64F32] = row_f64_f32;
   ks.row[kF32BF16] = row_f32_bf16;
   ks.row[kBF16F32] = row_bf16_f32;
-  for (int i = 0; i < kNumOps; ++i) ks.copy_row[i] = ks.row[i];
+  for (int i = 0; i < kNumOps; ++i) ks.copy_row[i] = ks.stream_row[i] = ks.row[i];
   ks.copy_row[kCopy1] = copy_row<1>;
   ks.copy_row[kCopy2] = copy_row<2>;
   ks.copy_row[kCopy4] = copy_row<4>;
